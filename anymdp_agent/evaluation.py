@@ -1,0 +1,489 @@
+"""How learning in context is measured: suites, the harness, normalised scores, confidence intervals, plots.
+
+Spec: ``shared/spec/evaluation.md``. Every learner (baselines and the pretrained agent alike) runs
+through :func:`run_learner` on the same tasks, with the same environment seeds, for a fixed budget
+of steps, episode after episode, learning as it goes. An episode's normalised score is
+``(R - R_random) / (R_oracle - R_random)`` with the *exact* expected returns of the oracle and of
+uniform random actions (dynamic programming on the true model).
+The curve is the mean score of the episodes that end in each step window (each episode counts once;
+the unfinished last episode of each run is left out); the area under the curve (AUC) is the mean of
+that curve over the windows of the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .baselines import LEARNERS, make_learner
+from .baselines.protocol import EnvSpec, InContextLearner, Transition
+from .envs import BatchedAnyMDPEnv, sample_anymdp_task, sample_garnet_task, stack_tasks
+from .envs.gym_adapter import make_gym_vector_env, task_from_gym
+from .envs.seeds import TEST
+from .envs.solvers import oracle_return, random_return
+from .envs.task import TaskBatch
+
+#: Tasks whose oracle beats random by less than this (per episode) are skipped and counted.
+MIN_GAP = 0.01
+
+_GYM_SUITES = {
+    "frozenlake": ("FrozenLake-v1", {"map_name": "4x4", "is_slippery": True}),
+    "frozenlake8x8": ("FrozenLake-v1", {"map_name": "8x8", "is_slippery": True}),
+    "cliffwalking": ("CliffWalking-v1", {}),
+}
+_SIZED = re.compile(r"^(anymdp|garnet)-(\d+)$")
+
+
+# ---------------------------------------------------------------------- suites
+
+
+@dataclass
+class Suite:
+    """A named, reproducible set of ``num_envs`` task instances and the vector env that runs them.
+
+    ``tasks`` is the true model of each instance (``None`` for an env without a transition table:
+    then scores are raw returns). ``success`` marks suites whose episodes succeed or fail (reward > 0
+    at the end, as FrozenLake's goal): their success rate is reported too.
+    """
+
+    name: str
+    num_envs: int
+    make_env: Callable[[], object]
+    tasks: TaskBatch | None
+    seeds: list[int] = field(default_factory=list)
+    success: bool = False
+    description: str = ""
+
+
+def suite_names() -> list[str]:
+    """Names :func:`load_suite` understands (sized ones with any state count >= 8)."""
+    return (["anymdp-16", "anymdp-32", "anymdp-64", "anymdp-128", "garnet-16", "garnet-32", "garnet-64", "garnet-128"]
+            + list(_GYM_SUITES) + ["gym:<EnvId>"])
+
+
+def check_suite_name(name: str) -> None:
+    """Raise a clear ``ValueError`` for a name :func:`load_suite` would not understand."""
+    m = _SIZED.match(name)
+    if m and int(m.group(2)) >= 8:
+        return
+    if name in _GYM_SUITES:
+        return
+    if name.startswith("gym:"):
+        import gymnasium as gym
+
+        env_id = name[4:]
+        if env_id not in gym.registry:
+            raise ValueError(f"unknown Gymnasium environment {env_id!r} in suite {name!r}")
+        return
+    raise ValueError(f"unknown suite {name!r}; choose from {', '.join(suite_names())} "
+                     "(sized suites take any state count >= 8, e.g. anymdp-24)")
+
+
+def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int = 5) -> Suite:
+    """Build a suite by name.
+
+    - ``anymdp-N`` / ``garnet-N``: ``num_tasks`` tasks with ``N`` states and ``n_actions`` actions,
+      task seeds ``TEST.start + seed_offset + i`` (the test range, which training never touches);
+    - ``frozenlake`` (4x4, slippery), ``frozenlake8x8``, ``cliffwalking`` (capped at 200 steps),
+      ``gym:<EnvId>`` (any registered env with Discrete spaces): ``num_tasks`` independent runs.
+    """
+    check_suite_name(name)
+    if num_tasks < 1:
+        raise ValueError(f"a suite needs at least one task, got {num_tasks}")
+    m = _SIZED.match(name)
+    if m:
+        kind, n = m.group(1), int(m.group(2))
+        sampler = sample_anymdp_task if kind == "anymdp" else sample_garnet_task
+        seeds = list(TEST.seeds(num_tasks, seed_offset))
+        tasks = stack_tasks([sampler(n, n_actions, seed=s) for s in seeds])
+        return Suite(name=name, num_envs=num_tasks, tasks=tasks, seeds=seeds,
+                     make_env=lambda: BatchedAnyMDPEnv(tasks, autoreset_mode="SameStep"),
+                     description=f"{kind} tasks, {n} states, {n_actions} actions, test seeds {seeds[0]}..{seeds[-1]}")
+    env_id, kwargs = _GYM_SUITES[name] if name in _GYM_SUITES else (name[4:], {})
+    task = task_from_gym(env_id, **kwargs)
+    tasks = None if task is None else stack_tasks([task] * num_tasks)
+    success = env_id.startswith("FrozenLake")
+    return Suite(name=name, num_envs=num_tasks, tasks=tasks, seeds=[],
+                 make_env=lambda: make_gym_vector_env(env_id, num_tasks, **kwargs), success=success,
+                 description=f"Gymnasium {env_id} {kwargs or ''}".strip())
+
+
+# ---------------------------------------------------------------------- running
+
+
+@dataclass
+class Run:
+    """Every finished episode of one learner on one suite: arrays ``[E]`` over episodes."""
+
+    learner: str
+    env_index: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    ret: np.ndarray
+    steps: int
+    num_envs: int
+    seconds: float
+
+
+def _final_observations(next_obs: np.ndarray, info: dict, done: np.ndarray) -> np.ndarray:
+    """Where an episode ended and the env autoreset in the same step, the observation it ended in."""
+    final = np.array(next_obs, dtype=np.int64, copy=True)
+    if done.any() and "final_obs" in info:
+        mask = np.asarray(info.get("_final_obs", done), dtype=bool)
+        final[mask] = np.asarray(info["final_obs"][mask]).astype(np.int64)
+    return final
+
+
+def run_learner(learner: InContextLearner, suite: Suite, steps: int, seed: int = 0, progress: bool = False) -> Run:
+    """Run ``learner`` from scratch on every instance of ``suite`` for ``steps`` environment steps.
+
+    The environments are reset with ``seed`` (instance ``i`` gets ``seed + i``), so every learner
+    meets the same random outcomes where it takes the same actions; the learner gets ``seed`` too.
+    """
+    envs = suite.make_env()
+    b = suite.num_envs
+    n_obs = int(envs.single_observation_space.n)
+    n_act = int(envs.single_action_space.n)
+    if suite.tasks is not None:
+        spec = EnvSpec(num_envs=b, n_observations=n_obs, n_actions=n_act, action_mask=suite.tasks.action_mask,
+                       tasks=suite.tasks)
+    else:
+        spec = EnvSpec.uniform(b, n_obs, n_act)
+    state = learner.initial_state(spec, seed)
+    obs, _ = envs.reset(seed=seed)
+    obs = np.asarray(obs, dtype=np.int64)
+    ep_return = np.zeros(b)
+    ep_start = np.zeros(b, dtype=np.int64)
+    rec_env, rec_start, rec_len, rec_ret = [], [], [], []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=f"{suite.name} {learner.name}", unit="step", leave=False, mininterval=0.5)
+    t0 = time.perf_counter()
+    for t in range(steps):
+        actions, state = learner.act(state, obs)
+        next_obs, rewards, terminated, truncated, info = envs.step(actions)
+        next_obs = np.asarray(next_obs, dtype=np.int64)
+        rewards = np.asarray(rewards, dtype=np.float64)
+        terminated = np.asarray(terminated, dtype=bool)
+        truncated = np.asarray(truncated, dtype=bool)
+        done = terminated | truncated
+        final = _final_observations(next_obs, info, done)
+        state = learner.observe(state, Transition(obs, np.asarray(actions), rewards, final, terminated, truncated))
+        ep_return += rewards
+        if done.any():
+            idx = np.flatnonzero(done)
+            rec_env.append(idx)
+            rec_start.append(ep_start[idx].copy())
+            rec_len.append(t + 1 - ep_start[idx])
+            rec_ret.append(ep_return[idx].copy())
+            ep_return[idx] = 0.0
+            ep_start[idx] = t + 1
+        obs = next_obs
+        if bar is not None and (t + 1) % 100 == 0:
+            bar.update(100)
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    if hasattr(envs, "close"):
+        envs.close()
+    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+    return Run(learner=learner.name, env_index=cat(rec_env, np.int64), start=cat(rec_start, np.int64),
+               length=cat(rec_len, np.int64), ret=cat(rec_ret, np.float64), steps=steps, num_envs=b, seconds=seconds)
+
+
+# ---------------------------------------------------------------------- statistics
+
+
+def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean: the mean of the middle 50% (rliable's recommended aggregate)."""
+    x = np.sort(np.asarray(x, dtype=np.float64), axis=axis)
+    n = x.shape[axis]
+    lo, hi = int(np.floor(0.25 * n)), int(np.ceil(0.75 * n))
+    if hi <= lo:
+        return x.mean(axis=axis)
+    return np.take(x, np.arange(lo, hi), axis=axis).mean(axis=axis)
+
+
+def bootstrap_ci(x: np.ndarray, rng: np.random.Generator, resamples: int = 2000, level: float = 0.95,
+                 stat: Callable = np.mean) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of ``stat`` over the entries of ``x`` (tasks)."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return (math.nan, math.nan)
+    if len(x) == 1:
+        return (float(x[0]), float(x[0]))
+    idx = rng.integers(0, len(x), size=(resamples, len(x)))
+    stats = stat(x[idx], axis=-1)
+    alpha = (1.0 - level) / 2.0
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1.0 - alpha))
+
+
+def summarise(per_task: np.ndarray, rng: np.random.Generator) -> dict:
+    """Mean, IQM, 95% bootstrap CI of the mean, and count, over the finite entries of ``per_task``."""
+    x = np.asarray(per_task, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return {"mean": math.nan, "iqm": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
+    lo, hi = bootstrap_ci(x, rng)
+    return {"mean": float(x.mean()), "iqm": float(iqm(x)), "ci_low": lo, "ci_high": hi, "n": int(len(x))}
+
+
+def window_scores(run: Run, score: np.ndarray, window: int) -> np.ndarray:
+    """``[num_envs, n_windows]`` mean score of the episodes that *end* in each step window (NaN where none).
+
+    Episodes are weighted equally (a step-weighted mean would favour long episodes and bias the
+    estimate of the expected episode score).
+    """
+    n_win = math.ceil(run.steps / window)
+    total = np.zeros((run.num_envs, n_win))
+    count = np.zeros((run.num_envs, n_win))
+    if len(run.start):
+        w = (run.start + run.length - 1) // window
+        np.add.at(total, (run.env_index, w), score)
+        np.add.at(count, (run.env_index, w), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1.0), np.nan)
+
+
+def per_episode_index(run: Run, values: np.ndarray, max_episodes: int | None = None) -> np.ndarray:
+    """``[num_envs, max_episodes]`` of a per-episode quantity indexed by episode number within each run."""
+    order = np.lexsort((run.start, run.env_index))
+    env, vals = run.env_index[order], values[order]
+    counts = np.bincount(env, minlength=run.num_envs)
+    k = int(counts.max()) if max_episodes is None and len(counts) else (max_episodes or 0)
+    out = np.full((run.num_envs, k), np.nan)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pos = np.arange(len(env)) - first[env]
+    keep = pos < k
+    out[env[keep], pos[keep]] = vals[keep]
+    return out
+
+
+def _nanmean_rows(x: np.ndarray) -> np.ndarray:
+    """Row means over finite entries (NaN for a row with none)."""
+    finite = np.isfinite(x)
+    count = finite.sum(-1)
+    return np.where(count > 0, np.where(finite, x, 0.0).sum(-1) / np.maximum(count, 1), np.nan)
+
+
+@dataclass
+class SuiteReference:
+    """Exact oracle and random expected returns per instance, and which instances are scored."""
+
+    oracle: np.ndarray
+    random: np.ndarray
+    scored: np.ndarray  # bool [B]: gap >= MIN_GAP
+
+    @classmethod
+    def of(cls, suite: Suite) -> "SuiteReference | None":
+        if suite.tasks is None:
+            return None
+        hi, lo = oracle_return(suite.tasks), random_return(suite.tasks)
+        return cls(oracle=hi, random=lo, scored=(hi - lo) >= MIN_GAP)
+
+    def normalise(self, run: Run) -> np.ndarray:
+        gap = np.where(self.scored, self.oracle - self.random, 1.0)
+        return (run.ret - self.random[run.env_index]) / gap[run.env_index]
+
+
+def analyse(run: Run, ref: SuiteReference | None, window: int, rng: np.random.Generator,
+            success: bool = False, episode_window: int = 50) -> dict:
+    """Curves and summaries of one run: per-window aggregates over tasks, AUC, per-task numbers."""
+    score = ref.normalise(run) if ref is not None else run.ret
+    keep = ref.scored if ref is not None else np.ones(run.num_envs, dtype=bool)
+    win = window_scores(run, score, window)[keep]
+    auc_task = _nanmean_rows(win)  # area under the window curve, per task
+    out = {
+        "score_kind": "normalised" if ref is not None else "return",
+        "window_starts": (np.arange(win.shape[1]) * window).tolist(),
+        "windows": [summarise(win[:, j], rng) for j in range(win.shape[1])],
+        "auc": summarise(auc_task, rng),
+        "per_task_window_scores": np.round(win, 6).tolist(),
+        "per_task_auc": np.round(auc_task, 6).tolist(),
+        "episodes_per_task": summarise(np.bincount(run.env_index, minlength=run.num_envs)[keep], rng),
+        "learner_steps_per_second": run.num_envs * run.steps / max(run.seconds, 1e-9),
+    }
+    if success:
+        succ = per_episode_index(run, (run.ret > 0).astype(np.float64))[keep]
+        starts = list(range(0, succ.shape[1], episode_window))
+        out["success_episode_window"] = episode_window
+        out["success_window_starts"] = starts
+        out["success_windows"] = [summarise(_nanmean_rows(succ[:, s:s + episode_window]), rng) for s in starts]
+    return out
+
+
+# ---------------------------------------------------------------------- the whole comparison
+
+
+@dataclass
+class EvalConfig:
+    """Everything that determines an evaluation's numbers (saved with them)."""
+
+    suite: str
+    learners: list[str]
+    tasks: int
+    steps: int
+    seed: int = 0
+    window: int = 500
+    seed_offset: int = 0
+
+
+def versions() -> dict:
+    """Package versions and machine facts for result files."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count()}
+    for pkg in ("anymdp-agent", "numpy", "gymnasium", "torch", "transformers"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def check_output_dir(out: str | os.PathLike) -> Path:
+    """Create (if needed) and probe an output folder, so an unwritable one fails before any work."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write to output folder {path}: {e.strerror or e}; choose another --out") from e
+    return path
+
+
+def check_config(cfg: EvalConfig) -> None:
+    """Every problem with an evaluation's settings, as a clear ``ValueError``, before anything runs."""
+    check_suite_name(cfg.suite)
+    if not cfg.learners:
+        raise ValueError("name at least one learner")
+    for name in cfg.learners:
+        make_learner(name, dry_run=True)
+    for key in ("tasks", "steps", "window"):
+        value = getattr(cfg, key)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    if cfg.seed < 0 or cfg.seed_offset < 0:
+        raise ValueError("seed and seed offset must be >= 0")
+
+
+def evaluate(cfg: EvalConfig, learners: dict[str, InContextLearner] | None = None, progress: bool = False) -> dict:
+    """Run every learner on the suite and return the full result record (see :func:`write_results`)."""
+    check_config(cfg)
+    learners = learners or {name: make_learner(name) for name in cfg.learners}
+    suite = load_suite(cfg.suite, cfg.tasks, cfg.seed_offset)
+    ref = SuiteReference.of(suite)
+    if ref is None and any(getattr(l, "name", "") == "oracle" for l in learners.values()):
+        raise ValueError(f"suite {cfg.suite} has no transition table, so there is no oracle: drop 'oracle'")
+    result = {
+        "config": vars(cfg).copy(),
+        "versions": versions(),
+        "suite": {"name": suite.name, "description": suite.description, "instances": suite.num_envs,
+                  "task_seeds": suite.seeds,
+                  "skipped_degenerate": int((~ref.scored).sum()) if ref is not None else 0,
+                  "oracle_return": None if ref is None else np.round(ref.oracle, 6).tolist(),
+                  "random_return": None if ref is None else np.round(ref.random, 6).tolist()},
+        "learners": {},
+    }
+    for name, learner in learners.items():
+        run = run_learner(learner, suite, cfg.steps, cfg.seed, progress=progress)
+        rng = np.random.default_rng(cfg.seed)
+        entry = analyse(run, ref, cfg.window, rng, success=suite.success)
+        entry["hyperparameters"] = learner.hyperparameters()
+        entry["episodes"] = {"env": run.env_index.tolist(), "start": run.start.tolist(),
+                             "length": run.length.tolist(), "return": np.round(run.ret, 6).tolist()}
+        entry["seconds"] = run.seconds
+        result["learners"][name] = entry
+    return result
+
+
+def format_table(result: dict) -> str:
+    """A plain-text table: per learner, the mean score per window, the AUC with its CI."""
+    lines = []
+    kind = next(iter(result["learners"].values()))["score_kind"] if result["learners"] else "normalised"
+    starts = next(iter(result["learners"].values()))["window_starts"] if result["learners"] else []
+    header = f"{'learner':<22}" + "".join(f"{s:>8}" for s in starts) + f"{'AUC [95% CI]':>24}"
+    cfg, suite = result["config"], result["suite"]
+    lines.append(f"suite {suite['name']}: {suite['description']}; {suite['instances']} instances, "
+                 f"{cfg['steps']} steps, {kind} score per {cfg['window']}-step window "
+                 f"({suite['skipped_degenerate']} degenerate tasks skipped)")
+    lines.append(header)
+    for name, e in result["learners"].items():
+        auc = e["auc"]
+        row = f"{name:<22}" + "".join(f"{w['mean']:>8.3f}" for w in e["windows"])
+        row += f"{auc['mean']:>10.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]"
+        lines.append(row)
+    if any("success_windows" in e for e in result["learners"].values()):
+        lines.append("success rate per episode window:")
+        for name, e in result["learners"].items():
+            if "success_windows" in e:
+                w = e["success_episode_window"]
+                # Only windows that every scored run reached (later ones hold a biased subset of runs).
+                full = max((x["n"] for x in e["success_windows"]), default=0)
+                parts = [f"{s}-{s + w}: {x['mean']:.2f}" for s, x in zip(e["success_window_starts"], e["success_windows"])
+                         if x["n"] == full]
+                lines.append(f"  {name:<20}" + "  ".join(parts))
+    return "\n".join(lines)
+
+
+def plot_curves(result: dict, path: str | os.PathLike) -> Path:
+    """PNG of the mean score per window with 95% CI bands, one line per learner."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    window = result["config"]["window"]
+    for name, e in result["learners"].items():
+        x = np.array(e["window_starts"]) + window / 2
+        mean = np.array([w["mean"] for w in e["windows"]])
+        lo = np.array([w["ci_low"] for w in e["windows"]])
+        hi = np.array([w["ci_high"] for w in e["windows"]])
+        line, = ax.plot(x, mean, marker="o", ms=3, label=f"{name} (AUC {e['auc']['mean']:.2f})")
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+    kind = next(iter(result["learners"].values()))["score_kind"] if result["learners"] else "normalised"
+    ax.set_xlabel("environment steps in context")
+    ax.set_ylabel("normalised score" if kind == "normalised" else "episode return")
+    ax.set_title(f"{result['suite']['name']}: {result['suite']['instances']} instances, mean and 95% CI")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_results(result: dict, out: str | os.PathLike, stem: str | None = None) -> dict[str, Path]:
+    """Write ``<stem>.json`` (every number) and ``<stem>.png`` (curves) atomically; returns their paths."""
+    folder = check_output_dir(out)
+    stem = stem or f"eval-{result['suite']['name'].replace(':', '_').replace('/', '_')}"
+    json_path = folder / f"{stem}.json"
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".json.tmp", dir=folder)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(result, fh, indent=1, default=float)
+    os.replace(tmp, json_path)
+    png = plot_curves(result, folder / f"{stem}.png")
+    return {"json": json_path, "png": png}
+
+
+__all__ = ["EvalConfig", "LEARNERS", "Run", "Suite", "SuiteReference", "analyse", "bootstrap_ci", "check_config",
+           "evaluate", "format_table", "iqm", "load_suite", "plot_curves", "run_learner", "suite_names",
+           "summarise", "window_scores", "write_results"]
