@@ -30,7 +30,7 @@ class TabularDynamics:
         self.batch = batch
         b, n, na, _ = batch.transition.shape
         self.num_envs, self.n, self.na = b, n, na
-        self._cdf_rows = np.cumsum(batch.transition, axis=-1, dtype=np.float64).astype(np.float32).reshape(b * n * na, n)
+        self._cdf_rows = np.cumsum(batch.transition, axis=-1, dtype=np.float32).reshape(b * n * na, n)
         self._r_flat = np.ascontiguousarray(batch.reward, dtype=np.float32).reshape(-1)
         self._s_flat = np.ascontiguousarray(batch.reward_std, dtype=np.float32).reshape(-1)
         self._has_noise = bool(np.any(self._s_flat > 0))
