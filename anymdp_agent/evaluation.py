@@ -28,7 +28,7 @@ import numpy as np
 from .baselines import LEARNERS, make_learner
 from .baselines.protocol import EnvSpec, InContextLearner, Transition
 from .envs import BatchedAnyMDPEnv, sample_anymdp_task, sample_garnet_task, stack_tasks
-from .envs.gym_adapter import make_gym_vector_env, task_from_gym
+from .envs.gym_adapter import check_discrete, make_gym_vector_env, task_from_gym
 from .envs.seeds import TEST
 from .envs.solvers import oracle_return, random_return
 from .envs.task import TaskBatch
@@ -84,6 +84,14 @@ def check_suite_name(name: str) -> None:
         env_id = name[4:]
         if env_id not in gym.registry:
             raise ValueError(f"unknown Gymnasium environment {env_id!r} in suite {name!r}")
+        try:
+            env = gym.make(env_id)
+        except ImportError as e:
+            raise ValueError(f"suite {name!r} needs a package that is not installed: {e}") from e
+        try:
+            check_discrete(env, env_id)
+        finally:
+            env.close()
         return
     raise ValueError(f"unknown suite {name!r}; choose from {', '.join(suite_names())} "
                      "(sized suites take any state count >= 8, e.g. anymdp-24)")
@@ -379,6 +387,8 @@ def check_config(cfg: EvalConfig) -> None:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
     if cfg.seed < 0 or cfg.seed_offset < 0:
         raise ValueError("seed and seed offset must be >= 0")
+    if _SIZED.match(cfg.suite) and cfg.seed_offset + cfg.tasks > len(TEST):
+        raise ValueError(f"seed offset {cfg.seed_offset} + {cfg.tasks} tasks runs past the {len(TEST)} test seeds")
 
 
 def evaluate(cfg: EvalConfig, learners: dict[str, InContextLearner] | None = None, progress: bool = False) -> dict:
@@ -464,10 +474,10 @@ def plot_curves(result: dict, path: str | os.PathLike) -> Path:
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        _atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -476,12 +486,42 @@ def write_results(result: dict, out: str | os.PathLike, stem: str | None = None)
     folder = check_output_dir(out)
     stem = stem or f"eval-{result['suite']['name'].replace(':', '_').replace('/', '_')}"
     json_path = folder / f"{stem}.json"
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".json.tmp", dir=folder)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(result, fh, indent=1, default=float)
-    os.replace(tmp, json_path)
+    text = json.dumps(_json_safe(result), indent=1, allow_nan=False)
+    _atomic_write(json_path, lambda fh: fh.write(text.encode()))
     png = plot_curves(result, folder / f"{stem}.png")
     return {"json": json_path, "png": png}
+
+
+def _json_safe(obj):
+    """Plain JSON: NaN and infinities become ``null``, numpy scalars and arrays become numbers and lists."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, (np.integer, np.bool_)):
+        return obj.item()
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def _atomic_write(path: Path, write: Callable) -> Path:
+    """Write through a temporary file in the same folder, then rename: never a half-written ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 __all__ = ["EvalConfig", "LEARNERS", "Run", "Suite", "SuiteReference", "analyse", "bootstrap_ci", "check_config",

@@ -54,32 +54,52 @@ def task_from_gym(env_id: str, max_steps: int | None = None, **make_kwargs) -> T
         return None
     transition = np.zeros((n, na, n))
     reward_sum = np.zeros((n, na, n))
-    term_flag = np.full(n, -1)  # -1 unknown, 0 continues, 1 terminates
+    ends = np.zeros((n, na, n))  # probability of entering s' *and* terminating
     for s in range(n):
         for a in range(na):
             for prob, s2, r, done in table[s][a]:
                 transition[s, a, s2] += prob
                 reward_sum[s, a, s2] += prob * r
-                flag = int(bool(done))
-                if prob > 0 and term_flag[s2] not in (-1, flag):
-                    raise ValueError(f"{env_id}: entering state {s2} terminates on some transitions and not on "
-                                     "others, which a per-state terminal mask cannot express")
-                if prob > 0:
-                    term_flag[s2] = flag
+                ends[s, a, s2] += prob * bool(done)
     reward = np.divide(reward_sum, transition, out=np.zeros_like(reward_sum), where=transition > 0)
-    terminal = term_flag == 1
-    transition[terminal] = 0.0
-    reward[terminal] = 0.0
     start = getattr(env.unwrapped, "initial_state_distrib", None)
     if start is None:
         obs, _ = env.reset(seed=0)
         start = np.eye(n)[int(obs)]
     env.close()
     start = np.asarray(start, dtype=np.float64)
+    terminal = _terminal_states(env_id, transition, ends, start)
+    transition[terminal] = 0.0
+    reward[terminal] = 0.0
     return Task(transition=transition, reward=reward, reward_std=np.zeros_like(reward), start=start / start.sum(),
                 terminal=terminal, state_mapping=np.arange(n), n_states=n,
                 max_steps=episode_limit(env_id, max_steps), kind="gym",
                 version=f"gym:{env_id}", meta={"env_id": env_id, **make_kwargs})
+
+
+def _terminal_states(env_id: str, transition: np.ndarray, ends: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """States whose entry ends the episode, judged on the transitions out of *reachable* states.
+
+    Tables often hold states no episode can reach (Taxi's passenger already at the destination);
+    what happens on entering a state from those does not matter, so only reachable ones are read.
+    """
+    n = len(start)
+    moves = transition - ends  # probability of entering s' and going on
+    reachable = start > 0
+    frontier = reachable.copy()
+    while frontier.any():
+        nxt = (moves[frontier] > 0).any(axis=(0, 1)) & ~reachable
+        reachable |= nxt
+        frontier = nxt
+    from_reachable = transition[reachable] > 0
+    stops = (ends[reachable] > 0) & from_reachable
+    goes = (moves[reachable] > 1e-12) & from_reachable
+    terminal = stops.any(axis=(0, 1))
+    conflict = terminal & goes.any(axis=(0, 1))
+    if conflict.any():
+        raise ValueError(f"{env_id}: entering state {int(np.flatnonzero(conflict)[0])} terminates on some transitions "
+                         "and not on others, which a per-state terminal mask cannot express")
+    return terminal
 
 
 def make_gym_vector_env(env_id: str, num_envs: int, max_steps: int | None = None, **make_kwargs) -> SyncVectorEnv:

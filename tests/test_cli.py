@@ -1,0 +1,150 @@
+"""The command line: ``anymdp-agent eval`` / ``demo`` in process and as ``python -m anymdp_agent.cli``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from anymdp_agent.cli import build_parser, main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+OPTIONS = ("--suite", "--learners", "--tasks", "--steps", "--window", "--seed", "--seed-offset", "--out",
+           "--no-progress")
+SMALL = ["--suite", "anymdp-16", "--learners", "random,oracle", "--tasks", "4", "--steps", "300", "--window", "100",
+         "--no-progress"]
+
+
+def run_cli(args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "anymdp_agent.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+def test_eval_writes_json_png_and_prints_a_table(tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(["eval", *SMALL, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["eval-anymdp-16.json", "eval-anymdp-16.png"]
+    assert (out / "eval-anymdp-16.png").read_bytes()[:8] == PNG_MAGIC
+    result = json.loads((out / "eval-anymdp-16.json").read_text())
+    assert result["config"] == {"suite": "anymdp-16", "learners": ["random", "oracle"], "tasks": 4, "steps": 300,
+                                "seed": 0, "window": 100, "seed_offset": 0}
+    assert list(result["learners"]) == ["random", "oracle"]
+    assert len(result["suite"]["oracle_return"]) == 4
+    lines = printed.splitlines()
+    assert lines[0].startswith("suite anymdp-16:") and "4 instances, 300 steps" in lines[0]
+    assert "AUC [95% CI]" in lines[1]
+    for name in ("random", "oracle"):
+        row = next(line for line in lines if line.startswith(name))
+        assert f"{result['learners'][name]['auc']['mean']:.3f}" in row
+    assert lines[-1] == f"wrote {out / 'eval-anymdp-16.json'} and {out / 'eval-anymdp-16.png'}"
+
+
+def test_eval_options_reach_the_config(tmp_path, capsys):
+    out = tmp_path / "o"
+    args = ["eval", "--suite", "garnet-8", "--learners", " mbrl:sweeps=2 , random ,", "--tasks", "2", "--steps", "120",
+            "--window", "60", "--seed", "5", "--seed-offset", "7", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    capsys.readouterr()
+    result = json.loads((out / "eval-garnet-8.json").read_text())
+    assert result["config"] == {"suite": "garnet-8", "learners": ["mbrl:sweeps=2", "random"], "tasks": 2, "steps": 120,
+                                "seed": 5, "window": 60, "seed_offset": 7}
+    assert result["suite"]["task_seeds"] == [1_100_000_007, 1_100_000_008]
+    assert result["learners"]["mbrl:sweeps=2"]["hyperparameters"] == {"gamma": 0.99, "sweeps": 2}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--suite", "nope"], "unknown suite 'nope'"),
+    (["--suite", "gym:NoSuchEnv-v0"], "unknown Gymnasium environment"),
+    (["--learners", "random,bogus"], "unknown learner 'bogus'"),
+    (["--learners", "mbrl:sweeps"], "not of the form key=value"),
+    (["--learners", ","], "at least one learner"),
+    (["--steps", "0"], "steps must be a positive integer"),
+    (["--tasks", "-1"], "tasks must be a positive integer"),
+    (["--window", "0"], "window must be a positive integer"),
+    (["--seed", "-3"], "seed"),
+])
+def test_bad_input_exits_2_before_writing(tmp_path, capsys, args, message):
+    out = tmp_path / "never"
+    base = ["--suite", "anymdp-16", "--learners", "random", "--tasks", "2", "--steps", "50", "--no-progress"]
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", *base, *args, "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("anymdp-agent eval: error: ") and message in err
+    assert not out.exists()
+    assert os.listdir(tmp_path) == []
+
+
+def test_unwritable_out_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", *SMALL, "--out", str(blocker / "sub")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "cannot write to output folder" in err and "choose another --out" in err
+    assert os.listdir(tmp_path) == ["a-file"] and blocker.read_text() == "not a folder"
+
+
+def test_non_discrete_gym_suite_exits_2_without_writing_results(tmp_path, capsys):
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--suite", "gym:CartPole-v1", "--learners", "random", "--tasks", "1", "--steps", "10",
+              "--no-progress", "--out", str(out)])
+    assert exc.value.code == 2
+    assert "only environments with Discrete observations and actions" in capsys.readouterr().err
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_argparse_type_errors_exit_2(capsys):
+    for args in (["eval", "--steps", "abc"], ["eval", "--bogus"], [], ["nocommand"]):
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        assert exc.value.code == 2
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("command", ["eval", "demo"])
+def test_help_lists_every_option(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in OPTIONS:
+        assert option in text, option
+    for learner in ("oracle", "random", "tql", "ucbq", "mbrl"):
+        assert learner in text
+    assert "gym:<EnvId>" in text and "frozenlake" in text
+
+
+def test_defaults():
+    parser = build_parser()
+    e = parser.parse_args(["eval"])
+    assert (e.suite, e.learners, e.tasks, e.steps, e.window, e.seed, e.seed_offset, e.out, e.no_progress) == (
+        "anymdp-16", "oracle,random,tql,ucbq,mbrl", 64, 4000, 500, 0, 0, "results", False)
+    d = parser.parse_args(["demo"])
+    assert (d.tasks, d.out) == (128, "results/demo")
+
+
+def test_module_entry_point(tmp_path):
+    top = run_cli(["--help"])
+    assert top.returncode == 0 and "eval" in top.stdout and "demo" in top.stdout
+    ok = run_cli(["eval", *SMALL, "--out", str(tmp_path / "r")])
+    assert ok.returncode == 0, ok.stderr
+    assert "random" in ok.stdout and "oracle" in ok.stdout
+    assert (tmp_path / "r" / "eval-anymdp-16.json").is_file() and (tmp_path / "r" / "eval-anymdp-16.png").is_file()
+    bad = run_cli(["eval", "--suite", "nope", "--out", str(tmp_path / "x")])
+    assert bad.returncode == 2 and "unknown suite 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_progress_bar_goes_to_stderr(tmp_path, capsys):
+    assert main(["eval", "--suite", "anymdp-16", "--learners", "random", "--tasks", "2", "--steps", "200",
+                 "--window", "100", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0].startswith("suite anymdp-16")
+    assert "random" in captured.out
