@@ -32,6 +32,7 @@ from .envs.gym_adapter import check_discrete, make_gym_vector_env, task_from_gym
 from .envs.seeds import TEST
 from .envs.solvers import oracle_return, random_return
 from .envs.task import TaskBatch
+from .fileio import atomic_write
 
 #: Tasks whose oracle beats random by less than this (per episode) are skipped and counted.
 MIN_GAP = 0.01
@@ -475,7 +476,7 @@ def plot_curves(result: dict, path: str | os.PathLike) -> Path:
     fig.tight_layout()
     path = Path(path)
     try:
-        _atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
     finally:
         plt.close(fig)
     return path
@@ -487,7 +488,7 @@ def write_results(result: dict, out: str | os.PathLike, stem: str | None = None)
     stem = stem or f"eval-{result['suite']['name'].replace(':', '_').replace('/', '_')}"
     json_path = folder / f"{stem}.json"
     text = json.dumps(_json_safe(result), indent=1, allow_nan=False)
-    _atomic_write(json_path, lambda fh: fh.write(text.encode()))
+    atomic_write(json_path, lambda fh: fh.write(text.encode()))
     png = plot_curves(result, folder / f"{stem}.png")
     return {"json": json_path, "png": png}
 
@@ -505,23 +506,6 @@ def _json_safe(obj):
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(obj) else None
     return obj
-
-
-def _atomic_write(path: Path, write: Callable) -> Path:
-    """Write through a temporary file in the same folder, then rename: never a half-written ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 __all__ = ["EvalConfig", "LEARNERS", "Run", "Suite", "SuiteReference", "analyse", "bootstrap_ci", "check_config",

@@ -3,6 +3,10 @@
 The Hugging Face libraries read ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` / ``HF_HOME`` when they
 are first imported, so the variables are set here at import time (before any test module imports
 them) and the session fixture below re-asserts them and removes the temporary home afterwards.
+
+BLAS is kept to one thread unless the caller says otherwise: the solvers' matrices are tiny, and on a
+small shared machine a multi-threaded BLAS competing with other processes makes a 128-state solve
+more than ten times slower. The variables must be set before numpy is first imported.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import os
 import shutil
 import tempfile
 
-import numpy as np
-import pytest
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import pytest  # noqa: E402
 
 _HF_HOME = tempfile.mkdtemp(prefix="anymdp-test-hf-home-")
 _HF_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": _HF_HOME}

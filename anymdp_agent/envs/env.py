@@ -57,7 +57,10 @@ class AnyMDPEnv(gym.Env):
     def step(self, action):
         if self._needs_reset:
             raise RuntimeError("call reset() before step(): the episode has ended or never started")
-        a = self._dyn.check_actions(np.asarray([action]).reshape(1), self._idx)
+        action = np.asarray(action)
+        if action.size != 1:
+            raise ValueError(f"action must be a single integer in 0..{self.task.n_actions - 1}, got shape {action.shape}")
+        a = self._dyn.check_actions(action.reshape(1), self._idx)
         obs, reward, mean, terminated, truncated = self._dyn.step(a, self._idx)
         term, trunc = bool(terminated[0]), bool(truncated[0])
         self._needs_reset = term or trunc

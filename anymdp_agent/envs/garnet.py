@@ -10,7 +10,7 @@ from .anymdp import check_seed, check_sizes, episode_cap
 from .task import Task
 
 GARNET_VERSION = "garnet-1"
-BANDIT_VERSION = "bandit-1"
+BANDIT_VERSION = "bandit-2"
 
 
 def sample_garnet_task(
@@ -56,10 +56,12 @@ def sample_garnet_task(
 
 
 def sample_bandit_task(n_actions: int = 5, *, seed: int) -> Task:
-    """A multi-armed bandit as a one-state task with one step per episode.
+    """A multi-armed bandit: one pull per episode.
 
     Arm means ``U(base/2, base)`` with ``base = clip(Exp(1), 0.05, 2)`` (redrawn until the arms
-    differ, std > 0.01), noise std ``max(U(-0.3, 0.3), 0) * mean``.
+    differ, std > 0.01), noise std ``max(U(-0.3, 0.3), 0) * mean``. The pull moves from the start
+    state (observation 0) into a terminal state (observation 1), so the episode *terminates* after
+    one step, as a bandit's does (the spec's one-state bandit plus the state that marks the end).
     """
     check_sizes(8, n_actions)
     seed = check_seed(seed)
@@ -70,8 +72,10 @@ def sample_bandit_task(n_actions: int = 5, *, seed: int) -> Task:
         means = rng.uniform(0.5 * base, base, size=n_actions)
         if means.std() > 0.01:
             break
-    reward = means.reshape(1, n_actions, 1)
-    return Task(transition=np.ones((1, n_actions, 1)), reward=reward, reward_std=noise * reward,
-                start=np.ones(1), terminal=np.zeros(1, dtype=bool), state_mapping=np.zeros(1, dtype=np.int64),
-                n_states=1, max_steps=1, kind="bandit", seed=seed, version=BANDIT_VERSION,
-                meta={"base": base})
+    transition = np.zeros((2, n_actions, 2))
+    transition[0, :, 1] = 1.0
+    reward = np.zeros((2, n_actions, 2))
+    reward[0, :, 1] = means
+    return Task(transition=transition, reward=reward, reward_std=noise * reward, start=np.array([1.0, 0.0]),
+                terminal=np.array([False, True]), state_mapping=np.arange(2), n_states=2, max_steps=1,
+                kind="bandit", seed=seed, version=BANDIT_VERSION, meta={"base": base})

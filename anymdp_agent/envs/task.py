@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from ..fileio import atomic_write
 
 #: Version of the task file format written by :func:`save_tasks`.
 TASK_FILE_FORMAT = 1
@@ -262,15 +262,7 @@ def save_tasks(path: str | os.PathLike, tasks: Iterable[Task] | Task) -> Path:
         for name in _ARRAY_FIELDS:
             arrays[f"t{i}_{name}"] = getattr(t, name)
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
     return path
 
 
@@ -293,7 +285,7 @@ def load_tasks(path: str | os.PathLike) -> list[Task]:
                 tasks.append(Task(**arrs, **scal))
     except TaskFileError:
         raise
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, json.JSONDecodeError, TypeError) as e:
+    except Exception as e:  # a corrupt file fails in zipfile, zlib, numpy's header parser, json, ...
         raise TaskFileError(f"{path} is not a readable anymdp_agent task file ({type(e).__name__}: {e}); "
                             "regenerate it with save_tasks") from e
     return tasks
