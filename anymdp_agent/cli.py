@@ -20,7 +20,8 @@ def _add_eval_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
                         "cliffwalking, or gym:<EnvId> for any Gymnasium env with Discrete spaces "
                         f"(default: {defaults['suite']})")
     p.add_argument("--learners", default=defaults["learners"],
-                   help=f"comma-separated learners, each NAME or NAME:key=value:key=value, NAME from {', '.join(LEARNERS)} "
+                   help=f"comma-separated learners, each NAME or NAME:key=value:key=value, NAME from {', '.join(LEARNERS)}, "
+                        "or agent:PATH[:temperature_end=0.1:decay_steps=10000] for a pretrained agent checkpoint "
                         f"(default: {defaults['learners']})")
     p.add_argument("--tasks", type=int, default=defaults["tasks"],
                    help=f"number of tasks (independent runs for Gymnasium suites) (default: {defaults['tasks']})")

@@ -18,7 +18,6 @@ import os
 import platform
 import re
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,13 +25,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .baselines import LEARNERS, make_learner
-from .baselines.protocol import EnvSpec, InContextLearner, Transition
+from .baselines.protocol import EnvSpec, InContextLearner
 from .envs import BatchedAnyMDPEnv, sample_anymdp_task, sample_garnet_task, stack_tasks
 from .envs.gym_adapter import check_discrete, make_gym_vector_env, task_from_gym
 from .envs.seeds import TEST
 from .envs.solvers import oracle_return, random_return
 from .envs.task import TaskBatch
 from .fileio import atomic_write
+from .rollout import Run, parse_agent_spec, run_in_context
 
 #: Tasks whose oracle beats random by less than this (per episode) are skipped and counted.
 MIN_GAP = 0.01
@@ -130,27 +130,14 @@ def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int =
 # ---------------------------------------------------------------------- running
 
 
-@dataclass
-class Run:
-    """Every finished episode of one learner on one suite: arrays ``[E]`` over episodes."""
-
-    learner: str
-    env_index: np.ndarray
-    start: np.ndarray
-    length: np.ndarray
-    ret: np.ndarray
-    steps: int
-    num_envs: int
-    seconds: float
-
-
-def _final_observations(next_obs: np.ndarray, info: dict, done: np.ndarray) -> np.ndarray:
-    """Where an episode ended and the env autoreset in the same step, the observation it ended in."""
-    final = np.array(next_obs, dtype=np.int64, copy=True)
-    if done.any() and "final_obs" in info:
-        mask = np.asarray(info.get("_final_obs", done), dtype=bool)
-        final[mask] = np.asarray(info["final_obs"][mask]).astype(np.int64)
-    return final
+def suite_spec(suite: Suite, envs) -> EnvSpec:
+    """What a learner may know about a suite's environments (the true model for the oracle only)."""
+    n_obs = int(envs.single_observation_space.n)
+    n_act = int(envs.single_action_space.n)
+    if suite.tasks is not None:
+        return EnvSpec(num_envs=suite.num_envs, n_observations=n_obs, n_actions=n_act,
+                       action_mask=suite.tasks.action_mask, tasks=suite.tasks)
+    return EnvSpec.uniform(suite.num_envs, n_obs, n_act)
 
 
 def run_learner(learner: InContextLearner, suite: Suite, steps: int, seed: int = 0, progress: bool = False) -> Run:
@@ -160,56 +147,11 @@ def run_learner(learner: InContextLearner, suite: Suite, steps: int, seed: int =
     meets the same random outcomes where it takes the same actions; the learner gets ``seed`` too.
     """
     envs = suite.make_env()
-    b = suite.num_envs
-    n_obs = int(envs.single_observation_space.n)
-    n_act = int(envs.single_action_space.n)
-    if suite.tasks is not None:
-        spec = EnvSpec(num_envs=b, n_observations=n_obs, n_actions=n_act, action_mask=suite.tasks.action_mask,
-                       tasks=suite.tasks)
-    else:
-        spec = EnvSpec.uniform(b, n_obs, n_act)
-    state = learner.initial_state(spec, seed)
-    obs, _ = envs.reset(seed=seed)
-    obs = np.asarray(obs, dtype=np.int64)
-    ep_return = np.zeros(b)
-    ep_start = np.zeros(b, dtype=np.int64)
-    rec_env, rec_start, rec_len, rec_ret = [], [], [], []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=f"{suite.name} {learner.name}", unit="step", leave=False, mininterval=0.5)
-    t0 = time.perf_counter()
-    for t in range(steps):
-        actions, state = learner.act(state, obs)
-        next_obs, rewards, terminated, truncated, info = envs.step(actions)
-        next_obs = np.asarray(next_obs, dtype=np.int64)
-        rewards = np.asarray(rewards, dtype=np.float64)
-        terminated = np.asarray(terminated, dtype=bool)
-        truncated = np.asarray(truncated, dtype=bool)
-        done = terminated | truncated
-        final = _final_observations(next_obs, info, done)
-        state = learner.observe(state, Transition(obs, np.asarray(actions), rewards, final, terminated, truncated))
-        ep_return += rewards
-        if done.any():
-            idx = np.flatnonzero(done)
-            rec_env.append(idx)
-            rec_start.append(ep_start[idx].copy())
-            rec_len.append(t + 1 - ep_start[idx])
-            rec_ret.append(ep_return[idx].copy())
-            ep_return[idx] = 0.0
-            ep_start[idx] = t + 1
-        obs = next_obs
-        if bar is not None and (t + 1) % 100 == 0:
-            bar.update(100)
-    if bar is not None:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    if hasattr(envs, "close"):
+    try:
+        return run_in_context(learner, envs, suite_spec(suite, envs), steps, seed,
+                              progress_label=f"{suite.name} {learner.name}" if progress else None)
+    finally:
         envs.close()
-    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
-    return Run(learner=learner.name, env_index=cat(rec_env, np.int64), start=cat(rec_start, np.int64),
-               length=cat(rec_len, np.int64), ret=cat(rec_ret, np.float64), steps=steps, num_envs=b, seconds=seconds)
 
 
 # ---------------------------------------------------------------------- statistics
@@ -375,13 +317,21 @@ def check_output_dir(out: str | os.PathLike) -> Path:
     return path
 
 
+def build_learner(spec: str, dry_run: bool = False) -> InContextLearner | None:
+    """A baseline (``tql``, ``mbrl:sweeps=10``, ...) or the pretrained agent (``agent:PATH[:key=value]``)."""
+    if spec.partition(":")[0] == "agent":
+        learner = parse_agent_spec(spec)
+        return None if dry_run else learner
+    return make_learner(spec, dry_run=dry_run)
+
+
 def check_config(cfg: EvalConfig) -> None:
     """Every problem with an evaluation's settings, as a clear ``ValueError``, before anything runs."""
     check_suite_name(cfg.suite)
     if not cfg.learners:
         raise ValueError("name at least one learner")
     for name in cfg.learners:
-        make_learner(name, dry_run=True)
+        build_learner(name, dry_run=True)
     for key in ("tasks", "steps", "window"):
         value = getattr(cfg, key)
         if not isinstance(value, int) or value < 1:
@@ -395,7 +345,7 @@ def check_config(cfg: EvalConfig) -> None:
 def evaluate(cfg: EvalConfig, learners: dict[str, InContextLearner] | None = None, progress: bool = False) -> dict:
     """Run every learner on the suite and return the full result record (see :func:`write_results`)."""
     check_config(cfg)
-    learners = learners or {name: make_learner(name) for name in cfg.learners}
+    learners = learners or {name: build_learner(name) for name in cfg.learners}
     suite = load_suite(cfg.suite, cfg.tasks, cfg.seed_offset)
     ref = SuiteReference.of(suite)
     if ref is None and any(getattr(l, "name", "") == "oracle" for l in learners.values()):
@@ -508,6 +458,7 @@ def _json_safe(obj):
     return obj
 
 
-__all__ = ["EvalConfig", "LEARNERS", "Run", "Suite", "SuiteReference", "analyse", "bootstrap_ci", "check_config",
+__all__ = ["EvalConfig", "LEARNERS", "Run", "Suite", "SuiteReference", "analyse", "bootstrap_ci", "build_learner",
+           "check_config",
            "evaluate", "format_table", "iqm", "load_suite", "plot_curves", "run_learner", "suite_names",
            "summarise", "window_scores", "write_results"]

@@ -1,0 +1,228 @@
+"""The batched in-context driver: any learner (the pretrained agent included) in any vector environment.
+
+- :func:`run_in_context` steps a learner in a Gymnasium vector env (the package's
+  :class:`~anymdp_agent.envs.BatchedAnyMDPEnv` or Gymnasium's own), episode after episode, and
+  returns every finished episode's return; nothing about the learner is special-cased.
+- :class:`AgentLearner` wraps a pretrained :class:`AnyMDPAgentModel` in the learner protocol: it
+  learns from rewards in its recurrent state only (no weight updates), with a sampling
+  temperature that decays over the first steps.
+- :func:`load_agent` loads a checkpoint folder with clear errors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .baselines.protocol import EnvSpec, InContextLearner, Transition
+from .configuration_anymdp_agent import AnyMDPAgentConfig
+from .modeling_anymdp_agent import AnyMDPAgentCache, AnyMDPAgentModel
+
+
+@dataclass
+class Run:
+    """Every finished episode of one learner in ``num_envs`` environments: arrays ``[E]`` over episodes."""
+
+    learner: str
+    env_index: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    ret: np.ndarray
+    steps: int
+    num_envs: int
+    seconds: float
+
+    def returns_of(self, env: int) -> np.ndarray:
+        """Episode returns of one environment, in order."""
+        sel = self.env_index == env
+        return self.ret[sel][np.argsort(self.start[sel])]
+
+
+def final_observations(next_obs: np.ndarray, info: dict, done: np.ndarray) -> np.ndarray:
+    """Where an episode ended and the env autoreset in the same step, the observation it ended in."""
+    final = np.array(next_obs, dtype=np.int64, copy=True)
+    if done.any() and "final_obs" in info:
+        mask = np.asarray(info.get("_final_obs", done), dtype=bool)
+        final[mask] = np.asarray(info["final_obs"][mask]).astype(np.int64)
+    return final
+
+
+def run_in_context(learner: InContextLearner, envs, spec: EnvSpec, steps: int, seed: int = 0,
+                   progress_label: str | None = None) -> Run:
+    """Step ``learner`` in ``envs`` (a vector env with same-step autoreset) for ``steps`` steps.
+
+    ``envs.reset(seed=seed)`` and ``learner.initial_state(spec, seed)`` start everything from
+    scratch; each step is ``act`` -> ``envs.step`` -> ``observe``.
+    """
+    b = spec.num_envs
+    state = learner.initial_state(spec, seed)
+    obs, _ = envs.reset(seed=seed)
+    obs = np.asarray(obs, dtype=np.int64)
+    ep_return = np.zeros(b)
+    ep_start = np.zeros(b, dtype=np.int64)
+    rec_env, rec_start, rec_len, rec_ret = [], [], [], []
+    bar = None
+    if progress_label:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=progress_label, unit="step", leave=False, mininterval=0.5)
+    t0 = time.perf_counter()
+    for t in range(steps):
+        actions, state = learner.act(state, obs)
+        next_obs, rewards, terminated, truncated, info = envs.step(actions)
+        next_obs = np.asarray(next_obs, dtype=np.int64)
+        rewards = np.asarray(rewards, dtype=np.float64)
+        terminated = np.asarray(terminated, dtype=bool)
+        truncated = np.asarray(truncated, dtype=bool)
+        done = terminated | truncated
+        final = final_observations(next_obs, info, done)
+        state = learner.observe(state, Transition(obs, np.asarray(actions), rewards, final, terminated, truncated))
+        ep_return += rewards
+        if done.any():
+            idx = np.flatnonzero(done)
+            rec_env.append(idx)
+            rec_start.append(ep_start[idx].copy())
+            rec_len.append(t + 1 - ep_start[idx])
+            rec_ret.append(ep_return[idx].copy())
+            ep_return[idx] = 0.0
+            ep_start[idx] = t + 1
+        obs = next_obs
+        if bar is not None and (t + 1) % 100 == 0:
+            bar.update(100)
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+    return Run(learner=learner.name, env_index=cat(rec_env, np.int64), start=cat(rec_start, np.int64),
+               length=cat(rec_len, np.int64), ret=cat(rec_ret, np.float64), steps=steps, num_envs=b, seconds=seconds)
+
+
+# ---------------------------------------------------------------------- the pretrained agent
+
+
+def load_agent(path: str | os.PathLike, device: str | torch.device = "cpu") -> AnyMDPAgentModel:
+    """Load a checkpoint folder (``config.json`` + ``model.safetensors``) with clear errors."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no checkpoint folder at {folder}: pass a folder written by save_pretrained")
+    for name in ("config.json",):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} has no {name}: not a checkpoint folder (save_pretrained writes one)")
+    if not any(folder.glob("*.safetensors")):
+        raise FileNotFoundError(f"{folder} holds no *.safetensors weights: the checkpoint is incomplete")
+    try:
+        config = AnyMDPAgentConfig.from_pretrained(folder)
+    except ValueError as e:
+        raise ValueError(f"{folder}/config.json is not a valid AnyMDPAgentConfig: {e}") from e
+    try:
+        model = AnyMDPAgentModel.from_pretrained(folder, config=config)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise ValueError(f"the weights in {folder} do not match its config.json ({type(e).__name__}: {e}); "
+                         "the checkpoint was written by another configuration: re-save it") from e
+    return model.to(device).eval()
+
+
+@dataclass
+class _AgentState:
+    cache: AnyMDPAgentCache
+    mask: torch.Tensor        # [B, num_actions] bool
+    steps: np.ndarray         # [B] environment steps taken (temperature schedule)
+    generator: torch.Generator
+
+
+class AgentLearner(InContextLearner):
+    """The pretrained agent in the learner protocol: learns in context, never updates its weights.
+
+    Sampling temperature per environment decays exponentially from ``temperature_start`` to
+    ``temperature_end`` over ``decay_steps`` environment steps (the reference decays over 10^4),
+    then stays; ``temperature_end = 0`` means greedy after the decay.
+    """
+
+    name = "agent"
+
+    def __init__(self, model: AnyMDPAgentModel | str | os.PathLike, temperature_start: float = 1.0,
+                 temperature_end: float = 0.1, decay_steps: int = 10_000, device: str = "cpu"):
+        if temperature_start < 0 or temperature_end < 0 or decay_steps < 0:
+            raise ValueError("temperatures and decay_steps must be >= 0")
+        self.checkpoint = None if isinstance(model, AnyMDPAgentModel) else str(model)
+        self._model = model if isinstance(model, AnyMDPAgentModel) else load_agent(model, device)
+        self._model.eval()
+        self.temperature_start = float(temperature_start)
+        self.temperature_end = float(temperature_end)
+        self.decay_steps = int(decay_steps)
+
+    @property
+    def model(self) -> AnyMDPAgentModel:
+        return self._model
+
+    def temperature(self, steps: np.ndarray) -> np.ndarray:
+        """The sampling temperature after ``steps`` environment steps."""
+        if self.decay_steps == 0:
+            return np.full(len(steps), self.temperature_end)
+        frac = np.minimum(steps / self.decay_steps, 1.0)
+        if self.temperature_end > 0 and self.temperature_start > 0:
+            return self.temperature_start * (self.temperature_end / self.temperature_start) ** frac
+        return self.temperature_start + (self.temperature_end - self.temperature_start) * frac
+
+    def initial_state(self, spec: EnvSpec, seed: int) -> _AgentState:
+        cfg = self._model.config
+        if spec.n_actions > cfg.num_actions:
+            raise ValueError(f"the environments have {spec.n_actions} actions but the agent knows {cfg.num_actions}: "
+                             "use an agent trained with more actions")
+        if spec.n_observations > cfg.num_observations:
+            raise ValueError(f"the environments have {spec.n_observations} observations but the agent's vocabulary "
+                             f"holds {cfg.num_observations}: use an agent with a larger vocabulary")
+        mask = np.zeros((spec.num_envs, cfg.num_actions), dtype=bool)
+        mask[:, :spec.n_actions] = spec.action_mask
+        device = self._model.device
+        gen = torch.Generator(device=device).manual_seed(int(seed))
+        cache = self._model.initial_state(spec.num_envs, num_observations=spec.n_observations, device=device)
+        return _AgentState(cache=cache, mask=torch.as_tensor(mask, device=device),
+                           steps=np.zeros(spec.num_envs, dtype=np.int64), generator=gen)
+
+    def act(self, state: _AgentState, obs: np.ndarray):
+        device = self._model.device
+        temp = torch.as_tensor(self.temperature(state.steps), dtype=torch.float32, device=device)
+        actions, _, state.cache = self._model.act(state.cache, torch.as_tensor(obs, device=device),
+                                                  action_mask=state.mask, temperature=temp, generator=state.generator)
+        return actions.cpu().numpy(), state
+
+    def observe(self, state: _AgentState, t: Transition) -> _AgentState:
+        device = self._model.device
+        as_t = lambda x, dtype: torch.as_tensor(np.asarray(x), dtype=dtype, device=device)  # noqa: E731
+        state.cache = self._model.observe(state.cache, as_t(t.actions, torch.long), as_t(t.rewards, torch.float32),
+                                          as_t(t.next_obs, torch.long), as_t(t.terminated, torch.bool),
+                                          as_t(t.truncated, torch.bool), action_mask=state.mask)
+        state.steps += 1
+        return state
+
+    def hyperparameters(self) -> dict:
+        cfg = self._model.config
+        return {"checkpoint": self.checkpoint, "backbone": cfg.backbone,
+                "parameters": int(sum(p.numel() for p in self._model.parameters())),
+                "temperature_start": self.temperature_start, "temperature_end": self.temperature_end,
+                "decay_steps": self.decay_steps}
+
+
+def parse_agent_spec(spec: str) -> AgentLearner:
+    """``agent:PATH`` or ``agent:PATH:temperature_end=0.1:decay_steps=2000`` -> :class:`AgentLearner`."""
+    _, _, rest = spec.partition(":")
+    parts = rest.split(":") if rest else []
+    if not parts or not parts[0] or "=" in parts[0]:
+        raise ValueError(f"learner {spec!r}: name the checkpoint folder, as agent:PATH")
+    kwargs = {}
+    for item in parts[1:]:
+        key, eq, value = item.partition("=")
+        if not eq or key not in ("temperature_start", "temperature_end", "decay_steps", "device"):
+            raise ValueError(f"learner {spec!r}: unknown option {item!r} (temperature_start, temperature_end, "
+                             "decay_steps, device)")
+        kwargs[key] = value if key == "device" else (int(value) if key == "decay_steps" else float(value))
+    if not math.isfinite(kwargs.get("temperature_end", 0.0)):
+        raise ValueError("temperature_end must be finite")
+    return AgentLearner(parts[0], **kwargs)
