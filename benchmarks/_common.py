@@ -18,13 +18,46 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "N
                 "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS")
 
 
+def _idlest_core(cores: Sequence[int], window: float = 0.25) -> int:
+    """The core with the most idle time over ``window`` seconds (from /proc/stat); ties go to the lowest id.
+
+    Benchmarks are often run while something else (another benchmark, the tests) is busy on one core;
+    sharing a core with it would halve whichever side of a comparison it overlaps.
+    """
+    def idle() -> dict[int, int]:
+        out = {}
+        try:
+            with open("/proc/stat") as f:
+                for line in f:
+                    if line.startswith("cpu") and line[3].isdigit():
+                        parts = line.split()
+                        out[int(parts[0][3:])] = int(parts[4]) + int(parts[5])  # idle + iowait
+        except (OSError, ValueError, IndexError):
+            pass
+        return out
+    before = idle()
+    time.sleep(window)
+    after = idle()
+    gains = {c: after.get(c, 0) - before.get(c, 0) for c in cores}
+    return max(sorted(cores), key=lambda c: gains[c])
+
+
 def pin_one_core() -> int:
-    """Pin this process to one CPU core and every math library to one thread; returns the core id."""
+    """Pin this process to one CPU core and every math library to one thread; returns the core id.
+
+    The core is ``$BENCH_CORE`` if set, else the idlest allowed core right now (see :func:`_idlest_core`).
+    """
     if "numpy" in sys.modules:
         raise RuntimeError("pin_one_core() must run before numpy is imported (thread counts are read at import)")
     for var in _THREAD_VARS:
         os.environ[var] = "1"
-    core = min(os.sched_getaffinity(0))
+    allowed = sorted(os.sched_getaffinity(0))
+    if os.environ.get("BENCH_CORE"):
+        core = int(os.environ["BENCH_CORE"])
+        if core not in allowed:
+            raise ValueError(f"BENCH_CORE={core} is not one of this process's cores {allowed}")
+    else:
+        core = _idlest_core(allowed) if len(allowed) > 1 else allowed[0]
     os.sched_setaffinity(0, {core})
     return core
 
@@ -54,7 +87,8 @@ def machine_line() -> str:
     pinned = sorted(os.sched_getaffinity(0))
     return (f"machine: {os.cpu_count()} cores ({cpu_model()}), pinned to core(s) {pinned}, "
             f"1 BLAS/OpenMP/numba thread; python {platform.python_version()}, numpy {np.__version__}, "
-            f"gymnasium {_version('gymnasium')}, xenoverse {_version('xenoverse')}, numba {_version('numba')}")
+            f"gymnasium {_version('gymnasium')}, xenoverse {_version('xenoverse')}, numba {_version('numba')}; "
+            f"load average at start {os.getloadavg()[0]:.2f}")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Environment steps per second: our ``BatchedAnyMDPEnv`` (numpy, B tasks at once) vs the peer's env.
 
-    python -m benchmarks.env_step           # the full run (about 2 minutes on one core)
+    python -m benchmarks.env_step           # the full run (about 1 minute on one core)
     python -m benchmarks.env_step --quick   # smoke run (n = 16, B <= 1024; seconds)
 
 Contenders, per state count n (16 and 64, 5 actions), timed round-robin in one process pinned to one
@@ -138,7 +138,7 @@ def bandwidth(repeats: int, rows: int, n: int, b: int) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: n = 16, B <= 1024, short loops")
-    ap.add_argument("--repeats", type=int, default=5, help="timed repeats per contender (default 5, after 1 warm-up)")
+    ap.add_argument("--repeats", type=int, default=9, help="timed repeats per contender (default 9, after 1 warm-up)")
     ap.add_argument("--distinct", type=int, default=256, help="distinct tasks per n, tiled to B (default 256)")
     ap.add_argument("--verbose", action="store_true", help="print every timed call")
     args = ap.parse_args(argv)
