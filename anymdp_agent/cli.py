@@ -3,7 +3,9 @@
 Subcommands:
 
 - ``eval``: run in-context learners on a suite and write the JSON, the PNG and a table;
-- ``demo``: the main job on the bundled defaults (a short ``eval`` of every learner on fresh test tasks).
+- ``demo``: the main job on the bundled defaults (a short ``eval`` of every learner on fresh test tasks);
+- ``generate``: generate (or resume) a trajectory corpus as a ``datasets`` folder in the Hub's layout;
+- ``push-dataset``: upload a corpus folder to the Hub in one commit.
 """
 
 from __future__ import annotations
@@ -50,6 +52,53 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition(":")
+    try:
+        return (int(lo), int(hi)) if sep else (int(lo), int(lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or LO:HI, got {text!r}") from None
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .data import CorpusConfig, MixtureConfig, generate_corpus
+
+    weights = None
+    if args.weights:
+        weights = {}
+        for item in args.weights.split(","):
+            name, eq, value = item.partition("=")
+            if not eq:
+                raise ValueError(f"--weights takes NAME=WEIGHT,..., got {item!r}")
+            weights[name.strip()] = float(value)
+    mixture = MixtureConfig() if weights is None else MixtureConfig(weights={**MixtureConfig().weights, **weights})
+    cfg = CorpusConfig(tasks=args.tasks, seq_len=args.seq_len, n_states=args.n_states, n_actions=args.n_actions,
+                       labels=tuple(x.strip() for x in args.labels.split(",") if x.strip()),
+                       oracle_gamma=args.oracle_gamma, split=args.split, seed_offset=args.seed_offset, seed=args.seed,
+                       tasks_per_shard=args.tasks_per_shard, mixture=mixture)
+    shard_range = None
+    if args.shard_range:
+        shard_range = _size_range(args.shard_range)
+    command = "anymdp-agent generate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if args.record_command else None
+    stats = generate_corpus(args.out, cfg, num_proc=args.num_proc, shard_range=shard_range,
+                            progress=not args.no_progress, command=command)
+    for split, s in stats.items():
+        print(f"{args.out}: {split}: {s['sequences']} sequences, {s['rows']:,} rows in {s['shards']} shards")
+    print(f"load it with datasets.load_dataset({args.out!r})")
+    return 0
+
+
+def _run_push_dataset(args: argparse.Namespace) -> int:
+    from .hub import push_folder
+
+    info = push_folder(args.folder, args.repo_id, repo_type="dataset", token=args.token, private=args.private,
+                       required=("README.md", "corpus.json"))
+    print(f"pushed {args.folder} to {args.repo_id} in one commit: {getattr(info, 'commit_url', info)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anymdp-agent", description="In-context RL on AnyMDP tasks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +114,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_arguments(d, {"suite": "anymdp-16", "learners": "oracle,random,tql,ucbq,mbrl", "tasks": 128,
                             "steps": 4000, "out": "results/demo"})
     d.set_defaults(func=_run_eval)
+
+    g = sub.add_parser("generate", help="generate (or resume) a trajectory corpus as a datasets folder",
+                       description="Behaviour policies act on AnyMDP tasks; every row carries step-wise labels. "
+                                   "Writes parquet shards in the Hub's layout, corpus.json and a dataset card; "
+                                   "finished shards of an interrupted run are kept and skipped on rerun.")
+    g.add_argument("--out", required=True, help="corpus folder (new, empty, or a corpus to resume)")
+    g.add_argument("--tasks", type=int, required=True, help="number of sequences (one task each)")
+    g.add_argument("--seq-len", type=int, default=4096, help="rows per sequence (default: 4096)")
+    g.add_argument("--n-states", type=_size_range, default=(16, 16),
+                   help="states per task: N, or LO:HI drawn per sequence (default: 16; at least 8)")
+    g.add_argument("--n-actions", type=_size_range, default=(5, 5),
+                   help="actions per task: N, or LO:HI drawn per sequence (default: 5; at least 2)")
+    g.add_argument("--labels", default="oracle", help="label columns: oracle, planner or oracle,planner (default: oracle)")
+    g.add_argument("--oracle-gamma", type=float, default=0.994, help="oracle discount: 0.994, 0.93, 0.5 or 0 (default: 0.994)")
+    g.add_argument("--split", default="train", help="train, validation or test: picks the task seed range (default: train)")
+    g.add_argument("--seed-offset", type=int, default=0, help="first task seed, counted into the split's range (default: 0)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the behaviour randomness (default: 0)")
+    g.add_argument("--tasks-per-shard", type=int, default=256, help="sequences per parquet shard (default: 256)")
+    g.add_argument("--weights", default="", help="behaviour weights NAME=W,... over random, explore, qlearn, "
+                                                   "mixed_a..d, distill_a, distill_b, oracle (default: 0.1 each)")
+    g.add_argument("--num-proc", type=int, default=1, help="processes generating shards in parallel (default: 1)")
+    g.add_argument("--shard-range", default="", help="LO:HI: generate only these shards (one range per machine)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-record-command", dest="record_command", action="store_false",
+                   help="do not write the command line into the dataset card")
+    g.set_defaults(func=_run_generate)
+
+    pd = sub.add_parser("push-dataset", help="upload a corpus folder to the Hub in one commit")
+    pd.add_argument("--folder", required=True, help="the corpus folder (written by generate)")
+    pd.add_argument("--repo-id", required=True, help="USER/NAME of the dataset repository (created if missing)")
+    pd.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
+    pd.add_argument("--private", action="store_true", help="create the repository private")
+    pd.set_defaults(func=_run_push_dataset)
     return parser
 
 
@@ -73,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"anymdp-agent {args.command}: error: {e}\n")
+    except RuntimeError as e:  # e.g. a push that could not happen
+        parser.exit(1, f"anymdp-agent {args.command}: error: {e}\n")
 
 
 if __name__ == "__main__":

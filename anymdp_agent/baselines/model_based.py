@@ -82,13 +82,18 @@ class ModelBasedPlanner(InContextLearner):
         return argmax_random_ties(self.q_values(state, obs), state.mask, state.rng), state
 
     def observe(self, state: PlannerState, t: Transition) -> PlannerState:
-        b = np.arange(len(t.obs))
+        self.record(state, t)
+        self.plan(state, self.sweeps)
+        return state
+
+    def record(self, state: PlannerState, t: Transition, envs: np.ndarray | None = None) -> None:
+        """Add one step to the empirical model (no planning): of every environment, or of ``envs`` only
+        (then the transition's arrays hold those environments' steps)."""
+        b = np.arange(len(t.obs)) if envs is None else np.asarray(envs)
         s, a, s2 = t.obs, t.actions, t.next_obs
         state.counts[b, s, a, s2] += 1.0
         state.n_sa[b, s, a] += 1.0
         state.reward_sum[b, s, a] += t.rewards
-        state.r_max = np.maximum(state.r_max, t.rewards)
+        state.r_max[b] = np.maximum(state.r_max[b], t.rewards)
         term = t.terminated.astype(bool)
         state.terminal[b[term], s2[term]] = True
-        self.plan(state, self.sweeps)
-        return state

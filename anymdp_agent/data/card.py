@@ -1,0 +1,111 @@
+"""The dataset card of a corpus folder: rendered from ``cards/dataset_card.md`` by a plain function."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from string import Template
+
+import numpy as np
+
+from ..envs import GENERATOR_VERSION
+from ..fileio import atomic_write
+from .behaviours import BEHAVIOURS, TAGS
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "cards" / "dataset_card.md"
+
+
+def aggregate_stats(folder: Path) -> dict:
+    """Sum the per-shard statistics of every split present: ``{split: stats}``."""
+    out = {}
+    for path in sorted((folder / "stats").glob("*.json")):
+        split = path.name.rsplit("-", 1)[0]
+        s = json.loads(path.read_text())
+        agg = out.setdefault(split, {"shards": 0, "sequences": 0, "rows": 0, "steps": 0, "episodes": 0,
+                                     "episode_length_sum": 0, "behaviour_rows": {}, "tag_rows": {},
+                                     "episode_length_hist": np.zeros(1001, dtype=np.int64), "label_agreement": {}})
+        agg["shards"] += 1
+        for key in ("sequences", "rows", "steps", "episodes", "episode_length_sum"):
+            agg[key] += s[key]
+        for key in ("behaviour_rows", "tag_rows"):
+            for name, count in s[key].items():
+                agg[key][name] = agg[key].get(name, 0) + count
+        if s["episode_length_hist"]:
+            agg["episode_length_hist"] += np.asarray(s["episode_length_hist"], dtype=np.int64)
+        for kind, per_tag in s["label_agreement"].items():
+            dst = agg["label_agreement"].setdefault(kind, {})
+            for tag, c in per_tag.items():
+                d = dst.setdefault(tag, {"rows": 0, "agree": 0})
+                d["rows"] += c["rows"]
+                d["agree"] += c["agree"]
+    for agg in out.values():
+        agg["episode_length_hist"] = agg["episode_length_hist"].tolist()
+    return out
+
+
+def _quantile(hist: list[int], q: float) -> int:
+    c = np.cumsum(hist)
+    return int(np.searchsorted(c, q * c[-1])) if len(c) and c[-1] else 0
+
+
+def render_dataset_card(folder: Path, meta: dict, stats: dict) -> str:
+    """The card's markdown from the corpus' saved settings (``corpus.json``) and statistics."""
+    splits = sorted(meta.get("splits", {}))
+    labels = meta["splits"][splits[0]]["labels"] if splits else []
+    total_rows = sum(s["rows"] for s in stats.values())
+    size = "n<1K" if total_rows < 1e3 else "1K<n<10K" if total_rows < 1e4 else "10K<n<100K" if total_rows < 1e5 \
+        else "100K<n<1M" if total_rows < 1e6 else "1M<n<10M" if total_rows < 1e7 else "10M<n<100M" if total_rows < 1e8 \
+        else "100M<n<1B" if total_rows < 1e9 else "n>1B"
+    commands = meta.get("commands", {})
+    cmd_text = "\n\n".join(f"{split}:\n\n```bash\n{commands[split]}\n```" for split in splits if split in commands) \
+        or "Generated through the Python API (`anymdp_agent.data.generate_corpus`)."
+    settings = []
+    for split in splits:
+        c = meta["splits"][split]
+        settings.append(f"- **{split}**: {c['tasks']} sequences of {c['seq_len']} rows, states {c['n_states'][0]}-"
+                        f"{c['n_states'][1]}, actions {c['n_actions'][0]}-{c['n_actions'][1]}, labels "
+                        f"{', '.join(c['labels'])} (oracle gamma {c['oracle_gamma']}), task seeds from offset "
+                        f"{c['seed_offset']} of the {split} range, generation seed {c['seed']}, behaviour weights "
+                        + ", ".join(f"{k} {v:g}" for k, v in c["mixture"]["weights"].items()))
+    sizes = "\n".join(f"- {split}: {s['sequences']} sequences, {s['rows']:,} rows, {s['steps']:,} environment steps, "
+                      f"{s['shards']} shards" for split, s in stats.items()) or "- (no shards yet)"
+    data_files = "\n".join(f"  - split: {split}\n    path: data/{split}-*" for split in splits)
+    label_rows = "\n".join(
+        {"oracle": "| `label_oracle` | list of int8 | the value-iteration oracle's action in the true state (-1: none) |",
+         "planner": "| `label_planner` | list of int8 | the count-based planner's action given the same history (-1: none) |"}[k]
+        for k in labels)
+    acting = {}
+    for s in stats.values():
+        for k, v in s["behaviour_rows"].items():
+            acting[k] = acting.get(k, 0) + v
+    total_acting = max(sum(acting.values()), 1)
+    mix = "| behaviour | share |\n|---|---|\n" + "\n".join(f"| {k} | {acting.get(k, 0) / total_acting:.3f} |"
+                                                     for k in BEHAVIOURS)
+    hist = np.sum([s["episode_length_hist"] for s in stats.values() if s["episode_length_hist"]], axis=0) \
+        if stats else np.zeros(1)
+    episodes = sum(s["episodes"] for s in stats.values())
+    mean_len = sum(s["episode_length_sum"] for s in stats.values()) / max(episodes, 1)
+    rows = ["| label | " + " | ".join(TAGS) + " |", "|---|" + "---|" * len(TAGS)]
+    for kind in labels:
+        cells = []
+        for tag in TAGS:
+            r = sum(s["label_agreement"].get(kind, {}).get(tag, {}).get("rows", 0) for s in stats.values())
+            a = sum(s["label_agreement"].get(kind, {}).get(tag, {}).get("agree", 0) for s in stats.values())
+            cells.append(f"{a / r:.2f} ({r:,} rows)" if r else "-")
+        rows.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return Template(TEMPLATE.read_text()).substitute(
+        pretty_name=f"AnyMDP in-context RL corpus ({folder.name})", size_category=size, data_files=data_files,
+        commands=cmd_text, sampler_version=GENERATOR_VERSION, corpus_format=meta.get("format"),
+        settings="\n".join(settings), sizes=sizes, label_rows=label_rows, behaviour_mix=mix, episodes=f"{episodes:,}",
+        mean_length=f"{mean_len:.1f}", median_length=_quantile(list(hist), 0.5), p90_length=_quantile(list(hist), 0.9),
+        agreement="\n".join(rows))
+
+
+def write_dataset_card(folder: str | Path) -> dict:
+    """Render ``README.md`` of a corpus folder from what it holds; returns the aggregated statistics."""
+    folder = Path(folder)
+    meta = json.loads((folder / "corpus.json").read_text())
+    stats = aggregate_stats(folder)
+    text = render_dataset_card(folder, meta, stats)
+    atomic_write(folder / "README.md", lambda fh: fh.write(text.encode()))
+    return stats
