@@ -5,7 +5,8 @@ Subcommands:
 - ``eval``: run in-context learners on a suite and write the JSON, the PNG and a table;
 - ``demo``: the main job on the bundled defaults (a short ``eval`` of every learner on fresh test tasks);
 - ``generate``: generate (or resume) a trajectory corpus as a ``datasets`` folder in the Hub's layout;
-- ``push-dataset``: upload a corpus folder to the Hub in one commit.
+- ``push-dataset``: upload a corpus folder to the Hub in one commit;
+- ``train``: ``accelerate launch training/train.py`` with the given recipe and overrides.
 """
 
 from __future__ import annotations
@@ -99,6 +100,21 @@ def _run_push_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_train(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "training" / "train.py"
+    if not script.is_file():
+        raise ValueError(f"training/train.py not found beside the package ({script}): training runs from a clone "
+                         "of the repository (pip install -e .)")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes),
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if args.cpu:
+        launch.append("--cpu")
+    return subprocess.call(launch + [str(script), *args.train_args])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anymdp-agent", description="In-context RL on AnyMDP tasks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,12 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
     pd.add_argument("--private", action="store_true", help="create the repository private")
     pd.set_defaults(func=_run_push_dataset)
+
+    t = sub.add_parser("train", help="train the agent: accelerate launch training/train.py ...",
+                       description="Runs `accelerate launch training/train.py` with the arguments after the options, "
+                                   "e.g. `anymdp-agent train --cpu -- --config training/configs/tiny.yaml`. "
+                                   "`python training/train.py --help` lists every training setting.")
+    t.add_argument("--num-processes", type=int, default=1, help="processes (data parallel) (default: 1)")
+    t.add_argument("--cpu", action="store_true", help="force the CPU even where a GPU is present")
+    t.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments for training/train.py (after --)")
+    t.set_defaults(func=_run_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "train_args", None) and args.train_args[0] == "--":
+        args.train_args = args.train_args[1:]
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:

@@ -28,7 +28,7 @@ from .baselines import LEARNERS, make_learner
 from .baselines.protocol import EnvSpec, InContextLearner
 from .envs import BatchedAnyMDPEnv, sample_anymdp_task, sample_garnet_task, stack_tasks
 from .envs.gym_adapter import check_discrete, make_gym_vector_env, task_from_gym
-from .envs.seeds import TEST
+from .envs.seeds import SEED_RANGES, TEST
 from .envs.solvers import oracle_return, random_return
 from .envs.task import TaskBatch
 from .fileio import atomic_write
@@ -98,11 +98,12 @@ def check_suite_name(name: str) -> None:
                      "(sized suites take any state count >= 8, e.g. anymdp-24)")
 
 
-def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int = 5) -> Suite:
+def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int = 5, split: str = "test") -> Suite:
     """Build a suite by name.
 
     - ``anymdp-N`` / ``garnet-N``: ``num_tasks`` tasks with ``N`` states and ``n_actions`` actions,
-      task seeds ``TEST.start + seed_offset + i`` (the test range, which training never touches);
+      task seeds ``start + seed_offset + i`` of the ``split`` seed range (``test`` by default, which
+      training never touches; training monitors itself on ``validation``);
     - ``frozenlake`` (4x4, slippery), ``frozenlake8x8``, ``cliffwalking`` (capped at 200 steps),
       ``gym:<EnvId>`` (any registered env with Discrete spaces): ``num_tasks`` independent runs.
     """
@@ -113,11 +114,13 @@ def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int =
     if m:
         kind, n = m.group(1), int(m.group(2))
         sampler = sample_anymdp_task if kind == "anymdp" else sample_garnet_task
-        seeds = list(TEST.seeds(num_tasks, seed_offset))
+        if split not in SEED_RANGES:
+            raise ValueError(f"split must be one of {list(SEED_RANGES)}, got {split!r}")
+        seeds = list(SEED_RANGES[split].seeds(num_tasks, seed_offset))
         tasks = stack_tasks([sampler(n, n_actions, seed=s) for s in seeds])
         return Suite(name=name, num_envs=num_tasks, tasks=tasks, seeds=seeds,
                      make_env=lambda: BatchedAnyMDPEnv(tasks, autoreset_mode="SameStep"),
-                     description=f"{kind} tasks, {n} states, {n_actions} actions, test seeds {seeds[0]}..{seeds[-1]}")
+                     description=f"{kind} tasks, {n} states, {n_actions} actions, {split} seeds {seeds[0]}..{seeds[-1]}")
     env_id, kwargs = _GYM_SUITES[name] if name in _GYM_SUITES else (name[4:], {})
     task = task_from_gym(env_id, **kwargs)
     tasks = None if task is None else stack_tasks([task] * num_tasks)

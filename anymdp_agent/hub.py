@@ -61,3 +61,139 @@ def push_folder(folder: str | os.PathLike, repo_id: str, repo_type: str = "model
     except Exception as e:  # network, authentication, permission: the one commit did not happen
         raise PushError(f"push of {folder} to {repo_type} repo {repo_id} failed ({type(e).__name__}: {e}); "
                         "nothing was committed. Check the token (HF_TOKEN or `hf auth login`) and the network.") from e
+
+
+# ---------------------------------------------------------------------- model cards
+
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "cards" / "model_card.md"
+
+
+def _window_mean(entry: dict, lo: int, hi: int) -> float | None:
+    vals = [w["mean"] for s, w in zip(entry["window_starts"], entry["windows"])
+            if lo <= s < hi and w.get("mean") is not None]
+    return float(sum(vals) / len(vals)) if vals else None
+
+
+def _model_index(name: str, results: dict) -> str:
+    """The Hub's ``model-index`` YAML: normalised score at fixed step windows per suite, success rates."""
+    lines = ["model-index:", f"- name: {name}", "  results:"]
+    for suite, res in sorted(results.items()):
+        agent = next((v for k, v in res["learners"].items() if k.startswith("agent")), None)
+        if agent is None:
+            continue
+        steps = res["config"]["steps"]
+        metrics = []
+        if agent.get("auc", {}).get("mean") is not None:
+            metrics.append(("normalized_score_auc", agent["auc"]["mean"], f"AUC of the normalised score over {steps} steps"))
+        late = _window_mean(agent, int(steps * 0.75), steps)
+        if late is not None:
+            metrics.append(("normalized_score_last_quarter", late, f"normalised score, steps {int(steps * 0.75)}-{steps}"))
+        early = _window_mean(agent, 0, max(res["config"]["window"], 1))
+        if early is not None:
+            metrics.append(("normalized_score_first_window", early, f"normalised score, first {res['config']['window']} steps"))
+        sw = agent.get("success_windows")
+        if sw:
+            full = max(x["n"] for x in sw)
+            covered = [x for x in sw if x["n"] == full and x.get("mean") is not None]
+            if covered:
+                metrics.append(("success_rate_last_window", covered[-1]["mean"], "success rate, last fully covered "
+                                f"{agent['success_episode_window']}-episode window"))
+        if not metrics:
+            continue
+        lines += ["  - task:", "      type: reinforcement-learning", "      name: In-context reinforcement learning",
+                  "    dataset:", f"      type: {suite}", f"      name: {res['suite']['description']}",
+                  "    metrics:"]
+        for mtype, value, mname in metrics:
+            lines += [f"    - type: {mtype}", f"      value: {value:.4f}", f"      name: {mname}"]
+    return "\n".join(lines) + "\n" if len(lines) > 3 else ""
+
+
+def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, extra_limitations: str = "") -> str:
+    """A model card from the artifacts in a checkpoint folder only.
+
+    Reads ``config.json``, ``train_config.json`` (if present), ``eval/*.json`` and ``eval/*.png``
+    (evaluation results written by :func:`anymdp_agent.evaluation.write_results`).
+    """
+    import json
+    from string import Template
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    train = json.loads((folder / "train_config.json").read_text()) if (folder / "train_config.json").is_file() else None
+    results = {}
+    for path in sorted((folder / "eval").glob("*.json")) if (folder / "eval").is_dir() else []:
+        res = json.loads(path.read_text())
+        results[res["suite"]["name"]] = res
+    name = repo_id.split("/")[-1] if repo_id else folder.name
+    if config["backbone"] == "planning":
+        backbone_text = ("Planning backbone: exact per-(observation, action) statistics held as a linear-attention "
+                         f"state with one-hot keys, read by {config['planning_steps']} learned differentiable "
+                         "value-iteration layers (learned discount, exploration bonus, optimism, temperature).")
+    else:
+        backbone_text = (f"Sequence backbone: {config['num_hidden_layers']} gated linear attention layers, width "
+                         f"{config['hidden_size']}, {config['num_heads']} heads (chunkwise-parallel training, "
+                         "recurrent stepping).")
+    params = None
+    st = folder / "model.safetensors"
+    if st.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(st), "pt") as fh:
+            params = sum(_prod(fh.get_slice(k).get_shape()) for k in fh.keys())
+    if train:
+        data = train.get("corpus") or "tasks generated on the fly (infinite-task training)"
+        training = (f"- Recipe: `{train.get('recipe', 'custom')}`; data: {data}; label: {train.get('label')}; "
+                    f"{train.get('max_steps')} optimiser steps of {train.get('batch_size')} sequences x "
+                    f"{train.get('seq_len')} rows per process; on-policy share {train.get('onpolicy_fraction')}.\n"
+                    f"- Compute: {train.get('compute', 'see train_config.json')}.\n"
+                    "- Every setting is in `train_config.json` beside the weights.")
+    else:
+        training = "No training record in this folder (`train_config.json` missing)."
+    if results:
+        parts = []
+        for suite, res in sorted(results.items()):
+            parts.append(f"**{suite}** ({res['suite']['description']}; {res['suite']['instances']} instances, "
+                         f"{res['config']['steps']} steps, window {res['config']['window']}):\n")
+            parts.append("| learner | AUC [95% CI] | first window | last quarter |\n|---|---|---|---|")
+            steps = res["config"]["steps"]
+            for lname, e in res["learners"].items():
+                auc = e["auc"]
+                first = _window_mean(e, 0, res["config"]["window"])
+                last = _window_mean(e, int(steps * 0.75), steps)
+                fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+                parts.append(f"| {lname} | {fmt(auc.get('mean'))} [{fmt(auc.get('ci_low'))}, {fmt(auc.get('ci_high'))}] "
+                             f"| {fmt(first)} | {fmt(last)} |")
+            png = folder / "eval" / f"{Path(suite.replace(':', '_')).name}.png"
+            for cand in (folder / "eval").glob("*.png"):
+                if cand.stem.endswith(suite.replace(":", "_")):
+                    png = cand
+            if png.is_file():
+                parts.append(f"\n![{suite} learning curves](eval/{png.name})\n")
+            parts.append("")
+        evaluation = "\n".join(parts)
+    else:
+        evaluation = "Not evaluated yet (no `eval/*.json` in this folder)."
+    datasets_yaml = ""
+    if train and train.get("corpus") and not Path(str(train["corpus"])).exists():
+        datasets_yaml = f"datasets:\n- {train['corpus']}\n"
+    return Template(MODEL_CARD_TEMPLATE.read_text()).substitute(
+        datasets_yaml=datasets_yaml, model_index=_model_index(name, results), name=name,
+        backbone=config["backbone"], parameters=f"{params:,}" if params is not None else "?",
+        num_observations=config["num_observations"], num_actions=config["num_actions"],
+        backbone_text=backbone_text, training=training, evaluation=evaluation,
+        limitations=extra_limitations, repo_or_path=repo_id or str(folder))
+
+
+def _prod(shape) -> int:
+    out = 1
+    for d in shape:
+        out *= int(d)
+    return out
+
+
+def write_model_card(folder: str | os.PathLike, repo_id: str | None = None, extra_limitations: str = "") -> Path:
+    """Render the card of a checkpoint folder into its ``README.md`` (atomically)."""
+    from .fileio import atomic_write
+
+    text = render_model_card(folder, repo_id, extra_limitations)
+    return atomic_write(Path(folder) / "README.md", lambda fh: fh.write(text.encode()))
