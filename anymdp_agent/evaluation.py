@@ -6,8 +6,9 @@ of steps, episode after episode, learning as it goes. An episode's normalised sc
 ``(R - R_random) / (R_oracle - R_random)`` with the *exact* expected returns of the oracle and of
 uniform random actions (dynamic programming on the true model).
 The curve is the mean score of the episodes that end in each step window (each episode counts once;
-the unfinished last episode of each run is left out); the area under the curve (AUC) is the mean of
-that curve over the windows of the budget.
+the unfinished last episode of each run is left out); the area under the curve (AUC) of a run is the
+mean score of all its episodes within the budget. Tasks where the oracle barely beats random are
+skipped and counted (:data:`MIN_GAP`, :data:`MIN_RELATIVE_GAP`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ from .rollout import Run, parse_agent_spec, run_in_context
 
 #: Tasks whose oracle beats random by less than this (per episode) are skipped and counted.
 MIN_GAP = 0.01
+#: ... or by less than this share of the larger of the two returns' magnitudes: the oracle is optimal for
+#: the discounted return, not for the capped undiscounted one, and on a few large-state tasks it beats
+#: random by a sliver of returns of -40, which would blow single scores up to -40.
+MIN_RELATIVE_GAP = 0.01
 
 _GYM_SUITES = {
     "frozenlake": ("FrozenLake-v1", {"map_name": "4x4", "is_slippery": True}),
@@ -212,6 +217,18 @@ def window_scores(run: Run, score: np.ndarray, window: int) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1.0), np.nan)
 
 
+def episode_mean(run: Run, score: np.ndarray) -> np.ndarray:
+    """``[num_envs]`` mean score over every finished episode of each run (NaN where none).
+
+    This is the run's area under the curve: each episode counts once. (Averaging the window means
+    instead would over-weight windows holding few, long episodes.)
+    """
+    total = np.bincount(run.env_index, weights=score, minlength=run.num_envs)
+    count = np.bincount(run.env_index, minlength=run.num_envs)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def per_episode_index(run: Run, values: np.ndarray, max_episodes: int | None = None) -> np.ndarray:
     """``[num_envs, max_episodes]`` of a per-episode quantity indexed by episode number within each run."""
     order = np.lexsort((run.start, run.env_index))
@@ -239,14 +256,16 @@ class SuiteReference:
 
     oracle: np.ndarray
     random: np.ndarray
-    scored: np.ndarray  # bool [B]: gap >= MIN_GAP
+    scored: np.ndarray  # bool [B]: gap >= MIN_GAP and >= MIN_RELATIVE_GAP of the returns' magnitude
 
     @classmethod
     def of(cls, suite: Suite) -> "SuiteReference | None":
         if suite.tasks is None:
             return None
         hi, lo = oracle_return(suite.tasks), random_return(suite.tasks)
-        return cls(oracle=hi, random=lo, scored=(hi - lo) >= MIN_GAP)
+        gap = hi - lo
+        scale = np.maximum(np.abs(hi), np.abs(lo))
+        return cls(oracle=hi, random=lo, scored=(gap >= MIN_GAP) & (gap >= MIN_RELATIVE_GAP * scale))
 
     def normalise(self, run: Run) -> np.ndarray:
         gap = np.where(self.scored, self.oracle - self.random, 1.0)
@@ -259,7 +278,7 @@ def analyse(run: Run, ref: SuiteReference | None, window: int, rng: np.random.Ge
     score = ref.normalise(run) if ref is not None else run.ret
     keep = ref.scored if ref is not None else np.ones(run.num_envs, dtype=bool)
     win = window_scores(run, score, window)[keep]
-    auc_task = _nanmean_rows(win)  # area under the window curve, per task
+    auc_task = episode_mean(run, score)[keep]  # mean score of all episodes in the budget, per task
     out = {
         "score_kind": "normalised" if ref is not None else "return",
         "window_starts": (np.arange(win.shape[1]) * window).tolist(),

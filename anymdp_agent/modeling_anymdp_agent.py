@@ -255,7 +255,8 @@ class InContextPlanner(nn.Module):
         return q, v
 
     def temperature(self) -> torch.Tensor:
-        return torch.exp(self.log_temperature) * 0.1
+        """Softmax temperature of the policy over normalised Q values (1 at initialisation)."""
+        return torch.exp(self.log_temperature)
 
     def world_model(self, stats, observations, actions):
         """Next-observation logits and reward prediction at each row from its statistics."""
@@ -548,13 +549,8 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
             raise ValueError("observations, actions and rewards must all have shape [batch, rows]; got "
                              f"{tuple(observations.shape)}, {tuple(actions.shape)}, {tuple(rewards.shape)}")
         n_obs = cache.n_sa.shape[1] if cfg.backbone == "planning" else cfg.num_observations
-        if observations.numel() and (observations.min() < 0 or observations.max() >= n_obs):
-            raise ValueError(f"observation id {int(observations.max())} is outside the vocabulary of {n_obs} ids "
-                             "(config.num_observations): use a model with a larger vocabulary")
-        bad = (actions >= cfg.num_actions) | (actions < END_TRUNCATED)
-        if bad.any():
-            raise ValueError(f"action {int(actions[bad][0])} is outside 0..{cfg.num_actions - 1} (or the episode-end "
-                             f"ids {END_TERMINATED}, {END_TRUNCATED}): the task has more actions than the model")
+        self._check_observations(observations, n_obs)
+        self._check_actions(actions)
         if tags is not None and tags.numel() and (tags.min() < 0 or tags.max() >= cfg.num_tags):
             raise ValueError(f"tag ids must lie in 0..{cfg.num_tags - 1}")
         if prompts is not None and prompts.numel() and (prompts.min() < 0 or prompts.max() >= cfg.num_prompts):
@@ -565,6 +561,19 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
                 raise ValueError(f"labels must be actions 0..{cfg.num_actions - 1} or {IGNORE_INDEX}")
         if action_mask is not None and action_mask.shape != (observations.shape[0], cfg.num_actions):
             raise ValueError(f"action_mask must have shape [batch, {cfg.num_actions}], got {tuple(action_mask.shape)}")
+
+    @staticmethod
+    def _check_observations(observations: torch.Tensor, n_obs: int) -> None:
+        bad = (observations < 0) | (observations >= n_obs)
+        if bad.any():
+            raise ValueError(f"observation id {int(observations[bad][0])} is outside the vocabulary of {n_obs} ids "
+                             "(config.num_observations): use a model with a larger vocabulary")
+
+    def _check_actions(self, actions: torch.Tensor) -> None:
+        bad = (actions >= self.config.num_actions) | (actions < END_TRUNCATED)
+        if bad.any():
+            raise ValueError(f"action {int(actions[bad][0])} is outside 0..{self.config.num_actions - 1} (or the "
+                             f"episode-end ids {END_TERMINATED}, {END_TRUNCATED}): the task has more actions than the model")
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(
@@ -660,6 +669,7 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
             out = self.forward(obs, torch.zeros_like(obs), torch.zeros(obs.shape, device=obs.device),
                                action_mask=action_mask, cache=state)
             return out.policy_logits[:, 0], out.cache
+        self._check_observations(obs, self.config.num_observations)
         prev_rew = torch.where(state.last_action >= 0, state.last_reward, torch.zeros_like(state.last_reward))
         real = (state.last_action >= 0).float()
         bb = self.backbone
@@ -676,6 +686,7 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
     def _end_row(self, state: AnyMDPAgentCache, actions: torch.LongTensor, rewards: torch.Tensor):
         """Feed the action token of the current row (an action, or an episode-end id) and its reward."""
         actions = actions.view(-1)
+        self._check_actions(actions)
         tensors = {**state.tensors, "last_action": actions.clone(), "last_reward": rewards.float().view(-1).clone()}
         if self.config.backbone == "planning":
             return AnyMDPAgentCache(tensors, state.layers)

@@ -121,10 +121,15 @@ def load_agent(path: str | os.PathLike, device: str | torch.device = "cpu") -> A
     except ValueError as e:
         raise ValueError(f"{folder}/config.json is not a valid AnyMDPAgentConfig: {e}") from e
     try:
-        model = AnyMDPAgentModel.from_pretrained(folder, config=config)
+        model, info = AnyMDPAgentModel.from_pretrained(folder, config=config, output_loading_info=True)
     except (RuntimeError, ValueError, OSError) as e:
         raise ValueError(f"the weights in {folder} do not match its config.json ({type(e).__name__}: {e}); "
                          "the checkpoint was written by another configuration: re-save it") from e
+    problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if problems:
+        raise ValueError(f"the weights in {folder} do not match its config.json ("
+                         + "; ".join(f"{k.replace('_', ' ')}: {sorted(map(str, v))[:6]}" for k, v in problems.items())
+                         + "): the checkpoint was written by another configuration; re-save it")
     return model.to(device).eval()
 
 
@@ -148,8 +153,10 @@ class AgentLearner(InContextLearner):
 
     def __init__(self, model: AnyMDPAgentModel | str | os.PathLike, temperature_start: float = 1.0,
                  temperature_end: float = 0.1, decay_steps: int = 10_000, device: str = "cpu"):
-        if temperature_start < 0 or temperature_end < 0 or decay_steps < 0:
-            raise ValueError("temperatures and decay_steps must be >= 0")
+        if not (math.isfinite(temperature_start) and math.isfinite(temperature_end)) \
+                or temperature_start < 0 or temperature_end < 0 or decay_steps < 0:
+            raise ValueError(f"temperatures and decay_steps must be finite and >= 0, got temperature_start="
+                             f"{temperature_start}, temperature_end={temperature_end}, decay_steps={decay_steps}")
         self.checkpoint = None if isinstance(model, AnyMDPAgentModel) else str(model)
         self._model = model if isinstance(model, AnyMDPAgentModel) else load_agent(model, device)
         self._model.eval()
@@ -223,6 +230,4 @@ def parse_agent_spec(spec: str) -> AgentLearner:
             raise ValueError(f"learner {spec!r}: unknown option {item!r} (temperature_start, temperature_end, "
                              "decay_steps, device)")
         kwargs[key] = value if key == "device" else (int(value) if key == "decay_steps" else float(value))
-    if not math.isfinite(kwargs.get("temperature_end", 0.0)):
-        raise ValueError("temperature_end must be finite")
     return AgentLearner(parts[0], **kwargs)
