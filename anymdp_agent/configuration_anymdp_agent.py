@@ -30,7 +30,10 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         planning_steps: value-iteration layers of the planning backbone.
         planning_gamma: initial discount of those layers (learned).
         bonus_hidden: width of the learned exploration-bonus network.
-        carry_values: start each step's value iteration from the previous step's values.
+        carry_values: start value iteration from the values of the last row of the previous chunk
+            instead of 0. Off by default: measured on 32 validation tasks (16 states, 2,000 steps), the
+            untrained planner scores AUC 0.69 from 0 and 0.61 carrying, because optimism that the
+            last chunk has since disproved survives the sweeps.
 
     Loss (``L = w_pi CE(policy) + w_s CE(next observation) + w_r MSE(reward)``):
         policy_loss_weight, observation_loss_weight, reward_loss_weight: the weights (0.8/0.1/0.1).
@@ -55,7 +58,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         planning_steps: int = 16,
         planning_gamma: float = 0.99,
         bonus_hidden: int = 16,
-        carry_values: bool = True,
+        carry_values: bool = False,
         policy_loss_weight: float = 0.8,
         observation_loss_weight: float = 0.1,
         reward_loss_weight: float = 0.1,

@@ -23,7 +23,7 @@ Backbones (``config.backbone``), both with an explicit constant-size recurrent s
   counts, terminal observations: a linear-attention state with one-hot keys and no decay, O(1) per
   step -- read by ``planning_steps`` differentiable value-iteration layers with a learned discount,
   a learned exploration bonus (a small network of the statistics), learned optimism for untried
-  pairs and a learned temperature. Values are carried over at chunk boundaries.
+  pairs and a learned temperature (optionally starting from the values of the previous chunk).
 - ``sequence``: a stack of gated linear attention layers (scalar data-dependent decay per head, the
   Mamba-2 / gated-retention member of the GLA family: every decay factor in the chunkwise form is
   ``exp`` of a non-positive number, so it is stable in float32 at any chunk size) with a

@@ -43,7 +43,7 @@ from anymdp_agent.rollout import AgentLearner
 
 #: Settings that must match to resume a run (the model's shape and the data it sees).
 _RESUME_KEYS = ("backbone", "num_observations", "num_actions", "hidden_size", "num_hidden_layers", "num_heads",
-                "chunk_size", "planning_steps", "bonus_hidden", "corpus", "label", "seed", "batch_size")
+                "chunk_size", "planning_steps", "bonus_hidden", "carry_values", "corpus", "label", "seed", "batch_size")
 
 
 @dataclass
@@ -63,6 +63,7 @@ class TrainArgs:
     planning_steps: int = field(default=16, metadata={"help": "Value-iteration layers of the planning backbone."})
     planning_gamma: float = field(default=0.99, metadata={"help": "Initial discount of the planning layers."})
     bonus_hidden: int = field(default=16, metadata={"help": "Width of the learned exploration bonus."})
+    carry_values: bool = field(default=False, metadata={"help": "Planning starts from the values of the last chunk."})
     context_warmup: int = field(default=0, metadata={"help": "Rows over which the loss weight warms up (0: none)."})
     # -- data
     corpus: str = field(default="", metadata={"help": "Corpus folder or Hub id; empty: generate tasks on the fly."})
@@ -71,7 +72,7 @@ class TrainArgs:
     label: str = field(default="planner", metadata={"help": "Target: oracle, planner or mix (per sequence)."})
     behaviour_weights: str = field(default="", metadata={"help": "On-the-fly mixture weights NAME=W,... (default 0.1 each)."})
     curriculum: str = field(default="", metadata={
-        "help": "Stages UNTIL:STATES:ACTIONS:SEQ_LEN separated by ';' (e.g. '200:8:2-3:256;-:16:5:1024'): "
+        "help": "Stages UNTIL:STATES:ACTIONS:SEQ_LEN separated by ';' (e.g. '200:8:2-3:256;inf:16:5:1024', the last stage open-ended: inf): "
                 "on-the-fly and on-policy sequences use the stage of the current step; empty: n_states/n_actions/seq_len."})
     n_states: str = field(default="16", metadata={"help": "States per on-the-fly task: N or LO-HI."})
     n_actions: str = field(default="5", metadata={"help": "Actions per on-the-fly task: N or LO-HI."})
@@ -124,7 +125,8 @@ class TrainArgs:
             num_observations=self.num_observations, num_actions=self.num_actions, backbone=self.backbone,
             hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers, num_heads=self.num_heads,
             chunk_size=self.chunk_size, planning_steps=self.planning_steps, planning_gamma=self.planning_gamma,
-            bonus_hidden=self.bonus_hidden, context_warmup=self.context_warmup, num_prompts=PLANNER_PROMPT + 1)
+            bonus_hidden=self.bonus_hidden, carry_values=self.carry_values, context_warmup=self.context_warmup,
+            num_prompts=PLANNER_PROMPT + 1)
 
     def stages(self) -> list[tuple[int, tuple[int, int], tuple[int, int], int]]:
         """The curriculum: ``(until_step, states, actions, seq_len)`` per stage, the last open-ended."""
@@ -138,7 +140,7 @@ class TrainArgs:
         for part in self.curriculum.split(";"):
             try:
                 until, states, actions, length = part.strip().split(":")
-                out.append((math.inf if until.strip() == "-" else int(until), rng(states), rng(actions), int(length)))
+                out.append((math.inf if until.strip() in ("-", "inf") else int(until), rng(states), rng(actions), int(length)))
             except ValueError:
                 raise ValueError(f"curriculum stage {part!r} is not UNTIL:STATES:ACTIONS:SEQ_LEN") from None
         return out
@@ -473,6 +475,10 @@ def train(args: TrainArgs) -> Path:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=args.max_steps, initial=start_step, desc=f"train {args.recipe}", unit="step")
+    if validator is not None and start_step == 0:  # where training starts from, on the same yardstick
+        untrained = validator(accelerator.unwrap_model(model))["learners"]["agent"]
+        accelerator.log({"eval/auc": untrained["auc"]["mean"], "eval/last_window": untrained["windows"][-1]["mean"],
+                         **{f"eval/baseline_auc_{k}": v["auc"]["mean"] for k, v in validator.baselines.items()}}, step=0)
     n_onpolicy = int(round(args.batch_size * args.onpolicy_fraction))
     t_start = time.perf_counter()
     rows_seen = 0
