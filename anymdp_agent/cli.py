@@ -6,7 +6,8 @@ Subcommands:
 - ``demo``: the main job on the bundled defaults (a short ``eval`` of every learner on fresh test tasks);
 - ``generate``: generate (or resume) a trajectory corpus as a ``datasets`` folder in the Hub's layout;
 - ``push-dataset``: upload a corpus folder to the Hub in one commit;
-- ``train``: ``accelerate launch training/train.py`` with the given recipe and overrides.
+- ``train``: ``accelerate launch training/train.py`` with the given recipe and overrides;
+- ``push``: upload a checkpoint folder (weights, config, modeling code, card, eval results) in one commit.
 """
 
 from __future__ import annotations
@@ -50,6 +51,43 @@ def _run_eval(args: argparse.Namespace) -> int:
     paths = write_results(result, args.out)
     print(format_table(result))
     print(f"wrote {paths['json']} and {paths['png']}")
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from .evaluation import EvalConfig, check_config, check_output_dir, evaluate, format_table, write_results
+    from .rollout import bundled_agent_path
+
+    try:
+        agent = f"agent:{bundled_agent_path()}"
+    except FileNotFoundError as e:
+        print(f"note: {e}; running the baselines alone")
+        agent = None
+    learners = ([agent] if agent else []) + ["mbrl", "ucbq", "tql", "random", "oracle"]
+    runs = [EvalConfig(suite="anymdp-16", learners=learners, tasks=args.tasks, steps=args.steps, seed=args.seed,
+                       window=500),
+            EvalConfig(suite="frozenlake", learners=learners, tasks=args.frozenlake_runs, steps=args.frozenlake_steps,
+                       seed=args.seed, window=max(args.frozenlake_steps // 10, 1))]
+    for cfg in runs:
+        check_config(cfg)
+    check_output_dir(args.out)
+    t0 = time.perf_counter()
+    for cfg in runs:
+        result = evaluate(cfg, progress=not args.no_progress)
+        paths = write_results(result, args.out)
+        print(format_table(result))
+        print(f"wrote {paths['json']} and {paths['png']}\n")
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from .hub import push_checkpoint
+
+    info = push_checkpoint(args.checkpoint, args.repo_id, token=args.token, private=args.private)
+    print(f"pushed {args.checkpoint} to {args.repo_id} in one commit: {getattr(info, 'commit_url', info)}")
     return 0
 
 
@@ -125,11 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_arguments(p, {"suite": "anymdp-16", "learners": "oracle,random,tql,ucbq,mbrl", "tasks": 64,
                             "steps": 4000, "out": "results"})
     p.set_defaults(func=_run_eval)
-    d = sub.add_parser("demo", help="the main job on the bundled defaults (a quick comparison on fresh test tasks)",
-                       description="A quick, complete comparison of every learner on fresh AnyMDP test tasks.")
-    _add_eval_arguments(d, {"suite": "anymdp-16", "learners": "oracle,random,tql,ucbq,mbrl", "tasks": 128,
-                            "steps": 4000, "out": "results/demo"})
-    d.set_defaults(func=_run_eval)
+    d = sub.add_parser("demo", help="the main job: the bundled agent in context next to the baselines",
+                       description="Loads the bundled agent with from_pretrained and runs it in context (no weight "
+                                   "updates) next to the classic learners on fresh AnyMDP test tasks and on "
+                                   "FrozenLake; prints the tables and writes JSON + PNG per suite.")
+    d.add_argument("--tasks", type=int, default=64, help="AnyMDP test tasks (default: 64)")
+    d.add_argument("--steps", type=int, default=4000, help="steps per AnyMDP task (default: 4000)")
+    d.add_argument("--frozenlake-runs", type=int, default=16, help="independent FrozenLake runs (default: 16)")
+    d.add_argument("--frozenlake-steps", type=int, default=10000, help="steps per FrozenLake run (default: 10000)")
+    d.add_argument("--seed", type=int, default=0, help="seed of environments and learners (default: 0)")
+    d.add_argument("--out", default="results/demo", help="output folder (default: results/demo)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(func=_run_demo)
 
     g = sub.add_parser("generate", help="generate (or resume) a trajectory corpus as a datasets folder",
                        description="Behaviour policies act on AnyMDP tasks; every row carries step-wise labels. "
@@ -163,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
     pd.add_argument("--private", action="store_true", help="create the repository private")
     pd.set_defaults(func=_run_push_dataset)
+
+    pm = sub.add_parser("push", help="upload a checkpoint folder (weights, code, card, eval) to the Hub in one commit")
+    pm.add_argument("--checkpoint", required=True, help="a pretrained_model/ folder (or the bundled agent's)")
+    pm.add_argument("--repo-id", required=True, help="USER/NAME of the model repository (created if missing)")
+    pm.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
+    pm.add_argument("--private", action="store_true", help="create the repository private")
+    pm.set_defaults(func=_run_push)
 
     t = sub.add_parser("train", help="train the agent: accelerate launch training/train.py ...",
                        description="Runs `accelerate launch training/train.py` with the arguments after the options, "

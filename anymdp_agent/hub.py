@@ -197,3 +197,36 @@ def write_model_card(folder: str | os.PathLike, repo_id: str | None = None, extr
 
     text = render_model_card(folder, repo_id, extra_limitations)
     return atomic_write(Path(folder) / "README.md", lambda fh: fh.write(text.encode()))
+
+
+#: What a pushable checkpoint folder must hold.
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "configuration_anymdp_agent.py", "modeling_anymdp_agent.py",
+                    "README.md")
+
+
+def push_checkpoint(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
+                    api: HfApi | None = None):
+    """Push a ``pretrained_model/`` folder in one commit, after checking it is complete and self-contained.
+
+    The card is re-rendered for ``repo_id`` (so its load snippet names the repository) in a staging
+    copy; the folder itself is left as it is.
+    """
+    import json
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    missing = [name for name in CHECKPOINT_FILES[:-1] if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"{folder} is not a pushable checkpoint: it lacks {', '.join(missing)} "
+                         "(save_pretrained writes them)")
+    config = json.loads((folder / "config.json").read_text())
+    if "AutoModel" not in config.get("auto_map", {}):
+        raise ValueError(f"{folder}/config.json has no auto_map: the Hub could not load it with trust_remote_code")
+    with tempfile.TemporaryDirectory(prefix="anymdp-push-") as tmp:
+        staged = Path(tmp) / folder.name
+        shutil.copytree(folder, staged, ignore=shutil.ignore_patterns(".*", "*.tmp", "__pycache__"))
+        write_model_card(staged, repo_id=repo_id)
+        return push_folder(staged, repo_id, repo_type="model", token=token, private=private, required=CHECKPOINT_FILES,
+                           commit_message=f"Upload {folder.name} (weights, config, modeling code, card, eval results)",
+                           api=api)

@@ -238,8 +238,12 @@ class InContextPlanner(nn.Module):
         p_hat = (n_ss / safe[..., None]).reshape(*lead, s * a, s)
         gamma = self.gamma
         r_max = torch.where(stats["r_count"] > 0, stats["r_max"], torch.zeros_like(stats["r_max"])) / scale
-        u = (F.softplus(self.optimism[0] + math.log(math.e - 1.0)) * r_max.clamp(min=0.0) + self.optimism[1])
-        u = (u / (1.0 - gamma))[..., None, None]
+        # Optimism for untried pairs: r_max over the *initial* horizon 1/(1 - planning_gamma), scaled by a
+        # learned factor. Tied to the fixed initial horizon, not to the learned discount, so the discount's
+        # gradient comes from value propagation alone (tying them let imitation trade horizon for optimism).
+        horizon = 1.0 / (1.0 - self.config.planning_gamma)
+        u = (F.softplus(self.optimism[0] + math.log(math.e - 1.0)) * r_max.clamp(min=0.0) + self.optimism[1]) * horizon
+        u = u[..., None, None]
         hidden = torch.tanh(self.bonus_in(self.features(n_sa, r_mean, scale, visited)))
         bonus = self.bonus_out(hidden)[..., 0]
         base = visited * r_hat + (1.0 - visited) * u + bonus

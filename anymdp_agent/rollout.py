@@ -105,6 +105,18 @@ def run_in_context(learner: InContextLearner, envs, spec: EnvSpec, steps: int, s
 
 # ---------------------------------------------------------------------- the pretrained agent
 
+#: The checkpoint bundled with the package (``anymdp_agent/pretrained/<name>/``), the default agent.
+DEFAULT_AGENT = "anymdp-agent-planning-cpu"
+
+
+def bundled_agent_path(name: str = DEFAULT_AGENT) -> Path:
+    """Folder of a checkpoint shipped inside the package (loadable offline with ``from_pretrained``)."""
+    path = Path(__file__).resolve().parent / "pretrained" / name
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no bundled agent {name!r} in {path.parent}: this installation ships none; "
+                                "pass a checkpoint folder (agent:PATH)")
+    return path
+
 
 def load_agent(path: str | os.PathLike, device: str | torch.device = "cpu") -> AnyMDPAgentModel:
     """Load a checkpoint folder (``config.json`` + ``model.safetensors``) with clear errors."""
@@ -218,11 +230,13 @@ class AgentLearner(InContextLearner):
 
 
 def parse_agent_spec(spec: str) -> AgentLearner:
-    """``agent:PATH`` or ``agent:PATH:temperature_end=0.1:decay_steps=2000`` -> :class:`AgentLearner`."""
+    """``agent`` (the bundled agent), ``agent:PATH`` or ``agent:PATH:temperature_end=0.1:decay_steps=2000``."""
     _, _, rest = spec.partition(":")
     parts = rest.split(":") if rest else []
-    if not parts or not parts[0] or "=" in parts[0]:
-        raise ValueError(f"learner {spec!r}: name the checkpoint folder, as agent:PATH")
+    if not parts or "=" in parts[0]:
+        parts = [str(bundled_agent_path())] + parts
+    if not parts[0]:
+        raise ValueError(f"learner {spec!r}: name the checkpoint folder, as agent:PATH (or just agent)")
     kwargs = {}
     for item in parts[1:]:
         key, eq, value = item.partition("=")

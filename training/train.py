@@ -221,7 +221,7 @@ class CorpusSource:
         rows = self.ds[idx.tolist()] if count > 1 else {k: [v] for k, v in self.ds[int(idx[0])].items()}
         start = rng.integers(0, self.length - self.args.seq_len + 1, size=count)
         kinds = rng.choice(self.kinds, size=count)
-        out = {k: [] for k in ("observations", "actions", "rewards", "tags", "labels", "prompts")}
+        out = {k: [] for k in ("observations", "actions", "rewards", "tags", "labels", "prompts", "n_actions")}
         for i in range(count):
             sl = slice(int(start[i]), int(start[i]) + self.args.seq_len)
             out["observations"].append(np.asarray(rows["observations"][i])[sl])
@@ -230,7 +230,8 @@ class CorpusSource:
             out["tags"].append(np.asarray(rows["tags"][i])[sl])
             out["labels"].append(np.asarray(rows[f"label_{kinds[i]}"][i])[sl])
             out["prompts"].append(PLANNER_PROMPT if kinds[i] == "planner" else int(rows["prompt"][i]))
-        return {k: np.stack(v) if k != "prompts" else np.asarray(v) for k, v in out.items()}
+            out["n_actions"].append(int(rows["n_actions"][i]))
+        return {k: np.asarray(v) if k in ("prompts", "n_actions") else np.stack(v) for k, v in out.items()}
 
 
 class TaskStream:
@@ -261,15 +262,16 @@ class TaskStream:
         tasks, rng = self.tasks(step, rank, count, 2)
         cfg = CorpusConfig(tasks=count, seq_len=seq_len, n_states=(8, 10**4), labels=self.labels, mixture=self.mixture)
         rows, _ = roll_sequences(tasks, cfg, rng)
-        return _pick_labels(rows, self.labels, rng, [0] * count)
+        return _pick_labels(rows, self.labels, rng, [0] * count, [t.n_actions for t in tasks])
 
 
-def _pick_labels(rows: dict, kinds, rng, oracle_prompts) -> dict:
+def _pick_labels(rows: dict, kinds, rng, oracle_prompts, n_actions) -> dict:
+    """A training batch from rolled rows: one label kind per sequence (with its prompt), the action counts."""
     choice = rng.choice(kinds, size=len(rows["observations"]))
     labels = np.stack([rows[f"label_{k}"][i] for i, k in enumerate(choice)])
     prompts = np.asarray([PLANNER_PROMPT if k == "planner" else p for k, p in zip(choice, oracle_prompts)])
     return {"observations": rows["observations"], "actions": rows["actions"], "rewards": rows["rewards"],
-            "tags": rows["tags"], "labels": labels, "prompts": prompts}
+            "tags": rows["tags"], "labels": labels, "prompts": prompts, "n_actions": np.asarray(n_actions)}
 
 
 def _pad_to(batch: dict, length: int) -> dict:
@@ -282,6 +284,7 @@ def _pad_to(batch: dict, length: int) -> dict:
             x = np.concatenate([x, np.full((x.shape[0], length - x.shape[1]), fill, dtype=x.dtype)], 1)
         out[key] = x
     out["prompts"] = batch["prompts"]
+    out["n_actions"] = batch["n_actions"]
     return out
 
 
@@ -492,7 +495,8 @@ def train(args: TrainArgs) -> Path:
                                    decay_steps=max(args.stage(step)[3] // 2, 1))
             rows, st = roll_learner(tasks, learner, args.stage(step)[3], onpolicy_labels,
                                     seed=int(_seed(args.seed, step, rank, 4).integers(2**31)))
-            buffer = _pick_labels(rows, onpolicy_labels, _seed(args.seed, step, rank, 5), [0] * len(tasks))
+            buffer = _pick_labels(rows, onpolicy_labels, _seed(args.seed, step, rank, 5), [0] * len(tasks),
+                                  [t.n_actions for t in tasks])
             onpolicy_stats = {f"onpolicy/agreement_{k}": v for k, v in st["agreement"].items()}
         model.train()
         batch = source.batch(step, rank, args.batch_size - n_onpolicy)
@@ -502,6 +506,9 @@ def train(args: TrainArgs) -> Path:
         tensors = {k: torch.as_tensor(v, device=accelerator.device) for k, v in batch.items()}
         tensors["rewards"] = tensors["rewards"].float()
         tensors["labels"] = torch.where(tensors["labels"] < 0, -100, tensors["labels"]).long()
+        # Tasks with fewer actions than the vocabulary: the missing ones are masked (never taken, never planned on).
+        n_act = tensors.pop("n_actions")
+        action_mask = torch.arange(args.num_actions, device=accelerator.device)[None, :] < n_act[:, None]
         length = tensors["observations"].shape[1]
         unwrapped = accelerator.unwrap_model(model)
         # The planning backbone's statistics need only the ids in use (exact: it is permutation-equivariant
@@ -518,7 +525,7 @@ def train(args: TrainArgs) -> Path:
             with sync, accelerator.autocast():
                 out = model(observations=tensors["observations"][:, sl], actions=tensors["actions"][:, sl],
                             rewards=tensors["rewards"][:, sl], tags=tensors["tags"][:, sl], prompts=tensors["prompts"],
-                            labels=tensors["labels"][:, sl], cache=cache)
+                            labels=tensors["labels"][:, sl], action_mask=action_mask, cache=cache)
                 share = (min(s0 + args.segment_len, length) - s0) / length
                 accelerator.backward(out.loss * share)
             cache = out.cache.detach()
