@@ -146,11 +146,20 @@ def _run_train(args: argparse.Namespace) -> int:
     if not script.is_file():
         raise ValueError(f"training/train.py not found beside the package ({script}): training runs from a clone "
                          "of the repository (pip install -e .)")
+    import os
+
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes),
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    if args.cpu:
+    env = dict(os.environ)
+    if args.num_processes > 1:
+        # accelerate's --cpu launcher starts a single process; several CPU processes go through the
+        # distributed launcher with the CPU forced (gloo backend).
+        launch.append("--multi_gpu")
+        if args.cpu:
+            env["ACCELERATE_USE_CPU"] = "true"
+    elif args.cpu:
         launch.append("--cpu")
-    return subprocess.call(launch + [str(script), *args.train_args])
+    return subprocess.call(launch + [str(script), *args.train_args], env=env)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """Train the in-context RL agent with accelerate.
 
     accelerate launch training/train.py --config training/configs/tiny.yaml [--field value ...]
-    accelerate launch --cpu --num_processes 2 training/train.py --config training/configs/tiny.yaml
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 training/train.py --config ...
     anymdp-agent train --config training/configs/cpu-default.yaml
 
 One training function (as accelerate's examples): data for optimiser step ``s`` on process ``r`` is a
@@ -118,7 +118,22 @@ class TrainArgs:
             raise ValueError(f"onpolicy_fraction must lie in [0, 1], got {self.onpolicy_fraction}")
         if self.push_to_hub and not self.hub_repo_id:
             raise ValueError("--push_to_hub needs --hub_repo_id USER/NAME")
-        self.stages()  # parse errors surface now
+        last = -1
+        for until, states, actions, length in self.stages():  # every stage must fit the model, before training
+            if until <= last:
+                raise ValueError(f"curriculum stages must end at increasing steps, got {until} after {last}")
+            last = until
+            if states[0] < 8 or states[0] > states[1]:
+                raise ValueError(f"curriculum states {states[0]}-{states[1]}: too small or empty (an AnyMDP task "
+                                 "needs at least 8 states)")
+            if states[1] > self.num_observations:
+                raise ValueError(f"curriculum states up to {states[1]} outgrow the model's vocabulary "
+                                 f"(num_observations={self.num_observations})")
+            if actions[0] < 2 or actions[0] > actions[1] or actions[1] > self.num_actions:
+                raise ValueError(f"curriculum actions {actions[0]}-{actions[1]} must lie in 2..num_actions "
+                                 f"({self.num_actions})")
+            if length < 1:
+                raise ValueError(f"curriculum sequence length must be >= 1, got {length}")
 
     def model_config(self) -> AnyMDPAgentConfig:
         return AnyMDPAgentConfig(
@@ -166,11 +181,11 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     if known.config:
         path = Path(known.config)
         if not path.is_file():
-            raise SystemExit(f"train: error: no recipe at {path}")
+            raise ValueError(f"no recipe at {path}: see training/configs/")
         values = yaml.safe_load(path.read_text()) or {}
         unknown = set(values) - {f.name for f in fields(TrainArgs)}
         if unknown:
-            raise SystemExit(f"train: error: unknown keys in {path}: {sorted(unknown)}")
+            raise ValueError(f"unknown keys in {path}: {sorted(unknown)}")
         values.setdefault("recipe", path.stem)
         parser.set_defaults(**values)
     args, *_ = parser.parse_args_into_dataclasses(args=rest + (["--config", known.config] if known.config else []),
@@ -193,8 +208,18 @@ class CorpusSource:
         from datasets import load_dataset
 
         self.args = args
+        local = Path(args.corpus)
         try:
-            ds = load_dataset(args.corpus, split=args.corpus_split, streaming=args.streaming)
+            if local.is_dir():
+                # Read the parquet shards directly: datasets keys its cache of a folder with a card on the
+                # folder's name, so a corpus regenerated in place would otherwise come back stale.
+                files = sorted(str(p) for p in (local / "data").glob(f"{args.corpus_split}-*.parquet"))
+                if not files:
+                    raise ValueError(f"{local} holds no {args.corpus_split} shards (data/{args.corpus_split}-*.parquet)")
+                ds = load_dataset("parquet", data_files={args.corpus_split: files}, split=args.corpus_split,
+                                  streaming=args.streaming)
+            else:
+                ds = load_dataset(args.corpus, split=args.corpus_split, streaming=args.streaming)
         except FileNotFoundError as e:
             raise ValueError(f"no corpus at {args.corpus!r}: {e}") from e
         need = () if args.label == "mix" else (args.label,)

@@ -36,14 +36,19 @@ class ModelBasedPlanner(InContextLearner):
     After every step, ``sweeps`` value-iteration sweeps warm-started from the previous values update
     the plan (the model changes by one transition, so a few sweeps keep it near convergence); the
     action is greedy in the current observation, ties spread uniformly.
+
+    ``lookahead = k > 0`` instead plans ``k`` steps ahead from scratch at every step (``k - 1`` sweeps
+    from V = 0, then the greedy one-step backup of :meth:`q_values`): ``mbrl:lookahead=1`` is the
+    one-step-lookahead planner the quality bar compares with.
     """
 
     name = "mbrl"
 
-    def __init__(self, gamma: float = 0.99, sweeps: int = 3):
-        if not 0 <= gamma < 1 or sweeps < 1:
-            raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1 and sweeps >= 1, got gamma={gamma}, sweeps={sweeps}")
-        self.gamma, self.sweeps = gamma, sweeps
+    def __init__(self, gamma: float = 0.99, sweeps: int = 3, lookahead: int = 0):
+        if not 0 <= gamma < 1 or sweeps < 1 or lookahead < 0:
+            raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1 and lookahead >= 0, got gamma={gamma}, "
+                             f"sweeps={sweeps}, lookahead={lookahead}")
+        self.gamma, self.sweeps, self.lookahead = gamma, sweeps, lookahead
 
     def initial_state(self, spec: EnvSpec, seed: int) -> PlannerState:
         b, n, na = spec.num_envs, spec.n_observations, spec.n_actions
@@ -83,7 +88,11 @@ class ModelBasedPlanner(InContextLearner):
 
     def observe(self, state: PlannerState, t: Transition) -> PlannerState:
         self.record(state, t)
-        self.plan(state, self.sweeps)
+        if self.lookahead:
+            state.values = np.zeros_like(state.values)
+            self.plan(state, self.lookahead - 1)
+        else:
+            self.plan(state, self.sweeps)
         return state
 
     def record(self, state: PlannerState, t: Transition, envs: np.ndarray | None = None) -> None:
