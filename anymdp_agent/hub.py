@@ -121,9 +121,8 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, ext
     config = json.loads((folder / "config.json").read_text())
     train = json.loads((folder / "train_config.json").read_text()) if (folder / "train_config.json").is_file() else None
     results = {}
-    for path in sorted((folder / "eval").glob("*.json")) if (folder / "eval").is_dir() else []:
-        res = json.loads(path.read_text())
-        results[res["suite"]["name"]] = res
+    for path in sorted((folder / "eval").glob("eval-*.json")) if (folder / "eval").is_dir() else []:
+        results[path.stem[len("eval-"):]] = json.loads(path.read_text())  # e.g. anymdp-16, anymdp-16-long-context
     name = repo_id.split("/")[-1] if repo_id else folder.name
     if config["backbone"] == "planning":
         backbone_text = ("Planning backbone: exact per-(observation, action) statistics held as a linear-attention "
@@ -163,10 +162,7 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, ext
                 fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
                 parts.append(f"| {lname} | {fmt(auc.get('mean'))} [{fmt(auc.get('ci_low'))}, {fmt(auc.get('ci_high'))}] "
                              f"| {fmt(first)} | {fmt(last)} |")
-            png = folder / "eval" / f"{Path(suite.replace(':', '_')).name}.png"
-            for cand in (folder / "eval").glob("*.png"):
-                if cand.stem.endswith(suite.replace(":", "_")):
-                    png = cand
+            png = folder / "eval" / f"eval-{suite}.png"
             if png.is_file():
                 parts.append(f"\n![{suite} learning curves](eval/{png.name})\n")
             parts.append("")

@@ -123,9 +123,8 @@ def load_agent(path: str | os.PathLike, device: str | torch.device = "cpu") -> A
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"no checkpoint folder at {folder}: pass a folder written by save_pretrained")
-    for name in ("config.json",):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder} has no {name}: not a checkpoint folder (save_pretrained writes one)")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: not a checkpoint folder (save_pretrained writes one)")
     if not any(folder.glob("*.safetensors")):
         raise FileNotFoundError(f"{folder} holds no *.safetensors weights: the checkpoint is incomplete")
     try:
