@@ -91,6 +91,14 @@ def _run_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition(":")
+    try:
+        return (int(lo), int(hi)) if sep else (int(lo), int(lo) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K or LO:HI, got {text!r}") from None
+
+
 def _size_range(text: str) -> tuple[int, int]:
     lo, sep, hi = text.partition(":")
     try:
@@ -117,10 +125,8 @@ def _run_generate(args: argparse.Namespace) -> int:
                        labels=tuple(x.strip() for x in args.labels.split(",") if x.strip()),
                        oracle_gamma=args.oracle_gamma, split=args.split, seed_offset=args.seed_offset, seed=args.seed,
                        tasks_per_shard=args.tasks_per_shard, mixture=mixture)
-    shard_range = None
-    if args.shard_range:
-        shard_range = _size_range(args.shard_range)
-    command = "anymdp-agent generate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if args.record_command else None
+    shard_range = args.shard_range
+    command = "anymdp-agent " + " ".join(shlex.quote(a) for a in args.argv) if args.record_command else None
     stats = generate_corpus(args.out, cfg, num_proc=args.num_proc, shard_range=shard_range,
                             progress=not args.no_progress, command=command)
     for split, s in stats.items():
@@ -179,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tasks", type=int, default=64, help="AnyMDP test tasks (default: 64)")
     d.add_argument("--steps", type=int, default=4000, help="steps per AnyMDP task (default: 4000)")
     d.add_argument("--frozenlake-runs", type=int, default=16, help="independent FrozenLake runs (default: 16)")
-    d.add_argument("--frozenlake-steps", type=int, default=10000, help="steps per FrozenLake run (default: 10000)")
+    d.add_argument("--frozenlake-steps", type=int, default=8000, help="steps per FrozenLake run (default: 8000)")
     d.add_argument("--seed", type=int, default=0, help="seed of environments and learners (default: 0)")
     d.add_argument("--out", default="results/demo", help="output folder (default: results/demo)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -205,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights", default="", help="behaviour weights NAME=W,... over random, explore, qlearn, "
                                                    "mixed_a..d, distill_a, distill_b, oracle (default: 0.1 each)")
     g.add_argument("--num-proc", type=int, default=1, help="processes generating shards in parallel (default: 1)")
-    g.add_argument("--shard-range", default="", help="LO:HI: generate only these shards (one range per machine)")
+    g.add_argument("--shard-range", type=_shard_range, default=None,
+                   help="LO:HI: generate only shards LO..HI-1 (one range per machine); K alone is shard K")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--no-record-command", dest="record_command", action="store_false",
                    help="do not write the command line into the dataset card")
@@ -238,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if getattr(args, "train_args", None) and args.train_args[0] == "--":
         args.train_args = args.train_args[1:]
     try:

@@ -47,6 +47,9 @@ def push_folder(folder: str | os.PathLike, repo_id: str, repo_type: str = "model
         raise ValueError(f"repo_type must be 'model' or 'dataset', got {repo_type!r}")
     if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"repo id must look like USER/NAME, got {repo_id!r}")
+    from huggingface_hub.utils import validate_repo_id
+
+    validate_repo_id(repo_id)  # HFValidationError (a ValueError) names what is wrong with it
     folder = Path(folder)
     ops = commit_operations(folder)
     present = {op.path_in_repo for op in ops}

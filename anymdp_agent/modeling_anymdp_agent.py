@@ -235,8 +235,9 @@ class InContextPlanner(nn.Module):
         safe = n_sa.clamp(min=1.0)
         r_mean = r_sum / safe
         r_hat = r_mean / scale[..., None, None]
-        p_hat = (n_ss / safe[..., None]).reshape(*lead, s * a, s)
         gamma = self.gamma
+        # Discounted empirical transitions of tried pairs, [L, S*A, S]: one batched matmul-add per sweep.
+        p_disc = (n_ss * (visited * gamma / safe)[..., None]).reshape(-1, s * a, s)
         r_max = torch.where(stats["r_count"] > 0, stats["r_max"], torch.zeros_like(stats["r_max"])) / scale
         # Optimism for untried pairs: r_max over the *initial* horizon 1/(1 - planning_gamma), scaled by a
         # learned factor. Tied to the fixed initial horizon, not to the learned discount, so the discount's
@@ -247,16 +248,16 @@ class InContextPlanner(nn.Module):
         hidden = torch.tanh(self.bonus_in(self.features(n_sa, r_mean, scale, visited)))
         bonus = self.bonus_out(hidden)[..., 0]
         base = visited * r_hat + (1.0 - visited) * u + bonus
+        if action_mask is not None:  # actions a task lacks are never worth taking
+            base = base + torch.where(action_mask[:, None, :], 0.0, -1e9)
+        base = base.reshape(-1, s * a, 1)
         alive = 1.0 - stats["terminal"]
-        neg = None if action_mask is None else torch.where(action_mask[:, None, :], 0.0, -1e9)  # [L, 1, A]
         v = values
         q = base
         for _ in range(self.steps):
-            backup = (p_hat @ v[..., None]).reshape(*lead, s, a)
-            q = base + visited * gamma * backup
-            qm = q if neg is None else q + neg
-            v = qm.max(-1).values * alive
-        return q, v
+            q = torch.baddbmm(base, p_disc, v.reshape(-1, s, 1))
+            v = q.view(*lead, s, a).max(-1).values * alive
+        return q.view(*lead, s, a), v
 
     def temperature(self) -> torch.Tensor:
         """Softmax temperature of the policy over normalised Q values (1 at initialisation)."""

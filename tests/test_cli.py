@@ -53,7 +53,7 @@ def test_eval_options_reach_the_config(tmp_path, capsys):
     assert result["config"] == {"suite": "garnet-8", "learners": ["mbrl:sweeps=2", "random"], "tasks": 2, "steps": 120,
                                 "seed": 5, "window": 60, "seed_offset": 7}
     assert result["suite"]["task_seeds"] == [1_100_000_007, 1_100_000_008]
-    assert result["learners"]["mbrl:sweeps=2"]["hyperparameters"] == {"gamma": 0.99, "sweeps": 2}
+    assert result["learners"]["mbrl:sweeps=2"]["hyperparameters"] == {"gamma": 0.99, "sweeps": 2, "lookahead": 0}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -108,10 +108,9 @@ def test_argparse_type_errors_exit_2(capsys):
     capsys.readouterr()
 
 
-@pytest.mark.parametrize("command", ["eval", "demo"])
-def test_help_lists_every_option(command, capsys):
+def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit) as exc:
-        main([command, "--help"])
+        main(["eval", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for option in OPTIONS:
@@ -121,13 +120,22 @@ def test_help_lists_every_option(command, capsys):
     assert "gym:<EnvId>" in text and "frozenlake" in text
 
 
+def test_demo_help_lists_its_options(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--tasks", "--steps", "--frozenlake-runs", "--frozenlake-steps", "--seed", "--out", "--no-progress"):
+        assert option in text, option
+
+
 def test_defaults():
     parser = build_parser()
     e = parser.parse_args(["eval"])
     assert (e.suite, e.learners, e.tasks, e.steps, e.window, e.seed, e.seed_offset, e.out, e.no_progress) == (
         "anymdp-16", "oracle,random,tql,ucbq,mbrl", 64, 4000, 500, 0, 0, "results", False)
     d = parser.parse_args(["demo"])
-    assert (d.tasks, d.out) == (128, "results/demo")
+    assert (d.tasks, d.steps, d.frozenlake_runs, d.frozenlake_steps, d.out) == (64, 4000, 16, 8000, "results/demo")
 
 
 def test_module_entry_point(tmp_path):

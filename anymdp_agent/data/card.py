@@ -52,10 +52,10 @@ def render_dataset_card(folder: Path, meta: dict, stats: dict) -> str:
     """The card's markdown from the corpus' saved settings (``corpus.json``) and statistics."""
     splits = sorted(meta.get("splits", {}))
     labels = meta["splits"][splits[0]]["labels"] if splits else []
-    total_rows = sum(s["rows"] for s in stats.values())
-    size = "n<1K" if total_rows < 1e3 else "1K<n<10K" if total_rows < 1e4 else "10K<n<100K" if total_rows < 1e5 \
-        else "100K<n<1M" if total_rows < 1e6 else "1M<n<10M" if total_rows < 1e7 else "10M<n<100M" if total_rows < 1e8 \
-        else "100M<n<1B" if total_rows < 1e9 else "n>1B"
+    examples = sum(s["sequences"] for s in stats.values())  # the Hub counts examples: sequences, not rows
+    buckets = [(1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"), (1e7, "1M<n<10M"),
+               (1e8, "10M<n<100M"), (1e9, "100M<n<1B"), (1e10, "1B<n<10B"), (1e11, "10B<n<100B")]
+    size = next((name for limit, name in buckets if examples < limit), "100B<n<1T")
     commands = meta.get("commands", {})
     cmd_text = "\n\n".join(f"{split}:\n\n```bash\n{commands[split]}\n```" for split in splits if split in commands) \
         or "Generated through the Python API (`anymdp_agent.data.generate_corpus`)."

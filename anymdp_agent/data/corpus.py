@@ -180,7 +180,9 @@ def generate_shard(cfg: CorpusConfig, k: int):
     seeds = list(cfg.task_seeds(k))
     sizes = [_draw_sizes(cfg, s) for s in seeds]
     tasks = [sample_anymdp_task(n, na, seed=s) for s, (n, na) in zip(seeds, sizes)]
-    arrays, stats = roll_sequences(tasks, cfg, np.random.default_rng([cfg.seed, k, 11]))
+    # Behaviour randomness depends on the split and the seed offset too, not only on the shard index.
+    split_id = list(SEED_RANGES).index(cfg.split)
+    arrays, stats = roll_sequences(tasks, cfg, np.random.default_rng([cfg.seed, split_id, cfg.seed_offset, k, 11]))
     b, t = arrays["observations"].shape
     offsets = pa.array(np.arange(0, (b + 1) * t, t, dtype=np.int32))
     cols = {}
@@ -291,9 +293,9 @@ def _write_shard(folder: Path, cfg: CorpusConfig, k: int) -> dict:
     import pyarrow.parquet as pq
 
     table, stats = generate_shard(cfg, k)
-    stats_path = folder / "stats" / f"{cfg.split}-{k:05d}.json"
-    atomic_write(stats_path, lambda fh: fh.write(json.dumps(stats).encode()))
+    # Data first: a stats file vouches for a shard that exists.
     atomic_write(folder / cfg.shard_name(k), lambda fh: pq.write_table(table, fh, compression="zstd"))
+    atomic_write(folder / "stats" / f"{cfg.split}-{k:05d}.json", lambda fh: fh.write(json.dumps(stats).encode()))
     return stats
 
 

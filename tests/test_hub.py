@@ -1,0 +1,181 @@
+"""Pushing a folder to the Hub in one commit, offline: the operations, a fake API, failures, refusals."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from anymdp_agent import hub
+from anymdp_agent.cli import main
+
+
+class FakeApi:
+    """Records the calls push_folder makes; ``fail`` names a method that raises."""
+
+    def __init__(self, fail: str | None = None):
+        self.calls = []
+        self.fail = fail
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+        if self.fail == "create_repo":
+            raise PermissionError("403 Forbidden: no write access")
+
+    def create_commit(self, repo_id, **kwargs):
+        self.calls.append(("create_commit", repo_id, kwargs))
+        if self.fail == "create_commit":
+            raise ConnectionError("connection reset by peer")
+        return "commit-info"
+
+
+def make_folder(root: Path) -> Path:
+    folder = root / "corpus"
+    files = {
+        "README.md": "---\nlicense: apache-2.0\n---\n# card\n",
+        "corpus.json": "{}",
+        "data/train-00000-of-00002.parquet": "p0",
+        "data/train-00001-of-00002.parquet": "p1",
+        "stats/train-00000.json": "{}",
+        # never sent: hidden files, hidden folders, temporary files of interrupted writes
+        ".write-probe": "",
+        "data/.train-00002-of-00002.parquet.abc123.tmp": "half",
+        ".cache/huggingface/x.lock": "",
+        "stats/leftover.tmp": "",
+    }
+    for rel, text in files.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return folder
+
+
+EXPECTED = ["README.md", "corpus.json", "data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet",
+            "stats/train-00000.json"]
+
+
+def test_offline_in_tests():
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_commit_operations_list_exactly_the_folders_files(tmp_path):
+    folder = make_folder(tmp_path)
+    ops = hub.commit_operations(folder)
+    assert [op.path_in_repo for op in ops] == EXPECTED
+    for op in ops:
+        assert Path(op.path_or_fileobj) == folder / op.path_in_repo
+
+
+def test_commit_operations_refuse_empty_or_missing_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        hub.commit_operations(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    (empty / ".hidden").mkdir(parents=True)
+    (empty / ".hidden" / "f").write_text("x")
+    with pytest.raises(ValueError, match="holds no files"):
+        hub.commit_operations(empty)
+
+
+def test_push_folder_sends_one_commit_with_exactly_those_operations(tmp_path):
+    folder = make_folder(tmp_path)
+    api = FakeApi()
+    info = hub.push_folder(folder, "user/anymdp-corpus", repo_type="dataset", private=True, api=api)
+    assert info == "commit-info"
+    names = [c[0] for c in api.calls]
+    assert names == ["create_repo", "create_commit"]
+    _, repo_id, kwargs = api.calls[0]
+    assert repo_id == "user/anymdp-corpus"
+    assert kwargs["repo_type"] == "dataset" and kwargs["exist_ok"] is True and kwargs["private"] is True
+    _, repo_id, kwargs = api.calls[1]
+    assert repo_id == "user/anymdp-corpus" and kwargs["repo_type"] == "dataset"
+    assert [op.path_in_repo for op in kwargs["operations"]] == EXPECTED
+    assert kwargs["commit_message"] == "Upload corpus with anymdp-agent"
+
+
+def test_push_folder_commit_message(tmp_path):
+    api = FakeApi()
+    hub.push_folder(make_folder(tmp_path), "user/x", repo_type="dataset", commit_message="v2 shards", api=api)
+    assert api.calls[1][2]["commit_message"] == "v2 shards"
+
+
+@pytest.mark.parametrize("fail", ["create_commit", "create_repo"])
+def test_failing_api_raises_push_error_saying_nothing_was_committed(tmp_path, fail):
+    api = FakeApi(fail=fail)
+    with pytest.raises(hub.PushError, match="nothing was committed") as exc:
+        hub.push_folder(make_folder(tmp_path), "user/x", repo_type="dataset", api=api)
+    assert "user/x" in str(exc.value)
+    assert sum(c[0] == "create_commit" for c in api.calls) <= 1
+
+
+def test_missing_card_is_refused_before_any_api_call(tmp_path):
+    folder = make_folder(tmp_path)
+    (folder / "README.md").unlink()
+    api = FakeApi()
+    with pytest.raises(ValueError, match="lacks README.md"):
+        hub.push_folder(folder, "user/x", repo_type="dataset", api=api)
+    assert api.calls == []
+    # Extra required files (the CLI asks for corpus.json too).
+    folder2 = make_folder(tmp_path / "b")
+    (folder2 / "corpus.json").unlink()
+    with pytest.raises(ValueError, match="lacks corpus.json"):
+        hub.push_folder(folder2, "user/x", repo_type="dataset", required=("README.md", "corpus.json"), api=api)
+    assert api.calls == []
+
+
+@pytest.mark.parametrize("repo_id", ["noslash", "a/b/c", "/name", "user/", "", "user/na me", "user/name..", "us er/name"])
+def test_bad_repo_ids_are_refused_before_any_api_call(tmp_path, repo_id):
+    api = FakeApi()
+    with pytest.raises(ValueError):
+        hub.push_folder(make_folder(tmp_path), repo_id, repo_type="dataset", api=api)
+    assert api.calls == []
+
+
+def test_bad_repo_type_is_refused(tmp_path):
+    api = FakeApi()
+    with pytest.raises(ValueError, match="repo_type"):
+        hub.push_folder(make_folder(tmp_path), "user/x", repo_type="space", api=api)
+    assert api.calls == []
+
+
+def test_push_of_a_real_corpus_folder(tmp_path):
+    from anymdp_agent.data import CorpusConfig, generate_corpus
+
+    folder = tmp_path / "corpus"
+    generate_corpus(folder, CorpusConfig(tasks=2, seq_len=20, tasks_per_shard=1))
+    api = FakeApi()
+    hub.push_folder(folder, "user/corpus", repo_type="dataset", required=("README.md", "corpus.json"), api=api)
+    ops = api.calls[1][2]["operations"]
+    assert [op.path_in_repo for op in ops] == ["README.md", "corpus.json", "data/train-00000-of-00002.parquet",
+                                               "data/train-00001-of-00002.parquet", "stats/train-00000.json",
+                                               "stats/train-00001.json"]
+
+
+# ---------------------------------------------------------------------- the command line
+
+
+def test_cli_push_dataset_refusals_exit_2(tmp_path, capsys):
+    folder = make_folder(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["push-dataset", "--folder", str(folder), "--repo-id", "noslash"])
+    assert exc.value.code == 2
+    assert "repo id must look like USER/NAME" in capsys.readouterr().err
+    (folder / "corpus.json").unlink()
+    with pytest.raises(SystemExit) as exc:
+        main(["push-dataset", "--folder", str(folder), "--repo-id", "user/x"])
+    assert exc.value.code == 2
+    assert "lacks corpus.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["push-dataset", "--folder", str(tmp_path / "missing"), "--repo-id", "user/x"])
+    assert exc.value.code == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_cli_push_dataset_offline_fails_cleanly(tmp_path, capsys):
+    """Offline (as in every test), the real HfApi cannot reach the Hub: exit 1, nothing committed, no traceback."""
+    folder = make_folder(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["push-dataset", "--folder", str(folder), "--repo-id", "user/x", "--token", "hf_fake"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("anymdp-agent push-dataset: error: ") and "nothing was committed" in err
