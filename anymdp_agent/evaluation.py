@@ -454,9 +454,19 @@ def plot_curves(result: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def write_results(result: dict, out: str | os.PathLike, stem: str | None = None) -> dict[str, Path]:
-    """Write ``<stem>.json`` (every number) and ``<stem>.png`` (curves) atomically; returns their paths."""
+def compact_result(result: dict) -> dict:
+    """The result without its per-episode and per-task-window lists (curves, CIs and per-task AUC kept):
+    small enough to ship beside a checkpoint."""
+    out = dict(result)
+    out["learners"] = {name: {k: v for k, v in e.items() if k not in ("episodes", "per_task_window_scores")}
+                       for name, e in result["learners"].items()}
+    return out
+
+
+def write_results(result: dict, out: str | os.PathLike, stem: str | None = None, compact: bool = False) -> dict[str, Path]:
+    """Write ``<stem>.json`` (every number, or :func:`compact_result`) and ``<stem>.png`` (curves) atomically."""
     folder = check_output_dir(out)
+    result = compact_result(result) if compact else result
     stem = stem or f"eval-{result['suite']['name'].replace(':', '_').replace('/', '_')}"
     json_path = folder / f"{stem}.json"
     text = json.dumps(_json_safe(result), indent=1, allow_nan=False)

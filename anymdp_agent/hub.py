@@ -111,7 +111,8 @@ def _model_index(name: str, results: dict) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 3 else ""
 
 
-def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, extra_limitations: str = "") -> str:
+def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, extra_limitations: str = "",
+                      name: str | None = None) -> str:
     """A model card from the artifacts in a checkpoint folder only.
 
     Reads ``config.json``, ``train_config.json`` (if present), ``eval/*.json`` and ``eval/*.png``
@@ -126,7 +127,7 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, ext
     results = {}
     for path in sorted((folder / "eval").glob("eval-*.json")) if (folder / "eval").is_dir() else []:
         results[path.stem[len("eval-"):]] = json.loads(path.read_text())  # e.g. anymdp-16, anymdp-16-long-context
-    name = repo_id.split("/")[-1] if repo_id else folder.name
+    name = name or (repo_id.split("/")[-1] if repo_id else folder.name)
     if config["backbone"] == "planning":
         backbone_text = ("Planning backbone: exact per-(observation, action) statistics held as a linear-attention "
                          f"state with one-hot keys, read by {config['planning_steps']} learned differentiable "
@@ -147,7 +148,8 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, ext
         training = (f"- Recipe: `{train.get('recipe', 'custom')}`; data: {data}; label: {train.get('label')}; "
                     f"{train.get('max_steps')} optimiser steps of {train.get('batch_size')} sequences x "
                     f"{train.get('seq_len')} rows per process; on-policy share {train.get('onpolicy_fraction')}.\n"
-                    f"- Compute: {train.get('compute', 'see train_config.json')}.\n"
+                    f"- Checkpoint: step {train.get('step')} of {train.get('max_steps')}; compute to this checkpoint: "
+                    f"{train.get('compute', 'see train_config.json')}.\n"
                     "- Every setting is in `train_config.json` beside the weights.")
     else:
         training = "No training record in this folder (`train_config.json` missing)."
@@ -190,11 +192,12 @@ def _prod(shape) -> int:
     return out
 
 
-def write_model_card(folder: str | os.PathLike, repo_id: str | None = None, extra_limitations: str = "") -> Path:
+def write_model_card(folder: str | os.PathLike, repo_id: str | None = None, extra_limitations: str = "",
+                     name: str | None = None) -> Path:
     """Render the card of a checkpoint folder into its ``README.md`` (atomically)."""
     from .fileio import atomic_write
 
-    text = render_model_card(folder, repo_id, extra_limitations)
+    text = render_model_card(folder, repo_id, extra_limitations, name)
     return atomic_write(Path(folder) / "README.md", lambda fh: fh.write(text.encode()))
 
 

@@ -157,10 +157,18 @@ def test_agent_spec_with_options(saved_agent):
     check_config(EvalConfig(suite="anymdp-16", learners=[f"agent:{saved_agent}", "random"], tasks=2, steps=10))
 
 
+def test_agent_spec_without_a_path_is_the_bundled_agent():
+    from anymdp_agent.rollout import bundled_agent_path
+
+    for spec in ("agent", "agent:"):
+        learner = build_learner(spec)
+        assert isinstance(learner, AgentLearner) and learner.checkpoint == str(bundled_agent_path())
+    tuned = build_learner("agent:decay_steps=5:temperature_end=0.2")
+    assert tuned.checkpoint == str(bundled_agent_path())
+    assert (tuned.decay_steps, tuned.temperature_end) == (5, 0.2)
+
+
 @pytest.mark.parametrize("spec, match", [
-    ("agent", "name the checkpoint folder"),
-    ("agent:", "name the checkpoint folder"),
-    ("agent:decay_steps=5", "name the checkpoint folder"),
     ("agent:{path}:colour=red", "unknown option 'colour=red'"),
     ("agent:{path}:decay_steps", "unknown option 'decay_steps'"),
     ("agent:{path}:temperature_end=inf", "finite"),

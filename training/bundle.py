@@ -33,7 +33,9 @@ LONG = ("anymdp-16", 32, 16000, 2000)
 
 LIMITATIONS = ("- Most of the planning backbone's ability is built in (exact statistics and value iteration); "
                "training tunes its discount, temperature, optimism and exploration bonus. It is a strong, "
-               "cheap in-context learner, not evidence that a generic sequence model learns to plan.")
+               "cheap in-context learner, not evidence that a generic sequence model learns to plan.\n"
+               "- On FrozenLake (sparse reward at the goal, slippery moves) it learns far more slowly than the "
+               "count-based planner it imitates: what it tuned on AnyMDP's dense composite rewards does not transfer.")
 
 
 def main(argv=None) -> int:
@@ -62,9 +64,10 @@ def main(argv=None) -> int:
         result["learners"] = {("agent" if k.startswith("agent:") else k): v for k, v in result["learners"].items()}
         result["config"]["learners"] = ["agent" if k.startswith("agent:") else k for k in cfg.learners]
         long_context = (name, n, steps, window) == LONG or (args.quick and suites.index((name, n, steps, window)) == len(SUITES))
-        write_results(result, tmp / "eval", stem=f"eval-{name}" + ("-long-context" if long_context else ""))
+        write_results(result, tmp / "eval", stem=f"eval-{name}" + ("-long-context" if long_context else ""),
+                      compact=True)
         print(format_table(result), flush=True)
-    write_model_card(tmp, extra_limitations=LIMITATIONS)
+    write_model_card(tmp, extra_limitations=LIMITATIONS, name=args.name)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     print(f"bundled {src} as {dest} ({time.perf_counter() - t0:.0f} s of evaluation)")

@@ -1,0 +1,747 @@
+"""The in-context RL agent: a ``transformers`` model with a linear-time recurrent backbone.
+
+Self-contained (imports only torch, transformers and the config file beside it): it travels with every
+checkpoint, so ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` works in a Python that has
+never imported ``anymdp_agent``.
+
+Data interface (``[B, T]`` rows, one row per environment step; two tokens per row):
+
+- ``observations``: the observation id at the row; ``rewards``: the reward received *after* the row's
+  action (0 on an episode-end row); ``actions``: the action taken, or :data:`END_TERMINATED` /
+  :data:`END_TRUNCATED` on the extra row that closes an episode (its observation is the final one);
+  ``tags`` (behaviour tag, ``num_tags - 1`` = unknown), ``prompts [B]``, ``labels`` (the target action,
+  ``-100`` where none).
+- observation token: observation + the reward received on arriving (0 at an episode start) + prompt;
+  the **policy head** reads it. Action token: action + tag; the **world-model heads** read it and
+  predict the next observation (cross-entropy) and the reward (squared error in units of the
+  sequence's running reward scale).
+
+Backbones (``config.backbone``), both with an explicit constant-size recurrent state
+(:class:`AnyMDPAgentCache`):
+
+- ``planning``: exact per-(observation, action) statistics -- counts, reward sums, next-observation
+  counts, terminal observations: a linear-attention state with one-hot keys and no decay, O(1) per
+  step -- read by ``planning_steps`` differentiable value-iteration layers with a learned discount,
+  a learned exploration bonus (a small network of the statistics), learned optimism for untried
+  pairs and a learned temperature (optionally starting from the values of the previous chunk).
+- ``sequence``: a stack of gated linear attention layers (scalar data-dependent decay per head, the
+  Mamba-2 / gated-retention member of the GLA family: every decay factor in the chunkwise form is
+  ``exp`` of a non-positive number, so it is stable in float32 at any chunk size) with a
+  chunkwise-parallel form for training and a recurrent form for stepping.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_anymdp_agent import AnyMDPAgentConfig
+
+#: Action id of the row that closes an episode which *terminated* in the row's observation.
+END_TERMINATED = -1
+#: Action id of the row that closes an episode cut by the time limit.
+END_TRUNCATED = -2
+#: Label value that carries no target.
+IGNORE_INDEX = -100
+#: No previous row (start of a history).
+NO_ROW = -3
+
+
+# ---------------------------------------------------------------------- the recurrent state
+
+
+class AnyMDPAgentCache:
+    """Recurrent state of ``B`` histories; its size does not depend on the history length.
+
+    Holds named tensors with a leading batch axis. ``reset(mask)`` forgets the histories in
+    ``mask`` (a new task in those slots) without touching the others; ``detach()`` cuts the graph
+    between truncated back-propagation segments; ``index``/``clone`` copy.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], layers: list[torch.Tensor] | None = None):
+        self.tensors = tensors
+        self.layers = layers or []
+
+    def __getattr__(self, name):
+        tensors = self.__dict__.get("tensors", {})
+        if name in tensors:
+            return tensors[name]
+        raise AttributeError(name)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.tensors["step"].shape[0])
+
+    def _map(self, fn) -> "AnyMDPAgentCache":
+        return AnyMDPAgentCache({k: fn(v) for k, v in self.tensors.items()}, [fn(x) for x in self.layers])
+
+    def detach(self) -> "AnyMDPAgentCache":
+        return self._map(lambda t: t.detach())
+
+    def clone(self) -> "AnyMDPAgentCache":
+        return self._map(lambda t: t.clone())
+
+    def index(self, idx) -> "AnyMDPAgentCache":
+        return self._map(lambda t: t[idx])
+
+    def to(self, device) -> "AnyMDPAgentCache":
+        return self._map(lambda t: t.to(device))
+
+    def reset(self, mask: torch.Tensor, fresh: "AnyMDPAgentCache") -> "AnyMDPAgentCache":
+        """Histories in ``mask [B]`` replaced by ``fresh`` (an initial state of the same shapes)."""
+        m = torch.as_tensor(mask, dtype=torch.bool, device=self.tensors["step"].device)
+
+        def pick(new, old):
+            return torch.where(m.view(-1, *([1] * (old.dim() - 1))), new, old)
+
+        return AnyMDPAgentCache({k: pick(fresh.tensors[k], v) for k, v in self.tensors.items()},
+                                [pick(f, x) for f, x in zip(fresh.layers, self.layers)])
+
+
+@dataclass
+class AnyMDPAgentOutput(ModelOutput):
+    """Output of :class:`AnyMDPAgentModel`; ``loss`` (and its parts) when labels are given."""
+
+    loss: torch.FloatTensor | None = None
+    policy_loss: torch.FloatTensor | None = None
+    observation_loss: torch.FloatTensor | None = None
+    reward_loss: torch.FloatTensor | None = None
+    policy_logits: torch.FloatTensor | None = None
+    observation_logits: torch.FloatTensor | None = None
+    reward_prediction: torch.FloatTensor | None = None
+    cache: AnyMDPAgentCache | None = None
+
+
+# ---------------------------------------------------------------------- shared helpers
+
+
+def previous_rows(observations, actions, rewards, cache: AnyMDPAgentCache):
+    """The row before each row (from the cache for the first): its observation, action, reward."""
+    prev_obs = torch.cat([cache.last_obs[:, None], observations[:, :-1]], 1)
+    prev_act = torch.cat([cache.last_action[:, None], actions[:, :-1]], 1)
+    prev_rew = torch.cat([cache.last_reward[:, None], rewards[:, :-1]], 1)
+    return prev_obs, prev_act, prev_rew
+
+
+def reward_scale(r_sq: torch.Tensor, r_count: torch.Tensor) -> torch.Tensor:
+    """Running root-mean-square reward of a history, shrunk towards 1 while few rewards are seen."""
+    return torch.sqrt((r_sq + 1.0) / (r_count + 1.0))
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+# ---------------------------------------------------------------------- planning backbone
+
+
+class InContextPlanner(nn.Module):
+    """Statistics memory + learned differentiable value iteration (the ``planning`` backbone).
+
+    All learned quantities are few and interpretable: discount, temperature, optimism for untried
+    pairs, an exploration bonus network over count/reward features, and the smoothing of the
+    world-model predictions. Untrained, it is the count-based optimistic planner.
+    """
+
+    NUM_FEATURES = 6
+
+    def __init__(self, config: AnyMDPAgentConfig):
+        super().__init__()
+        self.config = config
+        self.steps = config.planning_steps
+        self.gamma_logit = nn.Parameter(torch.zeros(()))
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.optimism = nn.Parameter(torch.zeros(2))  # scale of r_max (softplus) and offset
+        self.bonus_in = nn.Linear(self.NUM_FEATURES, config.bonus_hidden)
+        self.bonus_out = nn.Linear(config.bonus_hidden, 1)
+        self.world_smoothing = nn.Parameter(torch.zeros(2))  # log alpha (next obs), log beta (reward)
+
+    # -- state ---------------------------------------------------------------------------------
+    def initial_tensors(self, batch: int, n_obs: int, device) -> dict[str, torch.Tensor]:
+        a = self.config.num_actions
+        z = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
+        return {"n_sa": z(batch, n_obs, a), "r_sum": z(batch, n_obs, a), "n_ss": z(batch, n_obs, a, n_obs),
+                "terminal": z(batch, n_obs), "r_count": z(batch), "r_sq": z(batch), "r_max": z(batch),
+                "values": z(batch, n_obs), "anchor": z(batch, n_obs)}
+
+    @property
+    def gamma(self) -> torch.Tensor:
+        return torch.sigmoid(self.gamma_logit)
+
+    # -- memory over a chunk --------------------------------------------------------------------
+    def accumulate(self, cache, prev_obs, prev_act, prev_rew, observations):
+        """Statistics seen by each row of a chunk: the cache plus the rows before it, ``[B, C, ...]``."""
+        b, c = observations.shape
+        n = cache.n_sa.shape[1]
+        a = self.config.num_actions
+        real = prev_act >= 0
+        sa = (prev_obs.clamp(min=0) * a + prev_act.clamp(min=0))
+        w = real.float()
+        dev = observations.device
+        hot_sa = torch.zeros(b, c, n * a, device=dev).scatter_(2, sa[..., None], w[..., None])
+        n_sa = cache.n_sa.reshape(b, 1, n * a) + hot_sa.cumsum(1)
+        r_sum = cache.r_sum.reshape(b, 1, n * a) + (hot_sa * prev_rew[..., None]).cumsum(1)
+        hot_ss = torch.zeros(b, c, n * a * n, device=dev).scatter_(2, (sa * n + observations)[..., None], w[..., None])
+        n_ss = cache.n_ss.reshape(b, 1, n * a * n) + hot_ss.cumsum(1)
+        ended = (prev_act == END_TERMINATED).float()
+        hot_t = torch.zeros(b, c, n, device=dev).scatter_(2, prev_obs.clamp(min=0)[..., None], ended[..., None])
+        terminal = (cache.terminal[:, None] + hot_t.cumsum(1)).clamp(max=1.0)
+        rr = prev_rew * w
+        r_count = cache.r_count[:, None] + w.cumsum(1)
+        r_sq = cache.r_sq[:, None] + (rr * rr).cumsum(1)
+        r_max = torch.maximum(cache.r_max[:, None],
+                              torch.where(real, prev_rew, torch.full_like(prev_rew, -torch.inf)).cummax(1).values)
+        return {"n_sa": n_sa.view(b, c, n, a), "r_sum": r_sum.view(b, c, n, a), "n_ss": n_ss.view(b, c, n, a, n),
+                "terminal": terminal, "r_count": r_count, "r_sq": r_sq, "r_max": r_max}
+
+    # -- planning --------------------------------------------------------------------------------
+    def features(self, n_sa, r_mean, scale, visited):
+        n_s = n_sa.sum(-1, keepdim=True).expand_as(n_sa)
+        feats = torch.stack([
+            torch.log1p(n_sa), torch.log1p(n_s), torch.rsqrt(1.0 + n_sa), visited,
+            r_mean / scale[..., None, None], (n_sa / n_s.clamp(min=1.0)),
+        ], -1)
+        return feats
+
+    def plan(self, stats: dict, values: torch.Tensor, action_mask: torch.Tensor | None):
+        """``planning_steps`` Bellman backups on the empirical model from ``values``; returns (Q, V).
+
+        Rewards are divided by the history's running reward scale, so plans are scale-free.
+        ``stats`` tensors are ``[L, S, A, ...]``, ``values [L, S]``, ``action_mask [L, A]``.
+        """
+        n_sa, r_sum, n_ss = stats["n_sa"], stats["r_sum"], stats["n_ss"]
+        lead = n_sa.shape[:-2]
+        s, a = n_sa.shape[-2:]
+        scale = reward_scale(stats["r_sq"], stats["r_count"])
+        visited = (n_sa > 0).float()
+        safe = n_sa.clamp(min=1.0)
+        r_mean = r_sum / safe
+        r_hat = r_mean / scale[..., None, None]
+        p_hat = (n_ss / safe[..., None]).reshape(*lead, s * a, s)
+        gamma = self.gamma
+        r_max = torch.where(stats["r_count"] > 0, stats["r_max"], torch.zeros_like(stats["r_max"])) / scale
+        # Optimism for untried pairs: r_max over the *initial* horizon 1/(1 - planning_gamma), scaled by a
+        # learned factor. Tied to the fixed initial horizon, not to the learned discount, so the discount's
+        # gradient comes from value propagation alone (tying them let imitation trade horizon for optimism).
+        horizon = 1.0 / (1.0 - self.config.planning_gamma)
+        u = (F.softplus(self.optimism[0] + math.log(math.e - 1.0)) * r_max.clamp(min=0.0) + self.optimism[1]) * horizon
+        u = u[..., None, None]
+        hidden = torch.tanh(self.bonus_in(self.features(n_sa, r_mean, scale, visited)))
+        bonus = self.bonus_out(hidden)[..., 0]
+        base = visited * r_hat + (1.0 - visited) * u + bonus
+        alive = 1.0 - stats["terminal"]
+        neg = None if action_mask is None else torch.where(action_mask[:, None, :], 0.0, -1e9)  # [L, 1, A]
+        v = values
+        q = base
+        for _ in range(self.steps):
+            backup = (p_hat @ v[..., None]).reshape(*lead, s, a)
+            q = base + visited * gamma * backup
+            qm = q if neg is None else q + neg
+            v = qm.max(-1).values * alive
+        return q, v
+
+    def temperature(self) -> torch.Tensor:
+        """Softmax temperature of the policy over normalised Q values (1 at initialisation)."""
+        return torch.exp(self.log_temperature)
+
+    def world_model(self, stats, observations, actions):
+        """Next-observation logits and reward prediction at each row from its statistics."""
+        n_sa, r_sum, n_ss = stats["n_sa"], stats["r_sum"], stats["n_ss"]
+        s = n_sa.shape[-2]
+        obs = observations.clamp(min=0)
+        act = actions.clamp(min=0)
+        gather_sa = lambda t: torch.gather(t.flatten(-2), -1, (obs * t.shape[-1] + act)[..., None])[..., 0]  # noqa: E731
+        count = gather_sa(n_sa)
+        rsum = gather_sa(r_sum)
+        lead = n_ss.shape[:-3]
+        row = torch.gather(n_ss.reshape(*lead, -1, s), -2,
+                           (obs * n_sa.shape[-1] + act)[..., None, None].expand(*lead, 1, s))[..., 0, :]
+        alpha = torch.exp(self.world_smoothing[0])
+        beta = torch.exp(self.world_smoothing[1])
+        obs_logits = torch.log((row + alpha / s) / (count[..., None] + alpha))
+        total = n_sa.sum((-1, -2))
+        r_bar = r_sum.sum((-1, -2)) / total.clamp(min=1.0)
+        reward = (rsum + beta * r_bar) / (count + beta)
+        return obs_logits, reward
+
+    # -- forward over rows ------------------------------------------------------------------------
+    def forward(self, observations, actions, rewards, cache: AnyMDPAgentCache, action_mask=None):
+        """Policy logits, world-model outputs and the updated cache for ``[B, T]`` rows."""
+        b, t = observations.shape
+        chunk = self.config.chunk_size
+        outs_pi, outs_obs, outs_rew, outs_scale = [], [], [], []
+        pos = 0
+        if t > 1 and bool((cache.step != cache.step[0]).any()):
+            raise ValueError("histories of one batch must be at the same row to process several rows at once; "
+                             "step them one row at a time")
+        while pos < t:
+            step0 = int(cache.step[0])
+            length = min(chunk - step0 % chunk, t - pos)
+            o = observations[:, pos:pos + length]
+            a_ = actions[:, pos:pos + length]
+            r = rewards[:, pos:pos + length]
+            # Carried values are refreshed at chunk boundaries (absolute rows), per history.
+            refresh = ((cache.step % chunk) == 0) & (cache.step > 0)
+            anchor = torch.where(refresh[:, None], cache.values, cache.anchor)
+            prev_obs, prev_act, prev_rew = previous_rows(o, a_, r, cache)
+            stats = self.accumulate(cache, prev_obs, prev_act, prev_rew, o)
+            start_values = anchor if self.config.carry_values else torch.zeros_like(anchor)
+            c = o.shape[1]
+            flat = {k: v.reshape(b * c, *v.shape[2:]) for k, v in stats.items()}
+            mask = None if action_mask is None else action_mask[:, None, :].expand(b, c, -1).reshape(b * c, -1)
+            q, v = self.plan(flat, start_values[:, None].expand(b, c, -1).reshape(b * c, -1), mask)
+            q = q.view(b, c, *q.shape[1:])
+            q_now = torch.gather(q, 2, o.clamp(min=0)[..., None, None].expand(b, c, 1, q.shape[-1]))[:, :, 0]
+            outs_pi.append(q_now / self.temperature())
+            obs_logits, rew_pred = self.world_model(stats, o, a_)
+            outs_obs.append(obs_logits)
+            outs_rew.append(rew_pred)
+            outs_scale.append(reward_scale(stats["r_sq"], stats["r_count"]))
+            # The state after the chunk: statistics of all its rows, the last row pending.
+            last = {k: val[:, -1] for k, val in stats.items()}
+            new = dict(cache.tensors)
+            new.update(last)
+            new["values"] = v.view(b, c, -1)[:, -1]
+            new["anchor"] = anchor
+            new["step"] = cache.step + c
+            new["last_obs"], new["last_action"], new["last_reward"] = o[:, -1], a_[:, -1], r[:, -1]
+            cache = AnyMDPAgentCache(new, cache.layers)
+            pos += length
+        return (torch.cat(outs_pi, 1), torch.cat(outs_obs, 1), torch.cat(outs_rew, 1), torch.cat(outs_scale, 1), cache)
+
+
+# ---------------------------------------------------------------------- sequence backbone
+
+
+def chunk_gated_linear_attention(q, k, v, log_decay, state, chunk: int):
+    """Chunkwise-parallel gated linear attention.
+
+    ``q, k [B, H, T, dk]``, ``v [B, H, T, dv]``, ``log_decay [B, H, T]`` (<= 0), ``state [B, H, dk, dv]``.
+    Recurrence: ``S_t = exp(log_decay_t) S_{t-1} + k_t^T v_t``, output ``o_t = q_t S_t``. Inside a
+    chunk the outputs are matrix products; the state is carried between chunks.
+    """
+    b, h, t, dk = q.shape
+    outs = []
+    for start in range(0, t, chunk):
+        qc, kc, vc = q[:, :, start:start + chunk], k[:, :, start:start + chunk], v[:, :, start:start + chunk]
+        g = log_decay[:, :, start:start + chunk].cumsum(-1)  # [B, H, L], non-increasing
+        length = g.shape[-1]
+        diff = g[..., :, None] - g[..., None, :]  # g_i - g_j <= 0 for j <= i
+        causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+        weights = torch.where(causal, diff, torch.full_like(diff, -torch.inf)).exp()
+        scores = (qc @ kc.transpose(-1, -2)) * weights
+        out = scores @ vc + (qc * g.exp()[..., None]) @ state
+        tail = (g[..., -1:] - g).exp()[..., None]  # decay from each token to the chunk end
+        state = g[..., -1].exp()[..., None, None] * state + (kc * tail).transpose(-1, -2) @ vc
+        outs.append(out)
+    return torch.cat(outs, 2), state
+
+
+def recurrent_gated_linear_attention(q, k, v, log_decay, state):
+    """The same recurrence, one token at a time (``[B, H, 1, ...]`` inputs)."""
+    state = log_decay.exp()[..., None] * state + k.transpose(-1, -2) @ v
+    return q @ state, state
+
+
+class GatedLinearAttention(nn.Module):
+    """Multi-head linear attention with a data-dependent scalar decay per head and an output gate."""
+
+    def __init__(self, config: AnyMDPAgentConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.heads = config.num_heads
+        self.head_dim = config.hidden_size // config.num_heads
+        d = config.hidden_size
+        self.qkvg = nn.Linear(d, 4 * d, bias=False)
+        self.decay = nn.Linear(d, self.heads)
+        self.out = nn.Linear(d, d, bias=False)
+        self.norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.chunk = config.chunk_size
+
+    def decay_bias_init(self) -> torch.Tensor:
+        """Per-head decay timescales spread from ~10 to ~10^4 tokens (softplus(bias) = -log decay)."""
+        timescale = torch.logspace(1, 4, self.heads)
+        return torch.log(torch.expm1(1.0 / timescale))
+
+    def forward(self, x, state, recurrent: bool):
+        b, t, d = x.shape
+        q, k, v, g = self.qkvg(x).chunk(4, -1)
+        split = lambda z: z.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # noqa: E731
+        q = F.normalize(split(q), dim=-1) * self.head_dim ** -0.5
+        k = F.normalize(split(k), dim=-1)
+        v = split(v)
+        log_decay = -F.softplus(self.decay(x)).transpose(1, 2)  # [B, H, T]
+        if recurrent:
+            outs = []
+            for i in range(t):
+                o, state = recurrent_gated_linear_attention(q[:, :, i:i + 1], k[:, :, i:i + 1], v[:, :, i:i + 1],
+                                                            log_decay[:, :, i:i + 1], state)
+                outs.append(o)
+            o = torch.cat(outs, 2)
+        else:
+            o, state = chunk_gated_linear_attention(q, k, v, log_decay, state, self.chunk)
+        o = self.norm(o).transpose(1, 2).reshape(b, t, d) * F.silu(g)
+        return self.out(o), state
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: AnyMDPAgentConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, -1)
+        return self.down(F.silu(gate) * up)
+
+
+class AnyMDPAgentLayer(nn.Module):
+    """Pre-norm block: gated linear attention, then a SwiGLU MLP, both residual."""
+
+    def __init__(self, config: AnyMDPAgentConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attn = GatedLinearAttention(config, layer_idx)
+        self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, x, state, recurrent: bool = False):
+        h, state = self.attn(self.attn_norm(x), state, recurrent)
+        x = x + h
+        return x + self.mlp(self.mlp_norm(x)), state
+
+
+class SequenceBackbone(nn.Module):
+    """Token embeddings (two tokens per row) and the gated-linear-attention stack."""
+
+    def __init__(self, config: AnyMDPAgentConfig):
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        self.obs_embed = nn.Embedding(config.num_observations, d)
+        self.action_embed = nn.Embedding(config.num_actions + 2, d)  # + the two episode-end ids
+        self.tag_embed = nn.Embedding(config.num_tags, d)
+        self.prompt_embed = nn.Embedding(config.num_prompts, d)
+        self.reward_proj = nn.Linear(1, d)
+        self.layers = nn.ModuleList([AnyMDPAgentLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(d, config.rms_norm_eps)
+        self.gradient_checkpointing = False
+
+    def initial_layers(self, batch: int, device) -> list[torch.Tensor]:
+        h = self.config.num_heads
+        hd = self.config.hidden_size // h
+        return [torch.zeros(batch, h, hd, hd, device=device) for _ in self.layers]
+
+    def embed(self, observations, actions, prev_rewards, tags, prompts):
+        a = self.config.num_actions
+        act_ids = torch.where(actions == END_TERMINATED, a, torch.where(actions == END_TRUNCATED, a + 1, actions))
+        x_obs = (self.obs_embed(observations) + self.reward_proj(symlog(prev_rewards)[..., None])
+                 + self.prompt_embed(prompts)[:, None])
+        x_act = self.action_embed(act_ids.clamp(min=0)) + self.tag_embed(tags)
+        b, t, d = x_obs.shape
+        return torch.stack([x_obs, x_act], 2).reshape(b, 2 * t, d)
+
+    def forward(self, tokens, layer_states, recurrent: bool = False):
+        x = tokens
+        new_states = []
+        for layer, state in zip(self.layers, layer_states):
+            if self.gradient_checkpointing and self.training:
+                x, state = checkpoint(layer, x, state, recurrent, use_reentrant=False)
+            else:
+                x, state = layer(x, state, recurrent)
+            new_states.append(state)
+        return self.norm(x), new_states
+
+
+# ---------------------------------------------------------------------- the model
+
+
+class AnyMDPAgentPreTrainedModel(PreTrainedModel):
+    config_class = AnyMDPAgentConfig
+    base_model_prefix = "agent"
+    supports_gradient_checkpointing = True
+    main_input_name = "observations"
+    _no_split_modules = ["AnyMDPAgentLayer"]
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
+        if isinstance(module, GatedLinearAttention):
+            init.copy_(module.decay.bias, module.decay_bias_init())
+        if isinstance(module, InContextPlanner):
+            gamma = self.config.planning_gamma
+            init.constant_(module.gamma_logit, math.log(gamma / (1.0 - gamma)))
+            init.zeros_(module.log_temperature)
+            init.zeros_(module.optimism)
+            init.zeros_(module.world_smoothing)
+            init.zeros_(module.bonus_out.weight)
+            init.zeros_(module.bonus_out.bias)
+            init.normal_(module.bonus_in.weight, mean=0.0, std=0.5)
+
+
+class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
+    """The agent: either backbone, the policy head and the world-model heads, and the loss.
+
+    ``forward`` processes ``[B, T]`` rows (teacher forcing, chunkwise-parallel) and returns the
+    loss when ``labels`` are given; :meth:`initial_state`, :meth:`act` and :meth:`observe` step it
+    one environment step at a time (recurrent form) for deployment.
+    """
+
+    def __init__(self, config: AnyMDPAgentConfig):
+        super().__init__(config)
+        if config.backbone == "planning":
+            self.planner = InContextPlanner(config)
+        else:
+            self.backbone = SequenceBackbone(config)
+            d = config.hidden_size
+            self.policy_head = nn.Linear(d, config.num_actions)
+            self.observation_head = nn.Linear(d, config.num_observations)
+            self.reward_head = nn.Linear(d, 1)
+        self.post_init()
+
+    # -- state ------------------------------------------------------------------------------------
+    def initial_state(self, batch_size: int, num_observations: int | None = None, device=None) -> AnyMDPAgentCache:
+        """A fresh state for ``batch_size`` histories. The planning backbone may hold statistics for
+        only the first ``num_observations`` ids (exact when the environments use no others)."""
+        device = device or self.device
+        n_obs = num_observations or self.config.num_observations
+        if n_obs > self.config.num_observations:
+            raise ValueError(f"num_observations={n_obs} exceeds the model's vocabulary of "
+                             f"{self.config.num_observations} observation ids")
+        base = {
+            "step": torch.zeros(batch_size, dtype=torch.long, device=device),
+            "last_obs": torch.full((batch_size,), NO_ROW, dtype=torch.long, device=device),
+            "last_action": torch.full((batch_size,), NO_ROW, dtype=torch.long, device=device),
+            "last_reward": torch.zeros(batch_size, device=device),
+        }
+        if self.config.backbone == "planning":
+            base.update(self.planner.initial_tensors(batch_size, n_obs, device))
+            return AnyMDPAgentCache(base)
+        base.update({"r_count": torch.zeros(batch_size, device=device), "r_sq": torch.zeros(batch_size, device=device)})
+        return AnyMDPAgentCache(base, self.backbone.initial_layers(batch_size, device))
+
+    # -- checks -----------------------------------------------------------------------------------
+    def _check_inputs(self, observations, actions, rewards, tags, prompts, labels, action_mask, cache):
+        cfg = self.config
+        if observations.dim() != 2 or actions.shape != observations.shape or rewards.shape != observations.shape:
+            raise ValueError("observations, actions and rewards must all have shape [batch, rows]; got "
+                             f"{tuple(observations.shape)}, {tuple(actions.shape)}, {tuple(rewards.shape)}")
+        n_obs = cache.n_sa.shape[1] if cfg.backbone == "planning" else cfg.num_observations
+        self._check_observations(observations, n_obs)
+        self._check_actions(actions)
+        if tags is not None and tags.numel() and (tags.min() < 0 or tags.max() >= cfg.num_tags):
+            raise ValueError(f"tag ids must lie in 0..{cfg.num_tags - 1}")
+        if prompts is not None and prompts.numel() and (prompts.min() < 0 or prompts.max() >= cfg.num_prompts):
+            raise ValueError(f"prompt ids must lie in 0..{cfg.num_prompts - 1}")
+        if labels is not None:
+            lab = labels[labels != IGNORE_INDEX]
+            if lab.numel() and (lab.min() < 0 or lab.max() >= cfg.num_actions):
+                raise ValueError(f"labels must be actions 0..{cfg.num_actions - 1} or {IGNORE_INDEX}")
+        if action_mask is not None and action_mask.shape != (observations.shape[0], cfg.num_actions):
+            raise ValueError(f"action_mask must have shape [batch, {cfg.num_actions}], got {tuple(action_mask.shape)}")
+
+    @staticmethod
+    def _check_observations(observations: torch.Tensor, n_obs: int) -> None:
+        bad = (observations < 0) | (observations >= n_obs)
+        if bad.any():
+            raise ValueError(f"observation id {int(observations[bad][0])} is outside the vocabulary of {n_obs} ids "
+                             "(config.num_observations): use a model with a larger vocabulary")
+
+    def _check_actions(self, actions: torch.Tensor) -> None:
+        bad = (actions >= self.config.num_actions) | (actions < END_TRUNCATED)
+        if bad.any():
+            raise ValueError(f"action {int(actions[bad][0])} is outside 0..{self.config.num_actions - 1} (or the "
+                             f"episode-end ids {END_TERMINATED}, {END_TRUNCATED}): the task has more actions than the model")
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(
+        self,
+        observations: torch.LongTensor,
+        actions: torch.LongTensor,
+        rewards: torch.FloatTensor,
+        tags: torch.LongTensor | None = None,
+        prompts: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        action_mask: torch.BoolTensor | None = None,
+        cache: AnyMDPAgentCache | None = None,
+        recurrent: bool = False,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> AnyMDPAgentOutput:
+        """Teacher-forced pass over ``[B, T]`` rows (see the module docstring for the fields).
+
+        ``cache`` continues earlier rows (truncated back-propagation: pass ``output.cache.detach()``);
+        ``recurrent=True`` runs the sequence backbone token by token (same numbers, for checks).
+        """
+        cfg = self.config
+        b, t = observations.shape
+        cache = cache if cache is not None else self.initial_state(b, device=observations.device)
+        tags = tags if tags is not None else torch.full_like(observations, cfg.num_tags - 1)
+        prompts = prompts if prompts is not None else torch.zeros(b, dtype=torch.long, device=observations.device)
+        self._check_inputs(observations, actions, rewards, tags, prompts, labels, action_mask, cache)
+        rewards = rewards.float()
+        start_step = cache.step
+        if cfg.backbone == "planning":
+            pi, obs_logits, rew_pred, scale, new_cache = self.planner(observations, actions, rewards, cache, action_mask)
+        else:
+            prev_obs, prev_act, prev_rew = previous_rows(observations, actions, rewards, cache)
+            prev_rewards = torch.where(prev_act >= 0, prev_rew, torch.zeros_like(prev_rew))
+            tokens = self.backbone.embed(observations, actions, prev_rewards, tags, prompts)
+            hidden, layers = self.backbone(tokens, cache.layers, recurrent=recurrent)
+            hidden = hidden.view(b, t, 2, -1)
+            pi = self.policy_head(hidden[:, :, 0])
+            obs_logits = self.observation_head(hidden[:, :, 1])
+            rew_pred = self.reward_head(hidden[:, :, 1])[..., 0]
+            real = (prev_act >= 0).float()
+            r_count = cache.r_count[:, None] + real.cumsum(1)
+            r_sq = cache.r_sq[:, None] + (prev_rewards * prev_rewards).cumsum(1)
+            scale = reward_scale(r_sq, r_count)
+            new = dict(cache.tensors)
+            new["r_count"], new["r_sq"] = r_count[:, -1], r_sq[:, -1]
+            new["step"] = cache.step + t
+            new["last_obs"], new["last_action"], new["last_reward"] = observations[:, -1], actions[:, -1], rewards[:, -1]
+            new_cache = AnyMDPAgentCache(new, layers)
+        if action_mask is not None:
+            pi = pi.masked_fill(~action_mask[:, None, :], torch.finfo(pi.dtype).min)
+        out = AnyMDPAgentOutput(policy_logits=pi, observation_logits=obs_logits, reward_prediction=rew_pred,
+                                cache=new_cache)
+        if labels is not None:
+            self._loss(out, observations, actions, rewards, labels, scale, start_step)
+        return out
+
+    def _loss(self, out, observations, actions, rewards, labels, scale, start_step):
+        """``w_pi CE(policy) + w_s CE(next observation) + w_r MSE(reward)`` with the context warm-up."""
+        cfg = self.config
+        b, t = labels.shape
+        pos = start_step[:, None] + torch.arange(t, device=labels.device)[None, :]
+        if cfg.context_warmup > 0:
+            frac = (pos.float() / cfg.context_warmup).clamp(max=1.0)
+            weight = cfg.warmup_start + (1.0 - cfg.warmup_start) * frac
+        else:
+            weight = torch.ones(b, t, device=labels.device)
+        has_label = labels != IGNORE_INDEX
+        ce = F.cross_entropy(out.policy_logits.reshape(b * t, -1).float(), labels.clamp(min=0).reshape(-1),
+                             reduction="none").view(b, t)
+        policy_loss = (ce * weight * has_label).sum() / (weight * has_label).sum().clamp(min=1e-8)
+        # World model: rows with a real action whose next row is in this segment.
+        real = actions >= 0
+        target_next = torch.cat([observations[:, 1:], torch.zeros_like(observations[:, :1])], 1)
+        has_next = real.clone()
+        has_next[:, -1] = False
+        ce_obs = F.cross_entropy(out.observation_logits.reshape(b * t, -1).float(), target_next.reshape(-1),
+                                 reduction="none").view(b, t)
+        obs_loss = (ce_obs * weight * has_next).sum() / (weight * has_next).sum().clamp(min=1e-8)
+        err = (out.reward_prediction.float() - rewards) / scale
+        rew_loss = (err.pow(2) * weight * real).sum() / (weight * real).sum().clamp(min=1e-8)
+        out.policy_loss, out.observation_loss, out.reward_loss = policy_loss, obs_loss, rew_loss
+        out.loss = (cfg.policy_loss_weight * policy_loss + cfg.observation_loss_weight * obs_loss
+                    + cfg.reward_loss_weight * rew_loss)
+
+    # -- stepping (deployment) --------------------------------------------------------------------
+    def _begin_row(self, state: AnyMDPAgentCache, observations: torch.LongTensor, action_mask):
+        """Feed the observation token of a new row; returns the policy logits and the state."""
+        obs = observations.view(-1, 1)
+        if self.config.backbone == "planning":
+            # A row's policy never depends on its own action: run the row with a placeholder action,
+            # which _end_row replaces before the next row reads it.
+            out = self.forward(obs, torch.zeros_like(obs), torch.zeros(obs.shape, device=obs.device),
+                               action_mask=action_mask, cache=state)
+            return out.policy_logits[:, 0], out.cache
+        self._check_observations(obs, self.config.num_observations)
+        prev_rew = torch.where(state.last_action >= 0, state.last_reward, torch.zeros_like(state.last_reward))
+        real = (state.last_action >= 0).float()
+        bb = self.backbone
+        token = (bb.obs_embed(obs[:, 0]) + bb.reward_proj(symlog(prev_rew)[:, None])
+                 + bb.prompt_embed(torch.zeros_like(obs[:, 0])))
+        hidden, layers = bb(token[:, None], state.layers, recurrent=True)
+        logits = self.policy_head(hidden[:, 0])
+        if action_mask is not None:
+            logits = logits.masked_fill(~action_mask, torch.finfo(logits.dtype).min)
+        tensors = {**state.tensors, "step": state.step + 1, "last_obs": obs[:, 0],
+                   "r_count": state.r_count + real, "r_sq": state.r_sq + prev_rew * prev_rew}
+        return logits, AnyMDPAgentCache(tensors, layers)
+
+    def _end_row(self, state: AnyMDPAgentCache, actions: torch.LongTensor, rewards: torch.Tensor):
+        """Feed the action token of the current row (an action, or an episode-end id) and its reward."""
+        actions = actions.view(-1)
+        self._check_actions(actions)
+        tensors = {**state.tensors, "last_action": actions.clone(), "last_reward": rewards.float().view(-1).clone()}
+        if self.config.backbone == "planning":
+            return AnyMDPAgentCache(tensors, state.layers)
+        bb = self.backbone
+        a = self.config.num_actions
+        ids = torch.where(actions == END_TERMINATED, a, torch.where(actions == END_TRUNCATED, a + 1, actions))
+        token = bb.action_embed(ids) + bb.tag_embed(torch.full_like(ids, self.config.num_tags - 1))
+        _, layers = bb(token[:, None], state.layers, recurrent=True)
+        return AnyMDPAgentCache(tensors, layers)
+
+    @torch.no_grad()
+    def act(self, state: AnyMDPAgentCache, observations: torch.LongTensor, action_mask: torch.BoolTensor | None = None,
+            temperature: float | torch.Tensor = 1.0, generator: torch.Generator | None = None):
+        """Actions ``[B]`` at ``observations`` (one new row per history); returns ``(actions, logits, state)``.
+
+        ``temperature`` divides the logits before sampling, per history if a tensor; 0 is greedy.
+        The row is completed by :meth:`observe`.
+        """
+        logits, state = self._begin_row(state, observations, action_mask)
+        temp = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device).reshape(-1)
+        temp = temp.expand(logits.shape[0])
+        probs = torch.softmax(logits / temp.clamp(min=1e-6)[:, None], -1)
+        sampled = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        actions = torch.where(temp <= 0, logits.argmax(-1), sampled)
+        return actions, logits, state
+
+    @torch.no_grad()
+    def observe(self, state: AnyMDPAgentCache, actions: torch.LongTensor, rewards: torch.Tensor,
+                next_observations: torch.LongTensor, terminated: torch.Tensor, truncated: torch.Tensor,
+                action_mask: torch.BoolTensor | None = None) -> AnyMDPAgentCache:
+        """Complete the row :meth:`act` began; where an episode ended, add its episode-end row."""
+        state = self._end_row(state, actions, rewards)
+        done = (terminated | truncated).view(-1).bool()
+        if not done.any():
+            return state
+        idx = torch.nonzero(done)[:, 0]
+        end = torch.where(terminated.view(-1).bool(), END_TERMINATED, END_TRUNCATED)[idx]
+        sub = state.index(idx)
+        _, sub = self._begin_row(sub, next_observations.view(-1)[idx], None if action_mask is None else action_mask[idx])
+        sub = self._end_row(sub, end, torch.zeros(len(idx), device=end.device))
+        merged = {k: v.clone() for k, v in state.tensors.items()}
+        for k, v in sub.tensors.items():
+            merged[k][idx] = v
+        layers = [x.clone() for x in state.layers]
+        for x, y in zip(layers, sub.layers):
+            x[idx] = y
+        return AnyMDPAgentCache(merged, layers)
+
+
+AnyMDPAgentConfig.register_for_auto_class()
+AnyMDPAgentModel.register_for_auto_class("AutoModel")
+
+__all__ = ["AnyMDPAgentCache", "AnyMDPAgentModel", "AnyMDPAgentOutput", "AnyMDPAgentPreTrainedModel",
+           "END_TERMINATED", "END_TRUNCATED", "IGNORE_INDEX"]
