@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -179,3 +180,57 @@ def test_cli_push_dataset_offline_fails_cleanly(tmp_path, capsys):
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("anymdp-agent push-dataset: error: ") and "nothing was committed" in err
+
+
+# ---------------------------------------------------------------------- checkpoints
+
+
+class RecordingApi(FakeApi):
+    """Also keeps the README text as it stood in the staged folder at commit time."""
+
+    def create_commit(self, repo_id, **kwargs):
+        for op in kwargs["operations"]:
+            if op.path_in_repo == "README.md":
+                self.readme = Path(op.path_or_fileobj).read_text()
+        return super().create_commit(repo_id, **kwargs)
+
+
+def test_push_checkpoint_sends_the_bundled_agent_in_one_commit():
+    from anymdp_agent.hub import push_checkpoint
+    from anymdp_agent.rollout import bundled_agent_path
+
+    folder = bundled_agent_path()
+    card_before = (folder / "README.md").read_text()
+    api = RecordingApi()
+    assert push_checkpoint(folder, "someone/anymdp-agent", api=api) == "commit-info"
+    commits = [c for c in api.calls if c[0] == "create_commit"]
+    assert len(commits) == 1 and commits[0][2]["repo_type"] == "model"
+    sent = {op.path_in_repo for op in commits[0][2]["operations"]}
+    expected = {"config.json", "model.safetensors", "configuration_anymdp_agent.py", "modeling_anymdp_agent.py",
+                "README.md", "train_config.json"}
+    assert expected <= sent
+    assert {p for p in sent if p.startswith("eval/")} == {f"eval/{p.name}" for p in (folder / "eval").iterdir()}
+    assert 'from_pretrained("someone/anymdp-agent", trust_remote_code=True)' in api.readme
+    assert "model-index:" in api.readme and "name: anymdp-agent" in api.readme
+    assert (folder / "README.md").read_text() == card_before  # the source folder is left as it was
+
+
+def test_push_checkpoint_refuses_an_incomplete_folder(tmp_path):
+    import shutil
+
+    from anymdp_agent.hub import push_checkpoint
+    from anymdp_agent.rollout import bundled_agent_path
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(bundled_agent_path(), folder)
+    (folder / "model.safetensors").unlink()
+    api = FakeApi()
+    with pytest.raises(ValueError, match="model.safetensors"):
+        push_checkpoint(folder, "someone/x", api=api)
+    shutil.copy(bundled_agent_path() / "model.safetensors", folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    del config["auto_map"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="auto_map"):
+        push_checkpoint(folder, "someone/x", api=api)
+    assert api.calls == []
