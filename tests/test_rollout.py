@@ -202,6 +202,7 @@ def test_cli_eval_with_an_agent_checkpoint(saved_agent, tmp_path, capsys):
 
 def test_cli_eval_with_a_bad_agent_spec(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["eval", "--learners", "agent:", "--tasks", "1", "--steps", "10", "--out", str(tmp_path), "--no-progress"])
+        main(["eval", "--learners", "agent:decay_steps", "--tasks", "1", "--steps", "10", "--out", str(tmp_path),
+              "--no-progress"])
     assert exc.value.code == 2
-    assert "agent:PATH" in capsys.readouterr().err
+    assert "no checkpoint folder at decay_steps" in capsys.readouterr().err
