@@ -57,7 +57,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     import time
 
-    from .evaluation import EvalConfig, check_config, check_output_dir, evaluate, format_table, write_results
+    from .evaluation import (EvalConfig, build_learner, check_config, check_output_dir, evaluate, format_table,
+                             write_results)
     from .rollout import bundled_agent_path
 
     try:
@@ -75,7 +76,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     check_output_dir(args.out)
     t0 = time.perf_counter()
     for cfg in runs:
-        result = evaluate(cfg, progress=not args.no_progress)
+        # The bundled agent is shown as "agent" (its spec names the folder it was loaded from).
+        learners = {("agent" if spec.startswith("agent:") else spec): build_learner(spec) for spec in cfg.learners}
+        result = evaluate(cfg, learners=learners, progress=not args.no_progress)
         paths = write_results(result, args.out)
         print(format_table(result))
         print(f"wrote {paths['json']} and {paths['png']}\n")

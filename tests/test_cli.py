@@ -156,3 +156,16 @@ def test_progress_bar_goes_to_stderr(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.splitlines()[0].startswith("suite anymdp-16")
     assert "random" in captured.out
+
+
+def test_demo_runs_the_bundled_agent_next_to_the_baselines(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--tasks", "3", "--steps", "200", "--frozenlake-runs", "2", "--frozenlake-steps", "200",
+                 "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    for name in ("eval-anymdp-16", "eval-frozenlake"):
+        result = json.loads((out / f"{name}.json").read_text())
+        assert list(result["learners"]) == ["agent", "mbrl", "ucbq", "tql", "random", "oracle"]
+        assert result["learners"]["agent"]["hyperparameters"]["backbone"] == "planning"
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert text.count("\nagent ") == 2 and "success rate" in text and "demo finished" in text
