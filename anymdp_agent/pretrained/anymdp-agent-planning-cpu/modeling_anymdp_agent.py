@@ -235,8 +235,10 @@ class InContextPlanner(nn.Module):
         safe = n_sa.clamp(min=1.0)
         r_mean = r_sum / safe
         r_hat = r_mean / scale[..., None, None]
-        p_hat = (n_ss / safe[..., None]).reshape(*lead, s * a, s)
         gamma = self.gamma
+        # Empirical transitions of tried pairs, [L, S*A, S]; kept free of parameters (the discount multiplies
+        # the product), so backward never materialises a gradient of this large matrix.
+        p_vis = (n_ss * (visited / safe)[..., None]).reshape(-1, s * a, s)
         r_max = torch.where(stats["r_count"] > 0, stats["r_max"], torch.zeros_like(stats["r_max"])) / scale
         # Optimism for untried pairs: r_max over the *initial* horizon 1/(1 - planning_gamma), scaled by a
         # learned factor. Tied to the fixed initial horizon, not to the learned discount, so the discount's
@@ -247,16 +249,16 @@ class InContextPlanner(nn.Module):
         hidden = torch.tanh(self.bonus_in(self.features(n_sa, r_mean, scale, visited)))
         bonus = self.bonus_out(hidden)[..., 0]
         base = visited * r_hat + (1.0 - visited) * u + bonus
+        if action_mask is not None:  # actions a task lacks are never worth taking
+            base = base + torch.where(action_mask[:, None, :], 0.0, -1e9)
+        base = base.reshape(-1, s * a, 1)
         alive = 1.0 - stats["terminal"]
-        neg = None if action_mask is None else torch.where(action_mask[:, None, :], 0.0, -1e9)  # [L, 1, A]
         v = values
         q = base
         for _ in range(self.steps):
-            backup = (p_hat @ v[..., None]).reshape(*lead, s, a)
-            q = base + visited * gamma * backup
-            qm = q if neg is None else q + neg
-            v = qm.max(-1).values * alive
-        return q, v
+            q = base + gamma * torch.bmm(p_vis, v.reshape(-1, s, 1))
+            v = q.view(*lead, s, a).max(-1).values * alive
+        return q.view(*lead, s, a), v
 
     def temperature(self) -> torch.Tensor:
         """Softmax temperature of the policy over normalised Q values (1 at initialisation)."""
@@ -336,29 +338,39 @@ def chunk_gated_linear_attention(q, k, v, log_decay, state, chunk: int):
 
     ``q, k [B, H, T, dk]``, ``v [B, H, T, dv]``, ``log_decay [B, H, T]`` (<= 0), ``state [B, H, dk, dv]``.
     Recurrence: ``S_t = exp(log_decay_t) S_{t-1} + k_t^T v_t``, output ``o_t = q_t S_t``. Inside a
-    chunk the outputs are matrix products; the state is carried between chunks.
+    chunk the outputs are matrix products, for all chunks at once; only the small per-chunk states
+    are carried in a loop (the sequence is reshaped into chunks, never sliced: slicing made the
+    backward pass quadratic in the sequence length).
     """
     b, h, t, dk = q.shape
-    outs = []
-    for start in range(0, t, chunk):
-        qc, kc, vc = q[:, :, start:start + chunk], k[:, :, start:start + chunk], v[:, :, start:start + chunk]
-        g = log_decay[:, :, start:start + chunk].cumsum(-1)  # [B, H, L], non-increasing
-        length = g.shape[-1]
-        diff = g[..., :, None] - g[..., None, :]  # g_i - g_j <= 0 for j <= i
-        causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
-        weights = torch.where(causal, diff, torch.full_like(diff, -torch.inf)).exp()
-        scores = (qc @ kc.transpose(-1, -2)) * weights
-        out = scores @ vc + (qc * g.exp()[..., None]) @ state
-        tail = (g[..., -1:] - g).exp()[..., None]  # decay from each token to the chunk end
-        state = g[..., -1].exp()[..., None, None] * state + (kc * tail).transpose(-1, -2) @ vc
-        outs.append(out)
-    return torch.cat(outs, 2), state
+    dv = v.shape[-1]
+    n = -(-t // chunk)
+    pad = n * chunk - t
+    if pad:  # padded tokens: zero keys/values, no decay, outputs dropped
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        log_decay = F.pad(log_decay, (0, pad))
+    qc, kc, vc = (x.reshape(b, h, n, chunk, x.shape[-1]) for x in (q, k, v))
+    g = log_decay.reshape(b, h, n, chunk).cumsum(-1)  # within each chunk, non-increasing
+    diff = g[..., :, None] - g[..., None, :]  # g_i - g_j <= 0 for j <= i
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
+    weights = torch.where(causal, diff, torch.full_like(diff, -torch.inf)).exp()
+    intra = ((qc @ kc.transpose(-1, -2)) * weights) @ vc  # [B, H, N, L, dv]
+    q_decayed = qc * g.exp()[..., None]  # reads the state entering the chunk
+    tail = (g[..., -1:] - g).exp()[..., None]  # decay from each token to its chunk's end
+    updates = (kc * tail).transpose(-1, -2) @ vc  # [B, H, N, dk, dv]
+    chunk_decay = g[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
+    inter = []
+    for i in range(n):
+        inter.append(q_decayed[:, :, i] @ state)
+        state = chunk_decay[:, :, i] * state + updates[:, :, i]
+    out = intra + torch.stack(inter, 2)
+    return out.reshape(b, h, n * chunk, dv)[:, :, :t], state
 
 
 def recurrent_gated_linear_attention(q, k, v, log_decay, state):
     """The same recurrence, one token at a time (``[B, H, 1, ...]`` inputs)."""
-    state = log_decay.exp()[..., None] * state + k.transpose(-1, -2) @ v
-    return q @ state, state
+    state = log_decay.exp()[..., None] * state + k[..., 0, :, None] * v[..., 0, None, :]  # outer product
+    return (q[..., 0, :, None] * state).sum(-2)[..., None, :], state
 
 
 class GatedLinearAttention(nn.Module):
@@ -664,6 +676,7 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
                     + cfg.reward_loss_weight * rew_loss)
 
     # -- stepping (deployment) --------------------------------------------------------------------
+    @torch.no_grad()
     def _begin_row(self, state: AnyMDPAgentCache, observations: torch.LongTensor, action_mask):
         """Feed the observation token of a new row; returns the policy logits and the state."""
         obs = observations.view(-1, 1)
@@ -687,6 +700,7 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
                    "r_count": state.r_count + real, "r_sq": state.r_sq + prev_rew * prev_rew}
         return logits, AnyMDPAgentCache(tensors, layers)
 
+    @torch.no_grad()
     def _end_row(self, state: AnyMDPAgentCache, actions: torch.LongTensor, rewards: torch.Tensor):
         """Feed the action token of the current row (an action, or an episode-end id) and its reward."""
         actions = actions.view(-1)
