@@ -202,9 +202,15 @@ def _seed(*parts) -> np.random.Generator:
 
 class CorpusSource:
     """Random crops of corpus sequences; the sequences of step ``s`` on process ``r`` are a function of
-    ``(seed, s, r)``."""
+    ``(seed, s, r)``.
 
-    def __init__(self, args: TrainArgs):
+    Loaded in memory, sequences are drawn at random. Streamed (``--streaming``), each process reads its
+    own split of the stream through a seeded shuffle buffer, in order, epoch after epoch; step ``s``
+    takes the next ``batch_size`` sequences, and a resumed run replays the stream up to where the
+    interrupted one stopped, so resume stays exact.
+    """
+
+    def __init__(self, args: TrainArgs, rank: int = 0, world: int = 1):
         from datasets import load_dataset
 
         self.args = args
@@ -226,24 +232,73 @@ class CorpusSource:
         kinds = check_corpus_features(ds.features, need)
         self.kinds = kinds if args.label == "mix" else need
         if args.streaming:
-            raise ValueError("streaming corpora are read in order; use --streaming false for random crops "
-                             "(exact resume needs random access)")
+            from datasets.distributed import split_dataset_by_node
+
+            self.stream = split_dataset_by_node(ds, rank=rank, world_size=world)
+            self.rank = rank
+            self.position, self.epoch, self.iterator = 0, 0, None
+            first = next(iter(ds))
+            self.length = len(first["actions"])
+            if self.length < args.seq_len:
+                raise ValueError(f"corpus sequences hold {self.length} rows, shorter than seq_len {args.seq_len}")
+            self._check_sizes(int(first["n_states"]), int(first["n_actions"]))
+            return
         self.ds = ds.with_format("numpy")
-        top = int(np.max(self.ds["n_states"]))
-        if top > args.num_observations:
-            raise ValueError(f"the corpus has tasks with {top} states but num_observations is {args.num_observations}: "
-                             "raise num_observations (the model's vocabulary) to at least that")
-        top_a = int(np.max(self.ds["n_actions"]))
-        if top_a > args.num_actions:
-            raise ValueError(f"the corpus has tasks with {top_a} actions but num_actions is {args.num_actions}")
+        self._check_sizes(int(np.max(self.ds["n_states"])), int(np.max(self.ds["n_actions"])))
         self.length = len(self.ds[0]["actions"])
         if self.length < args.seq_len:
             raise ValueError(f"corpus sequences hold {self.length} rows, shorter than seq_len {args.seq_len}")
 
+    def _check_sizes(self, top: int, top_a: int) -> None:
+        if top > self.args.num_observations:
+            raise ValueError(f"the corpus has tasks with {top} states but num_observations is "
+                             f"{self.args.num_observations}: raise num_observations (the model's vocabulary) to at least that")
+        if top_a > self.args.num_actions:
+            raise ValueError(f"the corpus has tasks with {top_a} actions but num_actions is {self.args.num_actions}")
+
+    #: Sequences held by the shuffle buffer of a streamed corpus.
+    SHUFFLE_BUFFER = 64
+
+    def _shuffled(self, epoch: int):
+        """The process's part of the stream through a seeded shuffle buffer (datasets' own buffered shuffle
+        took 5 s to yield its first row here)."""
+        rng = _seed(self.args.seed, self.rank, epoch, 7)
+        buffer = []
+        for row in self.stream:
+            buffer.append(row)
+            if len(buffer) >= self.SHUFFLE_BUFFER:
+                yield buffer.pop(int(rng.integers(len(buffer))))
+        while buffer:
+            yield buffer.pop(int(rng.integers(len(buffer))))
+
+    def _next_streamed(self) -> dict:
+        if self.iterator is None:
+            self.iterator = self._shuffled(self.epoch)
+        try:
+            row = next(self.iterator)
+        except StopIteration:
+            self.epoch, self.iterator = self.epoch + 1, None
+            return self._next_streamed()
+        self.position += 1
+        self._check_sizes(int(row["n_states"]), int(row["n_actions"]))  # a streamed corpus is checked as it comes
+        return row
+
+    def _streamed(self, step: int, count: int) -> dict:
+        target = step * count  # sequences this process consumed before this step
+        if self.position > target or self.iterator is None and self.position != target:
+            self.position, self.epoch, self.iterator = 0, 0, None
+        while self.position < target:  # resume: replay the stream up to where the run stopped
+            self._next_streamed()
+        rows = [self._next_streamed() for _ in range(count)]
+        return {k: [r[k] for r in rows] for k in rows[0]}
+
     def batch(self, step: int, rank: int, count: int) -> dict:
         rng = _seed(self.args.seed, step, rank, 1)
-        idx = rng.integers(0, len(self.ds), size=count)
-        rows = self.ds[idx.tolist()] if count > 1 else {k: [v] for k, v in self.ds[int(idx[0])].items()}
+        if self.args.streaming:
+            rows = self._streamed(step, count)
+        else:
+            idx = rng.integers(0, len(self.ds), size=count)
+            rows = self.ds[idx.tolist()] if count > 1 else {k: [v] for k, v in self.ds[int(idx[0])].items()}
         start = rng.integers(0, self.length - self.args.seq_len + 1, size=count)
         kinds = rng.choice(self.kinds, size=count)
         out = {k: [] for k in ("observations", "actions", "rewards", "tags", "labels", "prompts", "n_actions")}
@@ -472,7 +527,7 @@ def train(args: TrainArgs) -> Path:
     model = AnyMDPAgentModel(args.model_config())
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    source = CorpusSource(args) if args.corpus else TaskStream(args)
+    source = CorpusSource(args, rank, world) if args.corpus else TaskStream(args)
     onpolicy_labels = ("oracle", "planner") if args.label == "mix" else (args.label,)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
 
