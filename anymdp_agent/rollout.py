@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .baselines.protocol import EnvSpec, InContextLearner, Transition
+from .envs.vector_env import final_observations
 from .configuration_anymdp_agent import AnyMDPAgentConfig
 from .modeling_anymdp_agent import AnyMDPAgentCache, AnyMDPAgentModel
 
@@ -38,19 +39,6 @@ class Run:
     num_envs: int
     seconds: float
 
-    def returns_of(self, env: int) -> np.ndarray:
-        """Episode returns of one environment, in order."""
-        sel = self.env_index == env
-        return self.ret[sel][np.argsort(self.start[sel])]
-
-
-def final_observations(next_obs: np.ndarray, info: dict, done: np.ndarray) -> np.ndarray:
-    """Where an episode ended and the env autoreset in the same step, the observation it ended in."""
-    final = np.array(next_obs, dtype=np.int64, copy=True)
-    if done.any() and "final_obs" in info:
-        mask = np.asarray(info.get("_final_obs", done), dtype=bool)
-        final[mask] = np.asarray(info["final_obs"][mask]).astype(np.int64)
-    return final
 
 
 def run_in_context(learner: InContextLearner, envs, spec: EnvSpec, steps: int, seed: int = 0,

@@ -45,7 +45,7 @@ from anymdp_agent.baselines import make_learner  # noqa: E402
 from anymdp_agent.baselines.protocol import EnvSpec, InContextLearner, Transition  # noqa: E402
 from anymdp_agent.envs import BatchedAnyMDPEnv, sample_anymdp_task, stack_tasks  # noqa: E402
 from anymdp_agent.evaluation import EvalConfig, Suite, evaluate, format_table, run_learner  # noqa: E402
-from anymdp_agent.rollout import final_observations  # noqa: E402  (the harness loop's own helper)
+from anymdp_agent.envs.vector_env import final_observations  # noqa: E402  (the harness loop's own helper)
 from benchmarks._common import Contender, fmt_rate, machine_line, med, table  # noqa: E402
 
 LEARNERS = ("oracle", "random", "tql", "ucbq", "mbrl")

@@ -12,6 +12,7 @@ import numpy as np
 from ..baselines.model_based import ModelBasedPlanner
 from ..baselines.protocol import EnvSpec, InContextLearner, Transition
 from ..envs import BatchedAnyMDPEnv, stack_tasks
+from ..envs.vector_env import final_observations
 from ..envs.solvers import oracle_q
 from .behaviours import TAG
 from .corpus import END_TERMINATED, END_TRUNCATED, NO_LABEL
@@ -53,9 +54,7 @@ def roll_learner(tasks, learner: InContextLearner, seq_len: int, labels: tuple[s
             step_labels["planner"], pstate = planner.act(pstate, obs)
         next_obs, reward, term, trunc, info = env.step(actions)
         done = term | trunc
-        final = next_obs.copy()
-        if done.any():
-            final[done] = info["final_obs"][done]
+        final = final_observations(next_obs, info, done)
         t = Transition(obs, actions, reward, final, term, trunc)
         lstate = learner.observe(lstate, t)
         if planner is not None:

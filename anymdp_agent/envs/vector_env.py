@@ -126,3 +126,12 @@ class BatchedAnyMDPEnv(VectorEnv):
             self._ended[done] = False
         info["state"] = self._dyn.state.copy()
         return self._obs.copy(), reward, terminated, truncated, info
+
+
+def final_observations(next_obs: np.ndarray, info: dict, done: np.ndarray) -> np.ndarray:
+    """Where an episode ended and the env autoreset in the same step, the observation it ended in."""
+    final = np.array(next_obs, dtype=np.int64, copy=True)
+    if done.any() and "final_obs" in info:
+        mask = np.asarray(info.get("_final_obs", done), dtype=bool)
+        final[mask] = np.asarray(info["final_obs"][mask]).astype(np.int64)
+    return final
