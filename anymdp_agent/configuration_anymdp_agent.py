@@ -34,6 +34,10 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             instead of 0. Off by default: measured on 32 validation tasks (16 states, 2,000 steps), the
             untrained planner scores AUC 0.69 from 0 and 0.61 carrying, because optimism that the
             last chunk has since disproved survives the sweeps.
+        memory_decay: give the statistics memory a learned forgetting rate (one decay factor per row,
+            applied to the counts, reward sums and next-observation counts, as in gated linear attention).
+            Initialised to a decay of exactly 1.0, where the model is the exact-statistics planner. Off by
+            default (no extra parameter; checkpoints without it load unchanged).
 
     Loss (``L = w_pi CE(policy) + w_s CE(next observation) + w_r MSE(reward)``):
         policy_loss_weight, observation_loss_weight, reward_loss_weight: the weights (0.8/0.1/0.1).
@@ -59,6 +63,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         planning_gamma: float = 0.99,
         bonus_hidden: int = 16,
         carry_values: bool = False,
+        memory_decay: bool = False,
         policy_loss_weight: float = 0.8,
         observation_loss_weight: float = 0.1,
         reward_loss_weight: float = 0.1,
@@ -82,6 +87,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.planning_gamma = planning_gamma
         self.bonus_hidden = bonus_hidden
         self.carry_values = carry_values
+        self.memory_decay = memory_decay
         self.policy_loss_weight = policy_loss_weight
         self.observation_loss_weight = observation_loss_weight
         self.reward_loss_weight = reward_loss_weight
@@ -102,6 +108,9 @@ class AnyMDPAgentConfig(PreTrainedConfig):
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be a positive integer, got {value!r}")
         if self.num_actions < 2:
             raise ValueError(f"AnyMDPAgentConfig.num_actions must be >= 2, got {self.num_actions}")
+        for name in ("carry_values", "memory_decay"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"AnyMDPAgentConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"AnyMDPAgentConfig.backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.hidden_size % self.num_heads:

@@ -24,6 +24,10 @@ Backbones (``config.backbone``), both with an explicit constant-size recurrent s
   step -- read by ``planning_steps`` differentiable value-iteration layers with a learned discount,
   a learned exploration bonus (a small network of the statistics), learned optimism for untried
   pairs and a learned temperature (optionally starting from the values of the previous chunk).
+  Within a chunk the backups of all rows are dense matrix products against the chunk-start counts
+  plus the chunk's own transitions (no per-row copy of the counts). With ``config.memory_decay`` the
+  memory gets a learned forgetting rate (gated-linear-attention style); at its initial value of
+  exactly 1 it is the exact statistics.
 - ``sequence``: a stack of gated linear attention layers (scalar data-dependent decay per head, the
   Mamba-2 / gated-retention member of the GLA family: every decay factor in the chunkwise form is
   ``exp`` of a non-positive number, so it is stable in float32 at any chunk size) with a
@@ -157,11 +161,21 @@ class InContextPlanner(nn.Module):
     """Statistics memory + learned differentiable value iteration (the ``planning`` backbone).
 
     All learned quantities are few and interpretable: discount, temperature, optimism for untried
-    pairs, an exploration bonus network over count/reward features, and the smoothing of the
-    world-model predictions. Untrained, it is the count-based optimistic planner.
+    pairs, an exploration bonus network over count/reward features, the smoothing of the world-model
+    predictions and, with ``config.memory_decay``, the memory's forgetting rate. Untrained, it is the
+    count-based optimistic planner.
+
+    Chunked form (training and stepping alike; a step is a chunk of one row): row ``j`` of a chunk
+    sees the chunk-start memory ``N0`` (the cache) plus the chunk's transitions ``i <= j``. Nothing of
+    size ``[rows, S*A*S]`` is built: a Bellman backup of all rows of a chunk is one dense product
+    ``V [C, S] @ N0^T [S, S*A]`` plus the in-chunk correction ``(W * V[:, s'_i]) [C, C] @ onehot(sa_i) [C, S*A]``,
+    where ``W[j, i]`` is the weight with which row ``j`` counts transition ``i`` (1 for ``i <= j`` when the
+    memory does not decay; ``decay^(j-i)`` when it does, and ``N0`` then enters row ``j`` times
+    ``decay^(j+1)``, as in gated linear attention).
     """
 
     NUM_FEATURES = 6
+    MIN_COUNT = 1e-3
 
     def __init__(self, config: AnyMDPAgentConfig):
         super().__init__()
@@ -173,6 +187,8 @@ class InContextPlanner(nn.Module):
         self.bonus_in = nn.Linear(self.NUM_FEATURES, config.bonus_hidden)
         self.bonus_out = nn.Linear(config.bonus_hidden, 1)
         self.world_smoothing = nn.Parameter(torch.zeros(2))  # log alpha (next obs), log beta (reward)
+        if config.memory_decay:
+            self.memory_log_decay = nn.Parameter(torch.zeros(()))  # 0: decay exactly 1, the exact statistics
 
     # -- state ---------------------------------------------------------------------------------
     def initial_tensors(self, batch: int, n_obs: int, device) -> dict[str, torch.Tensor]:
@@ -186,21 +202,57 @@ class InContextPlanner(nn.Module):
     def gamma(self) -> torch.Tensor:
         return torch.sigmoid(self.gamma_logit)
 
+    def log_decay(self) -> torch.Tensor | None:
+        """Log of the memory's per-row decay (``<= 0``), or ``None`` for exact statistics (no decay).
+
+        The parameter is clamped at 0 with a straight-through gradient: at initialisation (0) the decay is
+        exactly 1.0 -- the model *is* the exact-statistics planner -- and the gradient still says whether
+        forgetting would help; a parameter pushed above 0 keeps the decay at 1 and can come back.
+        """
+        if not self.config.memory_decay:
+            return None
+        p = self.memory_log_decay
+        return p - p.clamp(min=0.0).detach()
+
     # -- memory over a chunk --------------------------------------------------------------------
-    def accumulate(self, cache, prev_obs, prev_act, prev_rew, observations):
-        """Statistics seen by each row of a chunk: the cache plus the rows before it, ``[B, C, ...]``."""
+    def memory(self, cache, prev_obs, prev_act, prev_rew, observations):
+        """What each row of a chunk knows: the cache plus the chunk's transitions ``i <= j``.
+
+        Per row ``[B, C, ...]``: ``n_sa``, ``r_sum`` (``[S, A]``), ``terminal``, ``r_count``, ``r_sq``, ``r_max``;
+        the chunk's transitions: ``sa`` (pair id), ``next_obs``, ``weight [B, C, C]`` (``W[j, i]``, zero for
+        ``i > j`` and for rows without a real action), ``carry`` (``[C]`` factor of ``N0`` in row ``j``, or
+        ``None`` without decay), ``n_ss0`` (``N0``, ``[B, S*A, S]``) and ``n_ss_end`` (the memory after the chunk).
+        Only ``[S*A]``-sized rows are built per row; next-observation counts exist once per chunk.
+        """
         b, c = observations.shape
         n = cache.n_sa.shape[1]
         a = self.config.num_actions
-        real = prev_act >= 0
-        sa = (prev_obs.clamp(min=0) * a + prev_act.clamp(min=0))
-        w = real.float()
         dev = observations.device
+        real = prev_act >= 0
+        w = real.float()
+        sa = prev_obs.clamp(min=0) * a + prev_act.clamp(min=0)
         hot_sa = torch.zeros(b, c, n * a, device=dev).scatter_(2, sa[..., None], w[..., None])
-        n_sa = cache.n_sa.reshape(b, 1, n * a) + hot_sa.cumsum(1)
-        r_sum = cache.r_sum.reshape(b, 1, n * a) + (hot_sa * prev_rew[..., None]).cumsum(1)
-        hot_ss = torch.zeros(b, c, n * a * n, device=dev).scatter_(2, (sa * n + observations)[..., None], w[..., None])
-        n_ss = cache.n_ss.reshape(b, 1, n * a * n) + hot_ss.cumsum(1)
+        n_sa0, r_sum0 = cache.n_sa.reshape(b, 1, n * a), cache.r_sum.reshape(b, 1, n * a)
+        g = self.log_decay()
+        if g is None:
+            carry = None
+            mix = torch.ones(c, c, device=dev).tril()
+            n_sa = n_sa0 + hot_sa.cumsum(1)
+            r_sum = r_sum0 + (hot_sa * prev_rew[..., None]).cumsum(1)
+            end_factor = None
+        else:
+            idx = torch.arange(c, device=dev, dtype=torch.float32)
+            lag = idx[:, None] - idx[None, :]
+            # clamp before exp: the masked entries (i > j) must not overflow, or their zero gradient becomes nan
+            mix = torch.where(lag >= 0, torch.exp(g * lag.clamp(min=0.0)), torch.zeros_like(lag))
+            carry = torch.exp(g * (idx + 1.0))
+            n_sa = carry[:, None] * n_sa0 + mix @ hot_sa
+            r_sum = carry[:, None] * r_sum0 + mix @ (hot_sa * prev_rew[..., None])
+            end_factor = carry[-1]
+        weight = mix * w[:, None, :]  # [B, C, C]
+        n_ss0 = cache.n_ss.reshape(b, n * a, n)
+        start = n_ss0.reshape(b, -1) if end_factor is None else n_ss0.reshape(b, -1) * end_factor
+        n_ss_end = start.scatter_add(1, sa * n + observations, weight[:, -1])
         ended = (prev_act == END_TERMINATED).float()
         hot_t = torch.zeros(b, c, n, device=dev).scatter_(2, prev_obs.clamp(min=0)[..., None], ended[..., None])
         terminal = (cache.terminal[:, None] + hot_t.cumsum(1)).clamp(max=1.0)
@@ -209,8 +261,9 @@ class InContextPlanner(nn.Module):
         r_sq = cache.r_sq[:, None] + (rr * rr).cumsum(1)
         r_max = torch.maximum(cache.r_max[:, None],
                               torch.where(real, prev_rew, torch.full_like(prev_rew, -torch.inf)).cummax(1).values)
-        return {"n_sa": n_sa.view(b, c, n, a), "r_sum": r_sum.view(b, c, n, a), "n_ss": n_ss.view(b, c, n, a, n),
-                "terminal": terminal, "r_count": r_count, "r_sq": r_sq, "r_max": r_max}
+        return {"n_sa": n_sa.view(b, c, n, a), "r_sum": r_sum.view(b, c, n, a), "terminal": terminal,
+                "r_count": r_count, "r_sq": r_sq, "r_max": r_max, "sa": sa, "next_obs": observations,
+                "weight": weight, "carry": carry, "n_ss0": n_ss0, "n_ss_end": n_ss_end.view(b, n, a, n)}
 
     # -- planning --------------------------------------------------------------------------------
     def features(self, n_sa, r_mean, scale, visited):
@@ -221,25 +274,27 @@ class InContextPlanner(nn.Module):
         ], -1)
         return feats
 
-    def plan(self, stats: dict, values: torch.Tensor, action_mask: torch.Tensor | None):
-        """``planning_steps`` Bellman backups on the empirical model from ``values``; returns (Q, V).
+    def plan(self, mem: dict, values: torch.Tensor, action_mask: torch.Tensor | None):
+        """``planning_steps`` Bellman backups on each row's empirical model from ``values [B, C, S]``;
+        returns (Q ``[B, C, S, A]``, V ``[B, C, S]``).
 
-        Rewards are divided by the history's running reward scale, so plans are scale-free.
-        ``stats`` tensors are ``[L, S, A, ...]``, ``values [L, S]``, ``action_mask [L, A]``.
+        Rewards are divided by the history's running reward scale, so plans are scale-free. The backup of
+        all rows is two dense products per step (see the class docstring); ``action_mask`` is ``[B, A]``.
         """
-        n_sa, r_sum, n_ss = stats["n_sa"], stats["r_sum"], stats["n_ss"]
-        lead = n_sa.shape[:-2]
-        s, a = n_sa.shape[-2:]
-        scale = reward_scale(stats["r_sq"], stats["r_count"])
-        visited = (n_sa > 0).float()
-        safe = n_sa.clamp(min=1.0)
+        n_sa, r_sum = mem["n_sa"], mem["r_sum"]
+        b, c, s, a = n_sa.shape
+        scale = reward_scale(mem["r_sq"], mem["r_count"])
+        # A pair is tried when its count is >= MIN_COUNT: every whole count >= 1 (exact statistics), and with a
+        # decaying memory a pair whose visits have faded below it counts as forgotten (no 1/0-like ratios).
+        seen = n_sa >= self.MIN_COUNT
+        visited = seen.float()
+        safe = torch.where(seen, n_sa, torch.ones_like(n_sa))  # = max(n, 1) for whole counts
         r_mean = r_sum / safe
         r_hat = r_mean / scale[..., None, None]
-        gamma = self.gamma
-        # Empirical transitions of tried pairs, [L, S*A, S]; kept free of parameters (the discount multiplies
-        # the product), so backward never materialises a gradient of this large matrix.
-        p_vis = (n_ss * (visited / safe)[..., None]).reshape(-1, s * a, s)
-        r_max = torch.where(stats["r_count"] > 0, stats["r_max"], torch.zeros_like(stats["r_max"])) / scale
+        # Row-normalised empirical transitions times the discount, as a per-(row, pair) factor on the raw
+        # counts' backup: the counts themselves never carry a gradient-bearing copy per row.
+        step_scale = (self.gamma * (visited / safe)).reshape(b, c, s * a)
+        r_max = torch.where(mem["r_count"] > 0, mem["r_max"], torch.zeros_like(mem["r_max"])) / scale
         # Optimism for untried pairs: r_max over the *initial* horizon 1/(1 - planning_gamma), scaled by a
         # learned factor. Tied to the fixed initial horizon, not to the learned discount, so the discount's
         # gradient comes from value propagation alone (tying them let imitation trade horizon for optimism).
@@ -250,32 +305,42 @@ class InContextPlanner(nn.Module):
         bonus = self.bonus_out(hidden)[..., 0]
         base = visited * r_hat + (1.0 - visited) * u + bonus
         if action_mask is not None:  # actions a task lacks are never worth taking
-            base = base + torch.where(action_mask[:, None, :], 0.0, -1e9)
-        base = base.reshape(-1, s * a, 1)
-        alive = 1.0 - stats["terminal"]
+            base = base + torch.where(action_mask[:, None, None, :], 0.0, -1e9)
+        base = base.reshape(b, c, s * a)
+        alive = 1.0 - mem["terminal"]
+        n_ss0_t = mem["n_ss0"].transpose(1, 2)  # [B, S, S*A]
+        carry = mem["carry"]
+        weight = mem["weight"]
+        pair_hot = F.one_hot(mem["sa"], s * a).to(base.dtype)  # [B, C, S*A]
+        nxt = mem["next_obs"][:, None, :].expand(b, c, c)
         v = values
         q = base
         for _ in range(self.steps):
-            q = base + gamma * torch.bmm(p_vis, v.reshape(-1, s, 1))
-            v = q.view(*lead, s, a).max(-1).values * alive
-        return q.view(*lead, s, a), v
+            backup = v @ n_ss0_t  # every row's backup on the chunk-start counts, [B, C, S*A]
+            if carry is not None:
+                backup = backup * carry[:, None]
+            backup = torch.baddbmm(backup, torch.gather(v, 2, nxt) * weight, pair_hot)  # + in-chunk transitions
+            q = torch.addcmul(base, step_scale, backup)
+            v = q.view(b, c, s, a).max(-1).values * alive
+        return q.view(b, c, s, a), v
 
     def temperature(self) -> torch.Tensor:
         """Softmax temperature of the policy over normalised Q values (1 at initialisation)."""
         return torch.exp(self.log_temperature)
 
-    def world_model(self, stats, observations, actions):
+    def world_model(self, mem, observations, actions):
         """Next-observation logits and reward prediction at each row from its statistics."""
-        n_sa, r_sum, n_ss = stats["n_sa"], stats["r_sum"], stats["n_ss"]
-        s = n_sa.shape[-2]
-        obs = observations.clamp(min=0)
-        act = actions.clamp(min=0)
-        gather_sa = lambda t: torch.gather(t.flatten(-2), -1, (obs * t.shape[-1] + act)[..., None])[..., 0]  # noqa: E731
-        count = gather_sa(n_sa)
-        rsum = gather_sa(r_sum)
-        lead = n_ss.shape[:-3]
-        row = torch.gather(n_ss.reshape(*lead, -1, s), -2,
-                           (obs * n_sa.shape[-1] + act)[..., None, None].expand(*lead, 1, s))[..., 0, :]
+        n_sa, r_sum = mem["n_sa"], mem["r_sum"]
+        b, c, s, a = n_sa.shape
+        pair = observations.clamp(min=0) * a + actions.clamp(min=0)  # the row's own (observation, action)
+        count = torch.gather(n_sa.reshape(b, c, s * a), 2, pair[..., None])[..., 0]
+        rsum = torch.gather(r_sum.reshape(b, c, s * a), 2, pair[..., None])[..., 0]
+        # Its next-observation counts: the chunk-start row plus the chunk's transitions from the same pair.
+        row = torch.gather(mem["n_ss0"], 1, pair[..., None].expand(b, c, s))
+        if mem["carry"] is not None:
+            row = row * mem["carry"][:, None]
+        same = (pair[:, :, None] == mem["sa"][:, None, :]).to(row.dtype) * mem["weight"]
+        row = torch.baddbmm(row, same, F.one_hot(mem["next_obs"], s).to(row.dtype))
         alpha = torch.exp(self.world_smoothing[0])
         beta = torch.exp(self.world_smoothing[1])
         obs_logits = torch.log((row + alpha / s) / (count[..., None] + alpha))
@@ -304,24 +369,21 @@ class InContextPlanner(nn.Module):
             refresh = ((cache.step % chunk) == 0) & (cache.step > 0)
             anchor = torch.where(refresh[:, None], cache.values, cache.anchor)
             prev_obs, prev_act, prev_rew = previous_rows(o, a_, r, cache)
-            stats = self.accumulate(cache, prev_obs, prev_act, prev_rew, o)
+            mem = self.memory(cache, prev_obs, prev_act, prev_rew, o)
             start_values = anchor if self.config.carry_values else torch.zeros_like(anchor)
             c = o.shape[1]
-            flat = {k: v.reshape(b * c, *v.shape[2:]) for k, v in stats.items()}
-            mask = None if action_mask is None else action_mask[:, None, :].expand(b, c, -1).reshape(b * c, -1)
-            q, v = self.plan(flat, start_values[:, None].expand(b, c, -1).reshape(b * c, -1), mask)
-            q = q.view(b, c, *q.shape[1:])
+            q, v = self.plan(mem, start_values[:, None].expand(b, c, -1), action_mask)
             q_now = torch.gather(q, 2, o.clamp(min=0)[..., None, None].expand(b, c, 1, q.shape[-1]))[:, :, 0]
             outs_pi.append(q_now / self.temperature())
-            obs_logits, rew_pred = self.world_model(stats, o, a_)
+            obs_logits, rew_pred = self.world_model(mem, o, a_)
             outs_obs.append(obs_logits)
             outs_rew.append(rew_pred)
-            outs_scale.append(reward_scale(stats["r_sq"], stats["r_count"]))
+            outs_scale.append(reward_scale(mem["r_sq"], mem["r_count"]))
             # The state after the chunk: statistics of all its rows, the last row pending.
-            last = {k: val[:, -1] for k, val in stats.items()}
             new = dict(cache.tensors)
-            new.update(last)
-            new["values"] = v.view(b, c, -1)[:, -1]
+            new.update({k: mem[k][:, -1] for k in ("n_sa", "r_sum", "terminal", "r_count", "r_sq", "r_max")})
+            new["n_ss"] = mem["n_ss_end"]
+            new["values"] = v[:, -1]
             new["anchor"] = anchor
             new["step"] = cache.step + c
             new["last_obs"], new["last_action"], new["last_reward"] = o[:, -1], a_[:, -1], r[:, -1]
