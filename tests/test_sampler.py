@@ -183,8 +183,8 @@ def _spy_calibration(monkeypatch):
     calls = []
     original = anymdp._calibrate_terminal_rewards
 
-    def spy(rng, structure, raw_reward):
-        out = original(rng, structure, raw_reward)
+    def spy(rng, structure, raw_reward):  # the calibration is a generator of solve requests
+        out = yield from original(rng, structure, raw_reward)
         calls.append((raw_reward.copy(), None if out is None else out.copy()))
         return out
 
@@ -384,3 +384,17 @@ def test_bad_sampler_input_raises_clear_error(kwargs, exc, match):
 def test_seed_is_keyword_only():
     with pytest.raises(TypeError):
         sample_anymdp_task(16, 5, 3)
+
+
+def test_lockstep_sampling_equals_one_seed_at_a_time():
+    """``sample_anymdp_tasks`` batches the exact solves of many seeds; every task is still bit for bit the
+    one its seed names, also with per-seed sizes (the solves of different sizes are batched apart)."""
+    seeds = [3, 17, 17, 40, 41, 90]
+    n_states = [16, 16, 32, 8, 16, 12]
+    n_actions = [5, 3, 5, 2, 4, 5]
+    together = anymdp.sample_anymdp_tasks(seeds, n_states, n_actions, min_states=8)
+    for task, seed, n, na in zip(together, seeds, n_states, n_actions):
+        assert task == sample_anymdp_task(n, na, seed=seed, min_states=8)
+    assert together[1] != together[2]
+    with pytest.raises(ValueError, match="one per seed"):
+        anymdp.sample_anymdp_tasks([1, 2], [16], 5)

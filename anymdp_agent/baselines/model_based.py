@@ -1,16 +1,70 @@
 """The count-based model-based planner: empirical model + incremental value iteration + optimism.
 
 This is the strongest classic learner here and the ``planner`` label of the corpus: its action is a
-function of the history alone. Batched over environments in numpy.
+function of the history alone. Batched over environments; the backup of one ``(environment,
+observation)`` row, :func:`q_row`, is compiled with numba and is the one place its formula lives
+(the corpus' model-based explorer calls it too, from its own compiled loop).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from .protocol import EnvSpec, InContextLearner, Transition, argmax_random_ties
+
+
+@numba.njit(cache=True, fastmath=True, inline="always")
+def q_row(counts, n_sa, r_sum, r_max, values, gamma, b, s, out):
+    """Q of observation ``s`` of environment ``b`` into ``out [na]``: the empirical mean reward plus the
+    discounted empirical backup of ``values`` for tried actions, ``max(r_max, 0) / (1 - gamma)`` for
+    untried ones."""
+    optimistic = max(r_max[b], 0.0) / (1.0 - gamma)
+    for a in range(counts.shape[2]):
+        c = n_sa[b, s, a]
+        if c > 0:
+            acc = 0.0
+            for s2 in range(counts.shape[3]):
+                acc += counts[b, s, a, s2] * values[b, s2]
+            out[a] = (r_sum[b, s, a] + gamma * acc) / c
+        else:
+            out[a] = optimistic
+
+
+@numba.njit(cache=True)
+def _q_at(counts, n_sa, r_sum, r_max, values, gamma, obs, out):
+    for b in range(len(obs)):
+        q_row(counts, n_sa, r_sum, r_max, values, gamma, b, obs[b], out[b])
+
+
+@numba.njit(cache=True)
+def _q_all(counts, n_sa, r_sum, r_max, values, gamma, out):
+    for b in range(out.shape[0]):
+        for s in range(out.shape[1]):
+            q_row(counts, n_sa, r_sum, r_max, values, gamma, b, s, out[b, s])
+
+
+@numba.njit(cache=True)
+def _sweeps(counts, n_sa, r_sum, r_max, mask, terminal, values, gamma, sweeps):
+    """``sweeps`` synchronous value-iteration sweeps per environment, in place (terminal observations 0)."""
+    n, na = counts.shape[1], counts.shape[2]
+    q = np.empty(na)
+    new = np.empty(n)
+    for b in range(counts.shape[0]):
+        for _ in range(sweeps):
+            for s in range(n):
+                if terminal[b, s]:
+                    new[s] = 0.0
+                    continue
+                q_row(counts, n_sa, r_sum, r_max, values, gamma, b, s, q)
+                best = -np.inf
+                for a in range(na):
+                    if mask[b, a] and q[a] > best:
+                        best = q[a]
+                new[s] = best
+            values[b, :] = new
 
 
 @dataclass
@@ -59,29 +113,21 @@ class ModelBasedPlanner(InContextLearner):
 
     def q_values(self, state: PlannerState, obs: np.ndarray | None = None) -> np.ndarray:
         """Q of the current plan: ``[B, nO, na]``, or ``[B, na]`` at ``obs``."""
+        b, n, na, _ = state.counts.shape
+        args = (state.counts, state.n_sa, state.reward_sum, state.r_max, state.values, float(self.gamma))
         if obs is None:
-            counts, n_sa, r_sum = state.counts, state.n_sa, state.reward_sum
-            b, n, na, _ = counts.shape
-            backup = (counts.reshape(b, n * na, n) @ state.values[..., None].astype(np.float32)).reshape(b, n, na)
+            out = np.empty((b, n, na))
+            _q_all(*args, out)
         else:
-            idx = np.arange(len(obs))
-            counts, n_sa, r_sum = state.counts[idx, obs], state.n_sa[idx, obs], state.reward_sum[idx, obs]
-            backup = (counts @ state.values[..., None].astype(np.float32))[..., 0]
-        optimistic = np.maximum(state.r_max, 0.0) / (1.0 - self.gamma)
-        optimistic = optimistic.reshape((-1,) + (1,) * (n_sa.ndim - 1))
-        visited = n_sa > 0
-        safe = np.maximum(n_sa, 1.0)
-        return np.where(visited, (r_sum + self.gamma * backup) / safe, optimistic)
+            out = np.empty((b, na))
+            _q_at(*args, np.asarray(obs, dtype=np.int64), out)
+        return out
 
     def plan(self, state: PlannerState, sweeps: int) -> None:
         """``sweeps`` value-iteration sweeps over the empirical model, in place."""
-        neg = ~state.mask[:, None, :]
-        for _ in range(sweeps):
-            q = self.q_values(state)
-            q[np.broadcast_to(neg, q.shape)] = -np.inf
-            v = q.max(-1)
-            v[state.terminal] = 0.0
-            state.values = v
+        if sweeps > 0:
+            _sweeps(state.counts, state.n_sa, state.reward_sum, state.r_max, state.mask, state.terminal,
+                    state.values, float(self.gamma), int(sweeps))
 
     def act(self, state: PlannerState, obs: np.ndarray):
         return argmax_random_ties(self.q_values(state, obs), state.mask, state.rng), state
@@ -98,11 +144,20 @@ class ModelBasedPlanner(InContextLearner):
     def record(self, state: PlannerState, t: Transition, envs: np.ndarray | None = None) -> None:
         """Add one step to the empirical model (no planning): of every environment, or of ``envs`` only
         (then the transition's arrays hold those environments' steps)."""
-        b = np.arange(len(t.obs)) if envs is None else np.asarray(envs)
-        s, a, s2 = t.obs, t.actions, t.next_obs
-        state.counts[b, s, a, s2] += 1.0
-        state.n_sa[b, s, a] += 1.0
-        state.reward_sum[b, s, a] += t.rewards
-        state.r_max[b] = np.maximum(state.r_max[b], t.rewards)
-        term = t.terminated.astype(bool)
-        state.terminal[b[term], s2[term]] = True
+        b = np.arange(len(t.obs)) if envs is None else envs
+        _record(state.counts, state.n_sa, state.reward_sum, state.r_max, state.terminal,
+                np.asarray(b, dtype=np.int64), np.asarray(t.obs, dtype=np.int64), np.asarray(t.actions, dtype=np.int64),
+                np.asarray(t.next_obs, dtype=np.int64), np.asarray(t.rewards, dtype=np.float64),
+                np.asarray(t.terminated, dtype=bool))
+
+
+@numba.njit(cache=True)
+def _record(counts, n_sa, r_sum, r_max, terminal, envs, s, a, s2, r, term):
+    for j in range(len(envs)):
+        b = envs[j]
+        counts[b, s[j], a[j], s2[j]] += 1.0
+        n_sa[b, s[j], a[j]] += 1.0
+        r_sum[b, s[j], a[j]] += r[j]
+        r_max[b] = max(r_max[b], r[j])
+        if term[j]:
+            terminal[b, s2[j]] = True

@@ -26,16 +26,23 @@ oracle        value iteration on the true model                                 
 Epsilons decay per step by ``U(0, 0.1 / (n na))`` (explorers, Q-learner) or ``U(0, 1 / (n na))``
 (noise distillation). Random actions draw from *all* of a task's actions (the reference never
 draws the last one).
+
+Speed: the per-environment work of a step (the drawn behaviour's action, tags, every learner's
+update) runs in two numba-compiled loops over the batch, :func:`_act` and :func:`_learn`; each
+environment computes only the behaviour it runs (a Q-learner's greedy action is not computed for an
+environment acting randomly). The explorer's model values come from the planner's own compiled
+backup, :func:`anymdp_agent.baselines.model_based.q_row`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
-from ..baselines.model_based import ModelBasedPlanner, PlannerState
-from ..baselines.protocol import EnvSpec, Transition, argmax_random_ties, sample_categorical, softmax_sample
+from ..baselines.model_based import ModelBasedPlanner, PlannerState, q_row
+from ..baselines.protocol import EnvSpec, Transition
 
 BEHAVIOURS = ("random", "explore", "qlearn", "mixed_a", "mixed_b", "mixed_c", "mixed_d", "distill_a", "distill_b",
               "oracle")
@@ -45,6 +52,10 @@ TAG = {name: i for i, name in enumerate(TAGS)}
 # Oracle hand-off schedules of the mixed explorers: (steps until the oracle always acts, steps until
 # random actions stop, initial random share), as fractions of the sequence length.
 _MIXED = {"mixed_a": (0.25, 0.25, 0.5), "mixed_b": (0.25, 1.0, 0.5), "mixed_c": (1.0, 0.25, 0.3), "mixed_d": (1.0, 1.0, 0.3)}
+# Behaviour and tag ids inside the compiled loops.
+_RANDOM, _EXPLORE, _QLEARN, _MIXED_A, _MIXED_D, _DISTILL_A, _DISTILL_B, _ORACLE = (
+    BEHAVIOURS.index(k) for k in ("random", "explore", "qlearn", "mixed_a", "mixed_d", "distill_a", "distill_b", "oracle"))
+_T_OPT, _T_EXPLORE, _T_QLEARN, _T_RANDOM, _T_UNKNOWN = (TAG[k] for k in TAGS)
 
 
 @dataclass
@@ -78,24 +89,24 @@ class MixtureConfig:
 class BehaviourMixture:
     """The acting side of corpus generation for ``B`` environments (one task each).
 
-    ``act(obs, chain_state, new_episode)`` returns behaviour actions and tags; ``learn(transition)``
-    updates every learner. ``oracle_actions [B, n]`` (chain space) is the oracle all oracle-driven
-    behaviours follow; ``n_actions [B]`` the tasks' action counts.
+    ``act(obs, chain_state, new_episode, closing)`` returns behaviour actions and tags;
+    ``learn(transition, envs)`` updates every learner. ``oracle_actions [B, n]`` (chain space) is the
+    oracle all oracle-driven behaviours follow. ``kinds_drawn [K]`` counts the rows each behaviour acted.
     """
 
     def __init__(self, spec: EnvSpec, oracle_actions: np.ndarray, n_states: np.ndarray, seq_len: int,
                  config: MixtureConfig, rng: np.random.Generator, planner: ModelBasedPlanner,
                  planner_state: PlannerState):
         b, na = spec.num_envs, spec.n_actions
-        self.spec, self.config, self.rng = spec, config, rng
-        self.mask = spec.action_mask
-        self.n_actions = self.mask.sum(-1)
-        self.oracle_actions = oracle_actions
+        self.config, self.rng = config, rng
+        self.mask = np.ascontiguousarray(spec.action_mask, dtype=bool)
+        self.oracle_actions = np.ascontiguousarray(oracle_actions, dtype=np.int64)
         self.planner, self.model = planner, planner_state
         n_obs = spec.n_observations
-        size = n_states * self.n_actions
+        size = n_states * self.mask.sum(-1)
         # Per-environment draws, fixed for the sequence.
         self.kind = rng.choice(len(BEHAVIOURS), size=b, p=config.probabilities)
+        self.cum_probs = np.cumsum(config.probabilities)
         self.switching = rng.random(b) < config.switching_share
         self.all_unknown = rng.random(b) < config.unknown_sequence_prob
         self.episode_unknown = np.zeros(b, dtype=bool)
@@ -106,98 +117,181 @@ class BehaviourMixture:
         self.q = np.full((b, n_obs, na), 1.0 / (1.0 - config.gamma))
         self.q_visits = np.ones((b, n_obs, na))
         self.mixed = np.array([_MIXED.get(name, (1.0, 1.0, 0.0)) for name in BEHAVIOURS])  # [K, 3]
-        self.seq_len = seq_len
+        self.mixed[:, :2] *= seq_len
         self.steps = np.zeros(b, dtype=np.int64)
         self.reward_sum = np.zeros(b)
         self.reward_sq = np.zeros(b)
+        self.last_tag = np.zeros(b, dtype=np.int64)
+        self.kinds_drawn = np.zeros(len(BEHAVIOURS), dtype=np.int64)
 
-    # ------------------------------------------------------------------ acting
-    def _uniform(self) -> np.ndarray:
-        return sample_categorical(self.mask.astype(np.float64), self.rng)
+    def act(self, obs: np.ndarray, chain: np.ndarray, new_episode: np.ndarray, closing: np.ndarray):
+        """Actions ``[B]`` and tag ids ``[B]`` at the current observations (``chain``: true states).
 
-    def act(self, obs: np.ndarray, chain: np.ndarray, new_episode: np.ndarray):
-        """Actions ``[B]`` and tag ids ``[B]`` at the current observations (``chain``: true states)."""
-        b = np.arange(len(obs))
-        rng = self.rng
-        self._episode_start(new_episode)
-        kind = self.kind
-        names = np.asarray(BEHAVIOURS)[kind]
-        t = self.steps.astype(np.float64)
-        oracle = self.oracle_actions[b, chain]
-        uniform = self._uniform()
-        drift = softmax_sample(self.drift_logits[b, obs], self.mask, rng)
-        # Noisy model-based explorer: optimism scaled by the reward spread and visit counts.
-        q_mb = self.planner.q_values(self.model, obs)
-        n_sa = self.model.n_sa[b, obs]
-        r_std = np.sqrt(np.maximum(self.reward_sq / np.maximum(self.steps, 1) - (self.reward_sum / np.maximum(self.steps, 1)) ** 2, 1e-4))
-        bonus = (self.bonus_c / (1.0 - self.config.gamma) * r_std)[:, None] / np.sqrt(np.maximum(n_sa, 1.0))
-        explore = argmax_random_ties(q_mb + bonus * rng.random(q_mb.shape), self.mask, rng)
-        eps_explore = np.maximum(0.0, 1.0 - self.explore_eps_rate * t)
-        explore = np.where(rng.random(len(obs)) < eps_explore, uniform, explore)
-        qlearn = argmax_random_ties(self.q[b, obs], self.mask, rng)
-        qlearn = np.where(rng.random(len(obs)) < eps_explore, uniform, qlearn)
-
+        Rows that close an episode (``closing``) take no action (0 is returned) and repeat the tag of
+        the step they close; ``new_episode`` marks the first row of an episode (behaviour switching and
+        the episode's tag mask are drawn there)."""
+        c, m = self.config, self.model
         action = np.empty(len(obs), dtype=np.int64)
         tag = np.empty(len(obs), dtype=np.int64)
-        sel = names == "random"
-        action[sel], tag[sel] = drift[sel], TAG["random"]
-        sel = names == "explore"
-        action[sel], tag[sel] = explore[sel], TAG["explore"]
-        sel = names == "qlearn"
-        action[sel], tag[sel] = qlearn[sel], TAG["qlearn"]
-        sel = names == "oracle"
-        action[sel], tag[sel] = oracle[sel], TAG["opt"]
-        sel = np.char.startswith(names, "mixed")
-        if sel.any():
-            t_opt, t_rand, r0 = self.mixed[kind].T * np.array([self.seq_len, self.seq_len, 1.0])[:, None]
-            p_opt = np.minimum(1.0, t / t_opt)
-            p_rand = r0 * np.maximum(0.0, 1.0 - t / t_rand)
-            u = rng.random(len(obs))
-            who_opt = u < p_opt
-            who_rand = ~who_opt & (u < p_opt + (1.0 - p_opt) * p_rand)
-            mixed = np.where(who_opt, oracle, np.where(who_rand, uniform, explore))
-            mtag = np.where(who_opt, TAG["opt"], np.where(who_rand, TAG["random"], TAG["explore"]))
-            action[sel], tag[sel] = mixed[sel], mtag[sel]
-        sel = np.char.startswith(names, "distill")
-        if sel.any():
-            eps = np.maximum(0.0, 1.0 - self.distill_eps_rate * t)
-            noisy = rng.random(len(obs)) < eps
-            rand = np.where(names == "distill_b", drift, uniform)
-            action[sel] = np.where(noisy, rand, oracle)[sel]
-            tag[sel] = np.where(noisy, TAG["random"], TAG["opt"])[sel]
-        hidden = self.all_unknown | self.episode_unknown
-        tag[hidden] = TAG["unknown"]
+        _act(np.asarray(obs, dtype=np.int64), np.asarray(chain, dtype=np.int64), new_episode, closing,
+             self.kind, self.switching, self.all_unknown, self.episode_unknown, self.last_tag, self.steps,
+             self.cum_probs, float(c.switch_prob), float(c.unknown_episode_prob), self.mask, self.oracle_actions,
+             self.drift_logits, self.q, self.explore_eps_rate, self.distill_eps_rate, self.bonus_c,
+             self.reward_sum, self.reward_sq, self.mixed, float(c.gamma),
+             m.counts, m.n_sa, m.reward_sum, m.r_max, m.values, float(self.planner.gamma),
+             self.kinds_drawn, self.rng, action, tag)
         return action, tag
 
-    def _episode_start(self, new_episode: np.ndarray) -> None:
-        """At an episode start: maybe re-draw the behaviour (switching sequences) and the episode's tag mask."""
-        if not new_episode.any():
-            return
-        rng = self.rng
-        first = new_episode & (self.steps == 0)
-        later = new_episode & ~first
-        redraw = later & self.switching & (rng.random(len(new_episode)) < self.config.switch_prob)
-        if redraw.any():
-            self.kind[redraw] = rng.choice(len(BEHAVIOURS), size=int(redraw.sum()), p=self.config.probabilities)
-        self.episode_unknown[new_episode] = rng.random(int(new_episode.sum())) < self.config.unknown_episode_prob
-
-    # ------------------------------------------------------------------ learning
     def learn(self, t: Transition, envs: np.ndarray) -> None:
         """Every learner of environments ``envs`` learns from their step, whoever acted (the planner's
         model is updated by the caller)."""
-        b = np.asarray(envs)
-        s, a, s2, r = t.obs, t.actions, t.next_obs, t.rewards
+        drift = self.rng.standard_normal((len(envs), self.mask.shape[1]))
+        _learn(np.asarray(envs, dtype=np.int64), np.asarray(t.obs, dtype=np.int64),
+               np.asarray(t.actions, dtype=np.int64), np.asarray(t.next_obs, dtype=np.int64),
+               np.asarray(t.rewards, dtype=np.float64), np.asarray(t.terminated, dtype=bool),
+               self.q, self.q_visits, self.mask, self.drift_logits, drift, self.steps, self.reward_sum, self.reward_sq,
+               float(self.config.gamma))
+
+
+# ---------------------------------------------------------------------- compiled per-environment work
+
+
+@numba.njit(cache=True)
+def _pick(allowed, count, rng):
+    """A uniform draw among the ``count`` entries of ``allowed [na]`` that are true."""
+    k = min(int(rng.random() * count), count - 1)
+    for a in range(len(allowed)):
+        if allowed[a]:
+            if k == 0:
+                return a
+            k -= 1
+    return len(allowed) - 1
+
+
+@numba.njit(cache=True)
+def _uniform_action(mask, rng):
+    return _pick(mask, mask.sum(), rng)
+
+
+@numba.njit(cache=True)
+def _argmax_random_ties(values, mask, rng):
+    """Argmax over allowed actions, ties (relative 1e-9) broken uniformly."""
+    best = -np.inf
+    for a in range(len(values)):
+        if mask[a] and values[a] > best:
+            best = values[a]
+    near = best - 1e-9 * (1.0 + abs(best))
+    tied = np.zeros(len(values), dtype=np.bool_)
+    for a in range(len(values)):
+        tied[a] = mask[a] and values[a] >= near
+    return _pick(tied, tied.sum(), rng)
+
+
+@numba.njit(cache=True)
+def _softmax_action(logits, mask, rng):
+    top = -np.inf
+    for a in range(len(logits)):
+        if mask[a] and logits[a] > top:
+            top = logits[a]
+    total = 0.0
+    for a in range(len(logits)):
+        if mask[a]:
+            total += np.exp(logits[a] - top)
+    u = rng.random() * total
+    last = 0
+    for a in range(len(logits)):
+        if mask[a]:
+            u -= np.exp(logits[a] - top)
+            last = a
+            if u < 0.0:
+                return a
+    return last
+
+
+@numba.njit(cache=True)
+def _act(obs, chain, new_episode, closing, kind, switching, all_unknown, episode_unknown, last_tag, steps,
+         cum_probs, switch_prob, unknown_episode_prob, mask, oracle_actions, drift_logits, q, explore_eps_rate,
+         distill_eps_rate, bonus_c, reward_sum, reward_sq, mixed, gamma, counts, n_sa, r_sum, r_max, values,
+         planner_gamma, kinds_drawn, rng, action, tag):
+    na = mask.shape[1]
+    q_mb = np.empty(na)
+    for i in range(len(obs)):
+        if closing[i]:
+            action[i], tag[i] = 0, last_tag[i]
+            continue
+        if new_episode[i]:
+            if steps[i] > 0 and switching[i] and rng.random() < switch_prob:
+                kind[i] = min(np.searchsorted(cum_probs, rng.random() * cum_probs[-1], side="right"), len(cum_probs) - 1)
+            episode_unknown[i] = rng.random() < unknown_episode_prob
+        k, s, t = kind[i], obs[i], float(steps[i])
+        kinds_drawn[k] += 1
+        oracle = oracle_actions[i, chain[i]]
+        if k == _ORACLE:
+            a, g = oracle, _T_OPT
+        elif k == _RANDOM:
+            a, g = _softmax_action(drift_logits[i, s], mask[i], rng), _T_RANDOM
+        elif k == _QLEARN:
+            if rng.random() < 1.0 - explore_eps_rate[i] * t:
+                a = _uniform_action(mask[i], rng)
+            else:
+                a = _argmax_random_ties(q[i, s], mask[i], rng)
+            g = _T_QLEARN
+        elif k >= _DISTILL_A:  # distill_a / distill_b: epsilon-greedy around the oracle
+            if rng.random() < 1.0 - distill_eps_rate[i] * t:
+                a = _uniform_action(mask[i], rng) if k == _DISTILL_A else _softmax_action(drift_logits[i, s], mask[i], rng)
+                g = _T_RANDOM
+            else:
+                a, g = oracle, _T_OPT
+        else:  # the explorer, alone or (mixed_*) handing steps to the oracle and to random actions
+            g = _T_EXPLORE
+            a = -1
+            if k >= _MIXED_A:
+                p_opt = min(1.0, t / mixed[k, 0])
+                p_rand = mixed[k, 2] * max(0.0, 1.0 - t / mixed[k, 1])
+                u = rng.random()
+                if u < p_opt:
+                    a, g = oracle, _T_OPT
+                elif u < p_opt + (1.0 - p_opt) * p_rand:
+                    a, g = _uniform_action(mask[i], rng), _T_RANDOM
+            if a < 0:
+                if rng.random() < 1.0 - explore_eps_rate[i] * t:
+                    a = _uniform_action(mask[i], rng)
+                else:
+                    # Randomised optimism on the empirical model: argmax Q + b U(0, 1),
+                    # b = c / (1 - gamma) std(R) / sqrt(n_sa).
+                    q_row(counts, n_sa, r_sum, r_max, values, planner_gamma, i, s, q_mb)
+                    n = max(t, 1.0)
+                    r_std = np.sqrt(max(reward_sq[i] / n - (reward_sum[i] / n) ** 2, 1e-4))
+                    scale = bonus_c[i] / (1.0 - gamma) * r_std
+                    for b in range(na):
+                        q_mb[b] += scale / np.sqrt(max(n_sa[i, s, b], 1.0)) * rng.random()
+                    a = _argmax_random_ties(q_mb, mask[i], rng)
+        if all_unknown[i] or episode_unknown[i]:
+            g = _T_UNKNOWN
+        action[i], tag[i], last_tag[i] = a, g, g
+
+
+@numba.njit(cache=True)
+def _learn(envs, s, a, s2, r, term, q, q_visits, mask, drift_logits, drift, steps, reward_sum, reward_sq, gamma):
+    na = mask.shape[1]
+    for j in range(len(envs)):
+        i = envs[j]
         # Q-learning with the reference's step-size schedule (horizon 4000, alpha 0.5).
-        lr = 0.5 * np.sqrt(np.maximum(4001.0 / (4000.0 + self.q_visits[b, s, a]), 1e-3))
-        term = t.terminated.astype(bool)
-        if term.any():
-            self.q[b[term], s2[term]] = 0.0
-        v_next = np.where(self.mask[b], self.q[b, s2], -np.inf).max(-1)
-        target = r + np.where(term, 0.0, self.config.gamma * v_next)
-        self.q[b, s, a] += lr * (target - self.q[b, s, a])
-        self.q_visits[b, s, a] += 1
+        lr = 0.5 * np.sqrt(max(4001.0 / (4000.0 + q_visits[i, s[j], a[j]]), 1e-3))
+        target = r[j]
+        if term[j]:
+            q[i, s2[j], :] = 0.0
+        else:
+            v_next = -np.inf
+            for b in range(na):
+                if mask[i, b] and q[i, s2[j], b] > v_next:
+                    v_next = q[i, s2[j], b]
+            target += gamma * v_next
+        q[i, s[j], a[j]] += lr * (target - q[i, s[j], a[j]])
+        q_visits[i, s[j], a[j]] += 1.0
         # The random policy drifts where it was.
-        self.drift_logits[b, s] += 0.05 * self.rng.normal(size=(len(s), self.drift_logits.shape[-1]))
-        self.steps[b] += 1
-        self.reward_sum[b] += r
-        self.reward_sq[b] += r * r
+        for b in range(na):
+            drift_logits[i, s[j], b] += 0.05 * drift[j, b]
+        steps[i] += 1
+        reward_sum[i] += r[j]
+        reward_sq[i] += r[j] * r[j]

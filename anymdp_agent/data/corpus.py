@@ -33,7 +33,8 @@ import numpy as np
 
 from ..baselines.model_based import ModelBasedPlanner
 from ..baselines.protocol import EnvSpec, Transition
-from ..envs import BatchedAnyMDPEnv, GENERATOR_VERSION, sample_anymdp_task, stack_tasks
+from ..envs import BatchedAnyMDPEnv, GENERATOR_VERSION, stack_tasks
+from ..envs.anymdp import sample_anymdp_tasks
 from ..envs.anymdp import MIN_ACTIONS, MIN_STATES
 from ..envs.seeds import SEED_RANGES
 from ..envs.solvers import oracle_q
@@ -179,7 +180,7 @@ def generate_shard(cfg: CorpusConfig, k: int):
 
     seeds = list(cfg.task_seeds(k))
     sizes = [_draw_sizes(cfg, s) for s in seeds]
-    tasks = [sample_anymdp_task(n, na, seed=s) for s, (n, na) in zip(seeds, sizes)]
+    tasks = sample_anymdp_tasks(seeds, [n for n, _ in sizes], [na for _, na in sizes])
     # Behaviour randomness depends on the split and the seed offset too, not only on the shard index.
     split_id = list(SEED_RANGES).index(cfg.split)
     arrays, stats = roll_sequences(tasks, cfg, np.random.default_rng([cfg.seed, split_id, cfg.seed_offset, k, 11]))
@@ -187,9 +188,9 @@ def generate_shard(cfg: CorpusConfig, k: int):
     offsets = pa.array(np.arange(0, (b + 1) * t, t, dtype=np.int32))
     cols = {}
     for name, dtype in (("observations", np.int16), ("actions", np.int8), ("rewards", np.float32), ("tags", np.int8)):
-        cols[name] = pa.ListArray.from_arrays(offsets, pa.array(arrays[name].astype(dtype).ravel()))
+        cols[name] = pa.ListArray.from_arrays(offsets, pa.array(arrays[name].astype(dtype, copy=False).ravel()))
     for kind in cfg.labels:
-        cols[f"label_{kind}"] = pa.ListArray.from_arrays(offsets, pa.array(arrays[f"label_{kind}"].astype(np.int8).ravel()))
+        cols[f"label_{kind}"] = pa.ListArray.from_arrays(offsets, pa.array(arrays[f"label_{kind}"].astype(np.int8, copy=False).ravel()))
     cols["task_seed"] = pa.array(np.asarray(seeds, dtype=np.int64))
     cols["n_states"] = pa.array(np.asarray([n for n, _ in sizes], dtype=np.int16))
     cols["n_actions"] = pa.array(np.asarray([na for _, na in sizes], dtype=np.int8))
@@ -217,27 +218,25 @@ def roll_sequences(tasks, cfg: CorpusConfig, rng: np.random.Generator) -> tuple[
     mix = BehaviourMixture(spec, oracle_actions, batch.n_active, t_len, cfg.mixture, rng, planner, pstate)
     want_planner = "planner" in cfg.labels
     out = {name: np.zeros((b, t_len), dtype=dt) for name, dt in
-           (("observations", np.int64), ("actions", np.int64), ("rewards", np.float64), ("tags", np.int64))}
+           (("observations", np.int16), ("actions", np.int8), ("rewards", np.float32), ("tags", np.int8))}
     for kind in cfg.labels:
-        out[f"label_{kind}"] = np.full((b, t_len), NO_LABEL, dtype=np.int64)
+        out[f"label_{kind}"] = np.full((b, t_len), NO_LABEL, dtype=np.int8)
     obs, info = env.reset(seed=int(rng.integers(2**31)))
     chain = info["state"]
+    rows = np.arange(b)
     closing = np.zeros(b, dtype=bool)       # this row closes an episode
     end_id = np.zeros(b, dtype=np.int64)    # its action id
     new_episode = np.ones(b, dtype=bool)
-    kinds_drawn = np.zeros(len(BEHAVIOURS), dtype=np.int64)
     for t in range(t_len):
-        act, tag = mix.act(obs, chain, new_episode)
-        kinds_drawn += np.bincount(mix.kind[~closing], minlength=len(BEHAVIOURS))
+        act, tag = mix.act(obs, chain, new_episode, closing)
         if "oracle" in cfg.labels:
-            out["label_oracle"][:, t] = np.where(closing, NO_LABEL, oracle_actions[np.arange(b), chain])
+            out["label_oracle"][:, t] = np.where(closing, NO_LABEL, oracle_actions[rows, chain])
         if want_planner:
             lab, pstate = planner.act(pstate, obs)
             out["label_planner"][:, t] = np.where(closing, NO_LABEL, lab)
-        row_action = np.where(closing, end_id, act)
-        next_obs, reward, term, trunc, info = env.step(np.where(closing, 0, act))
+        next_obs, reward, term, trunc, info = env.step(act)
         out["observations"][:, t] = obs
-        out["actions"][:, t] = row_action
+        out["actions"][:, t] = np.where(closing, end_id, act)
         out["rewards"][:, t] = reward
         out["tags"][:, t] = tag
         live = np.flatnonzero(~closing)
@@ -252,7 +251,7 @@ def roll_sequences(tasks, cfg: CorpusConfig, rng: np.random.Generator) -> tuple[
         end_id = np.where(term, END_TERMINATED, END_TRUNCATED)
         closing = (term | trunc) & ~closing
         obs, chain = next_obs, info["state"]
-    return out, _statistics(out, cfg, kinds_drawn)
+    return out, _statistics(out, cfg, mix.kinds_drawn)
 
 
 def _statistics(out: dict, cfg: CorpusConfig, kinds_drawn: np.ndarray) -> dict:

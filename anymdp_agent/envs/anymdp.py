@@ -17,7 +17,7 @@ task without pitfalls calibrates only if every state is worth at least 1).
 from __future__ import annotations
 
 import numbers
-from collections.abc import Collection
+from collections.abc import Collection, Generator, Sequence
 
 import numpy as np
 
@@ -95,6 +95,62 @@ def sample_anymdp_task(
             :data:`REWARD_PARTS` (terminal rewards are always calibrated).
         max_draws: give up (``RuntimeError``) after this many rejected draws.
     """
+    return sample_anymdp_tasks([seed], n_states, n_actions, min_states=min_states, forward_reach=forward_reach,
+                               backward_reach=backward_reach, reward_parts=reward_parts, max_draws=max_draws)[0]
+
+
+def sample_anymdp_tasks(
+    seeds: Sequence[int],
+    n_states: int | Sequence[int],
+    n_actions: int | Sequence[int] = 5,
+    **kwargs,
+) -> list[Task]:
+    """The tasks ``[sample_anymdp_task(n, na, seed=s, **kwargs) for s, n, na in ...]``, bit for bit, drawn
+    together: every seed's draws run in lockstep, and the exact solves that calibrate and filter them
+    are batched over all seeds waiting for one (one policy iteration for many candidates instead of
+    one each). ``n_states`` / ``n_actions`` are one size for all seeds or one per seed."""
+    seeds = list(seeds)
+    sizes = []
+    for name, value in (("n_states", n_states), ("n_actions", n_actions)):
+        values = list(value) if isinstance(value, (list, tuple, range, np.ndarray)) else [value] * len(seeds)
+        if len(values) != len(seeds):
+            raise ValueError(f"{name} must be one integer or one per seed ({len(seeds)}), got {len(values)}")
+        sizes.append(values)
+    draws = [_draw_task(n, na, seed=s, **kwargs) for s, n, na in zip(seeds, *sizes)]
+    return _solve_in_lockstep(draws)
+
+
+def _solve_in_lockstep(draws: list[Generator]) -> list:
+    """Run sampling procedures that yield solve requests ``(kind, transition [n, na, n], reward, gamma)``
+    and receive the solution; requests of one kind, shape and discount are solved as one batch."""
+    results = [None] * len(draws)
+    waiting = {}
+
+    def advance(i, answer):
+        try:
+            waiting[i] = draws[i].send(answer)
+        except StopIteration as done:
+            results[i] = done.value
+
+    for i in range(len(draws)):
+        advance(i, None)
+    while waiting:
+        groups = {}
+        for i, (kind, transition, reward, gamma) in waiting.items():
+            groups.setdefault((kind, transition.shape, gamma), []).append(i)
+        requests, waiting = waiting, {}
+        for (kind, _, gamma), members in groups.items():
+            t = np.stack([requests[i][1] for i in members])
+            r = np.stack([requests[i][2] for i in members])
+            q = optimal_q(t, r, gamma) if kind == "optimal" else policy_evaluation(t, r, uniform_policy(t), gamma)
+            for i, answer in zip(members, q):
+                advance(i, answer)
+    return results
+
+
+def _draw_task(n_states, n_actions, *, seed, min_states=None, forward_reach=None, backward_reach=None,
+               reward_parts=REWARD_PARTS, max_draws=10_000) -> Generator:
+    """The sampling procedure of one seed, as a generator of solve requests returning the ``Task``."""
     check_sizes(n_states, n_actions, min_states)
     seed = check_seed(seed)
     parts = frozenset(reward_parts)
@@ -104,7 +160,10 @@ def sample_anymdp_task(
     for name, reach in (("forward_reach", forward_reach), ("backward_reach", backward_reach)):
         if reach is not None and (not isinstance(reach, numbers.Integral) or reach < 1):
             raise ValueError(f"{name} must be a positive integer or None, got {reach!r}")
+    return _draws(n_states, n_actions, seed, min_states, forward_reach, backward_reach, parts, max_draws)
 
+
+def _draws(n_states, n_actions, seed, min_states, forward_reach, backward_reach, parts, max_draws) -> Generator:
     rng = np.random.default_rng(seed)
     n = int(rng.integers(min_states, n_states + 1)) if min_states is not None else n_states
     mapping = rng.permutation(n_states)[:n]
@@ -115,10 +174,10 @@ def sample_anymdp_task(
     for draw in range(1, max_draws + 1):
         structure = _sample_structure(rng, n, n_actions, bp, bm)
         raw_reward, reward_std = _sample_rewards(rng, structure, n_actions, parts)
-        reward = _calibrate_terminal_rewards(rng, structure, raw_reward)
+        reward = yield from _calibrate_terminal_rewards(rng, structure, raw_reward)
         if reward is None:
             continue
-        quality = _quality(structure, reward, max_steps)
+        quality = yield from _quality(structure, reward, max_steps)
         if quality is None:
             continue
         meta = {"goal_terminal": bool(structure["goal"]), "pitfalls": int(structure["pitfall"].sum()),
@@ -247,8 +306,9 @@ def _sample_rewards(rng: np.random.Generator, st: dict, na: int, parts: frozense
     return reward, std
 
 
-def _calibrate_terminal_rewards(rng: np.random.Generator, st: dict, raw_reward: np.ndarray) -> np.ndarray | None:
-    """Raise the goal and sink the pitfalls until values are ordered (spec 4.5); ``None`` if 5 rounds fail."""
+def _calibrate_terminal_rewards(rng: np.random.Generator, st: dict, raw_reward: np.ndarray) -> Generator:
+    """Raise the goal and sink the pitfalls until values are ordered (spec 4.5); returns the reward, or
+    ``None`` if 5 rounds fail. Yields its solve requests (see :func:`_solve_in_lockstep`)."""
     n = st["n"]
     pit, terminal, goal = st["pitfall"], st["terminal"], st["goal"]
     non_pit = ~terminal
@@ -257,10 +317,9 @@ def _calibrate_terminal_rewards(rng: np.random.Generator, st: dict, raw_reward: 
     gamma = CALIBRATION_GAMMA
     term = np.zeros(n)
     term[-1] = 1.0
-    t = st["transition"][None]
     for _ in range(CALIBRATION_ROUNDS):
         reward = raw_reward + term[None, None, :]
-        v = optimal_q(t, reward[None], gamma)[0].max(-1)
+        v = (yield ("optimal", st["transition"], reward, gamma)).max(-1)
         pit_gain = term.min() - v[non_pit].min() + 1.0
         goal_fall = v[starts].max() - v[last] + rng.uniform(2.0, 5.0)
         if pit_gain <= 0 and goal_fall <= 0:
@@ -281,14 +340,14 @@ def quality_gamma(n: int) -> float:
     return float(2.0 ** (-1.0 / n))
 
 
-def _quality(st: dict, reward: np.ndarray, max_steps: int) -> dict | None:
+def _quality(st: dict, reward: np.ndarray, max_steps: int) -> Generator:
     """Spec section 5: the oracle must beat random by 2 per episode from every start state, and its
-    state-visit distribution must be spread out (Gini > 0.70, normalised entropy > 0.35)."""
+    state-visit distribution must be spread out (Gini > 0.70, normalised entropy > 0.35). Returns the
+    quality record or ``None``; yields its solve requests."""
     n = st["n"]
-    t = st["transition"][None]
     gamma = quality_gamma(n)
-    q_opt = optimal_q(t, reward[None], gamma)[0]
-    q_rnd = policy_evaluation(t, reward[None], uniform_policy(t), gamma)[0]
+    q_opt = yield ("optimal", st["transition"], reward, gamma)
+    q_rnd = yield ("uniform", st["transition"], reward, gamma)
     scale = (1.0 - gamma) * max_steps
     starts = np.flatnonzero(st["start"] > 0)
     gap = (q_opt[starts].max(-1) - q_rnd[starts].max(-1)) * scale

@@ -7,9 +7,10 @@ of :mod:`.random_stream`) is what makes the two agree step for step.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
-from .random_stream import keys_from_seeds, standard_normal, uniforms
+from .random_stream import keys_from_seeds, standard_normal, uniform_at, uniforms
 from .task import Task, TaskBatch, stack_tasks
 
 #: Random draws consumed per step (next state, two for the reward noise) and per reset (start state).
@@ -31,6 +32,8 @@ class TabularDynamics:
         b, n, na, _ = batch.transition.shape
         self.num_envs, self.n, self.na = b, n, na
         self._cdf_rows = np.cumsum(batch.transition, axis=-1, dtype=np.float32).reshape(b * n * na, n)
+        # Strictly below each row's total, so a draw never counts past the row's last possible state.
+        self._cdf_cap = np.nextafter(self._cdf_rows[:, -1], np.float32(0))
         self._r_flat = np.ascontiguousarray(batch.reward, dtype=np.float32).reshape(-1)
         self._s_flat = np.ascontiguousarray(batch.reward_std, dtype=np.float32).reshape(-1)
         self._has_noise = bool(np.any(self._s_flat > 0))
@@ -93,19 +96,40 @@ class TabularDynamics:
 
         Returns ``(observation, reward, reward_mean, terminated, truncated)`` arrays for ``idx``.
         """
-        s = self.state[idx]
-        row = self._row_base[idx] + s * self.na + actions
-        cdf = self._cdf_rows[row]
-        u = self._draw(idx, DRAWS_PER_STEP)
-        total = cdf[:, -1]
-        # Strictly below the row total, so the count never runs past the row's last possible state.
-        x = np.minimum(u[:, 0].astype(np.float32) * total, np.nextafter(total, np.float32(0)))
-        nxt = (cdf <= x[:, None]).sum(1)
-        flat = row * self.n + nxt
-        mean = self._r_flat[flat].astype(np.float64)
-        reward = mean + self._s_flat[flat] * standard_normal(u[:, 1], u[:, 2]) if self._has_noise else mean.copy()
-        self.state[idx] = nxt
-        self.elapsed[idx] += 1
-        terminated = self.terminal[idx, nxt]
-        truncated = (self.elapsed[idx] >= self.max_steps[idx]) & ~terminated
-        return self.state_mapping[idx, nxt], reward, mean, terminated, truncated
+        idx = np.asarray(idx, dtype=np.int64)
+        m = len(idx)
+        obs, mean, u1, u2, noise_std = np.empty(m, np.int64), np.empty(m), np.empty(m), np.empty(m), np.empty(m)
+        terminated, truncated = np.empty(m, bool), np.empty(m, bool)
+        _step(idx, np.asarray(actions, dtype=np.int64), self.state, self.elapsed, self.keys, self.counters,
+              self._row_base, self._cdf_rows, self._cdf_cap, self._r_flat, self._s_flat, self.terminal,
+              self.max_steps, self.state_mapping, obs, mean, u1, u2, noise_std, terminated, truncated)
+        reward = mean + noise_std * standard_normal(u1, u2) if self._has_noise else mean.copy()
+        return obs, reward, mean, terminated, truncated
+
+
+@numba.njit(cache=True)
+def _step(idx, actions, state, elapsed, keys, counters, row_base, cdf_rows, cdf_cap, r_flat, s_flat, terminal,
+          max_steps, mapping, obs, mean, u1, u2, noise_std, terminated, truncated):
+    """The step of :meth:`TabularDynamics.step` per environment: ``DRAWS_PER_STEP`` draws (next state,
+    then the two uniforms of the reward noise, returned for a vectorised Box-Muller)."""
+    n = cdf_rows.shape[1]
+    na = cdf_rows.shape[0] // (len(row_base) * n)
+    for j in range(len(idx)):
+        i = idx[j]
+        row = row_base[i] + state[i] * na + actions[j]
+        c = counters[i]
+        x = min(np.float32(uniform_at(keys[i], c + np.uint64(1))) * cdf_rows[row, n - 1], cdf_cap[row])
+        nxt = 0
+        for k in range(n):
+            nxt += cdf_rows[row, k] <= x
+        u1[j] = uniform_at(keys[i], c + np.uint64(2))
+        u2[j] = uniform_at(keys[i], c + np.uint64(3))
+        counters[i] = c + np.uint64(3)
+        flat = row * n + nxt
+        mean[j] = r_flat[flat]
+        noise_std[j] = s_flat[flat]
+        state[i] = nxt
+        elapsed[i] += 1
+        terminated[j] = terminal[i, nxt]
+        truncated[j] = elapsed[i] >= max_steps[i] and not terminated[j]
+        obs[j] = mapping[i, nxt]

@@ -9,6 +9,7 @@ exactly the same numbers: this is what makes :class:`~anymdp_agent.envs.AnyMDPEn
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -46,3 +47,15 @@ def uniforms(keys: np.ndarray, counters: np.ndarray, k: int) -> np.ndarray:
 def standard_normal(u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
     """Box-Muller: a standard normal from two uniforms in ``[0, 1)``."""
     return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
+
+
+@numba.njit(cache=True, inline="always")
+def uniform_at(key, counter):
+    """Draw ``counter`` (1-based) of the stream ``key``: the scalar form of :func:`uniforms`."""
+    x = key + counter * _GOLDEN
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    x = x ^ (x >> np.uint64(31))
+    return float(x >> np.uint64(11)) * _TO_UNIT
