@@ -16,7 +16,7 @@ Reported per configuration (label kind, n states, sequences per shard B, rows pe
 - rows/s (every row written, closing rows included) and env steps/s (rows that are environment
   steps), median [min, max]; the 2-process / 1-process ratio of medians;
 - bytes on disk per million rows (``data/*.parquet`` bytes / rows * 1e6; zstd parquet);
-- the time of one shard split into task sampling (``sample_anymdp_task``), rolling the sequences
+- the time of one shard split into task sampling (``sample_anymdp_tasks``), rolling the sequences
   (``roll_sequences``: behaviour + labels + env), building the arrow table, writing the parquet, and the
   rest (statistics json, card), by wrapping those functions in one untimed single-shard run.
 
@@ -120,7 +120,7 @@ def cpu_seconds() -> float:
 def timed_parts():
     """Wrap the stages of one shard's generation; yields a dict of accumulated seconds per stage."""
     acc = {"sample": 0.0, "roll": 0.0, "shard": 0.0, "parquet": 0.0}
-    saved = (corpus_mod.sample_anymdp_task, corpus_mod.roll_sequences, corpus_mod.generate_shard, pq.write_table)
+    saved = (corpus_mod.sample_anymdp_tasks, corpus_mod.roll_sequences, corpus_mod.generate_shard, pq.write_table)
 
     def wrap(fn, key):
         def inner(*args, **kwargs):
@@ -131,14 +131,14 @@ def timed_parts():
                 acc[key] += time.perf_counter() - t0
         return inner
 
-    corpus_mod.sample_anymdp_task = wrap(saved[0], "sample")
+    corpus_mod.sample_anymdp_tasks = wrap(saved[0], "sample")
     corpus_mod.roll_sequences = wrap(saved[1], "roll")
     corpus_mod.generate_shard = wrap(saved[2], "shard")
     pq.write_table = wrap(saved[3], "parquet")
     try:
         yield acc
     finally:
-        corpus_mod.sample_anymdp_task, corpus_mod.roll_sequences, corpus_mod.generate_shard, pq.write_table = saved
+        corpus_mod.sample_anymdp_tasks, corpus_mod.roll_sequences, corpus_mod.generate_shard, pq.write_table = saved
 
 
 def time_split(root: Path, cfg: CorpusConfig) -> dict:

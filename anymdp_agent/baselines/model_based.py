@@ -2,7 +2,7 @@
 
 This is the strongest classic learner here and the ``planner`` label of the corpus: its action is a
 function of the history alone. Batched over environments; the backup of one ``(environment,
-observation)`` row, :func:`q_row`, is compiled with numba and is the one place its formula lives
+observation, action)``, :func:`q_value`, is compiled with numba and is the one place its formula lives
 (the corpus' model-based explorer calls it too, from its own compiled loop).
 """
 
@@ -17,53 +17,54 @@ from .protocol import EnvSpec, InContextLearner, Transition, argmax_random_ties
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")
-def q_row(counts, n_sa, r_sum, r_max, values, gamma, b, s, out):
-    """Q of observation ``s`` of environment ``b`` into ``out [na]``: the empirical mean reward plus the
-    discounted empirical backup of ``values`` for tried actions, ``max(r_max, 0) / (1 - gamma)`` for
-    untried ones."""
-    optimistic = max(r_max[b], 0.0) / (1.0 - gamma)
-    for a in range(counts.shape[2]):
-        c = n_sa[b, s, a]
-        if c > 0:
-            acc = 0.0
-            for s2 in range(counts.shape[3]):
-                acc += counts[b, s, a, s2] * values[b, s2]
-            out[a] = (r_sum[b, s, a] + gamma * acc) / c
-        else:
-            out[a] = optimistic
+def q_value(counts, n_sa, r_sum, optimistic, values, gamma, b, s, a):
+    """Q of ``(s, a)`` in environment ``b``: the empirical mean reward plus the discounted empirical
+    backup of ``values`` if the pair was tried, else ``optimistic`` (``max(r_max, 0) / (1 - gamma)``)."""
+    c = n_sa[b, s, a]
+    if c <= 0:
+        return optimistic
+    acc = 0.0
+    for s2 in range(counts.shape[3]):
+        acc += counts[b, s, a, s2] * values[b, s2]
+    return (r_sum[b, s, a] + gamma * acc) / c
+
+
+@numba.njit(cache=True, inline="always")
+def optimism(r_max, gamma, b):
+    return max(r_max[b], 0.0) / (1.0 - gamma)
 
 
 @numba.njit(cache=True)
 def _q_at(counts, n_sa, r_sum, r_max, values, gamma, obs, out):
     for b in range(len(obs)):
-        q_row(counts, n_sa, r_sum, r_max, values, gamma, b, obs[b], out[b])
+        opt = optimism(r_max, gamma, b)
+        for a in range(out.shape[1]):
+            out[b, a] = q_value(counts, n_sa, r_sum, opt, values, gamma, b, obs[b], a)
 
 
 @numba.njit(cache=True)
 def _q_all(counts, n_sa, r_sum, r_max, values, gamma, out):
     for b in range(out.shape[0]):
+        opt = optimism(r_max, gamma, b)
         for s in range(out.shape[1]):
-            q_row(counts, n_sa, r_sum, r_max, values, gamma, b, s, out[b, s])
+            for a in range(out.shape[2]):
+                out[b, s, a] = q_value(counts, n_sa, r_sum, opt, values, gamma, b, s, a)
 
 
 @numba.njit(cache=True)
 def _sweeps(counts, n_sa, r_sum, r_max, mask, terminal, values, gamma, sweeps):
     """``sweeps`` synchronous value-iteration sweeps per environment, in place (terminal observations 0)."""
     n, na = counts.shape[1], counts.shape[2]
-    q = np.empty(na)
     new = np.empty(n)
     for b in range(counts.shape[0]):
+        opt = optimism(r_max, gamma, b)
         for _ in range(sweeps):
             for s in range(n):
-                if terminal[b, s]:
-                    new[s] = 0.0
-                    continue
-                q_row(counts, n_sa, r_sum, r_max, values, gamma, b, s, q)
                 best = -np.inf
                 for a in range(na):
-                    if mask[b, a] and q[a] > best:
-                        best = q[a]
-                new[s] = best
+                    if mask[b, a]:
+                        best = max(best, q_value(counts, n_sa, r_sum, opt, values, gamma, b, s, a))
+                new[s] = 0.0 if terminal[b, s] else best
             values[b, :] = new
 
 

@@ -31,7 +31,7 @@ Speed: the per-environment work of a step (the drawn behaviour's action, tags, e
 update) runs in two numba-compiled loops over the batch, :func:`_act` and :func:`_learn`; each
 environment computes only the behaviour it runs (a Q-learner's greedy action is not computed for an
 environment acting randomly). The explorer's model values come from the planner's own compiled
-backup, :func:`anymdp_agent.baselines.model_based.q_row`.
+backup, :func:`anymdp_agent.baselines.model_based.q_value`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
-from ..baselines.model_based import ModelBasedPlanner, PlannerState, q_row
+from ..baselines.model_based import ModelBasedPlanner, PlannerState, optimism, q_value
 from ..baselines.protocol import EnvSpec, Transition
 
 BEHAVIOURS = ("random", "explore", "qlearn", "mixed_a", "mixed_b", "mixed_c", "mixed_d", "distill_a", "distill_b",
@@ -259,12 +259,13 @@ def _act(obs, chain, new_episode, closing, kind, switching, all_unknown, episode
                 else:
                     # Randomised optimism on the empirical model: argmax Q + b U(0, 1),
                     # b = c / (1 - gamma) std(R) / sqrt(n_sa).
-                    q_row(counts, n_sa, r_sum, r_max, values, planner_gamma, i, s, q_mb)
+                    opt = optimism(r_max, planner_gamma, i)
                     n = max(t, 1.0)
                     r_std = np.sqrt(max(reward_sq[i] / n - (reward_sum[i] / n) ** 2, 1e-4))
                     scale = bonus_c[i] / (1.0 - gamma) * r_std
                     for b in range(na):
-                        q_mb[b] += scale / np.sqrt(max(n_sa[i, s, b], 1.0)) * rng.random()
+                        q_mb[b] = (q_value(counts, n_sa, r_sum, opt, values, planner_gamma, i, s, b)
+                                   + scale / np.sqrt(max(n_sa[i, s, b], 1.0)) * rng.random())
                     a = _argmax_random_ties(q_mb, mask[i], rng)
         if all_unknown[i] or episode_unknown[i]:
             g = _T_UNKNOWN

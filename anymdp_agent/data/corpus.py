@@ -293,7 +293,7 @@ def _write_shard(folder: Path, cfg: CorpusConfig, k: int) -> dict:
 
     table, stats = generate_shard(cfg, k)
     # Data first: a stats file vouches for a shard that exists.
-    atomic_write(folder / cfg.shard_name(k), lambda fh: pq.write_table(table, fh, compression="zstd"))
+    atomic_write(folder / cfg.shard_name(k), lambda fh: pq.write_table(table, fh, compression="zstd", use_dictionary=False))
     atomic_write(folder / "stats" / f"{cfg.split}-{k:05d}.json", lambda fh: fh.write(json.dumps(stats).encode()))
     return stats
 

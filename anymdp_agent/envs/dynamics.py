@@ -10,7 +10,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .random_stream import keys_from_seeds, standard_normal, uniform_at, uniforms
+from .random_stream import keys_from_seeds, standard_normal, uniform_at
 from .task import Task, TaskBatch, stack_tasks
 
 #: Random draws consumed per step (next state, two for the reward noise) and per reset (start state).
@@ -56,20 +56,13 @@ class TabularDynamics:
         self.keys[idx] = keys_from_seeds(seeds)
         self.counters[idx] = 0
 
-    def _draw(self, idx: np.ndarray, k: int) -> np.ndarray:
-        u = uniforms(self.keys[idx], self.counters[idx], k)
-        self.counters[idx] += np.uint64(k)
-        return u
-
     # ------------------------------------------------------------------ dynamics
     def reset(self, idx: np.ndarray) -> np.ndarray:
         """Draw start states for environments ``idx``; returns their observations."""
-        u = self._draw(idx, DRAWS_PER_RESET)[:, 0]
-        cdf = self._start_cdf[idx]
-        s = np.minimum((cdf <= (u * cdf[:, -1])[:, None]).sum(1), self.n - 1)
-        self.state[idx] = s
-        self.elapsed[idx] = 0
-        return self.state_mapping[idx, s]
+        idx = np.asarray(idx, dtype=np.int64)
+        obs = np.empty(len(idx), dtype=np.int64)
+        _reset(idx, self.keys, self.counters, self._start_cdf, self.state, self.elapsed, self.state_mapping, obs)
+        return obs
 
     def check_actions(self, actions: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """Integer actions inside each task's action set, or a ``ValueError`` naming the first bad one."""
@@ -105,6 +98,23 @@ class TabularDynamics:
               self.max_steps, self.state_mapping, obs, mean, u1, u2, noise_std, terminated, truncated)
         reward = mean + noise_std * standard_normal(u1, u2) if self._has_noise else mean.copy()
         return obs, reward, mean, terminated, truncated
+
+
+@numba.njit(cache=True)
+def _reset(idx, keys, counters, start_cdf, state, elapsed, mapping, obs):
+    """The reset of :meth:`TabularDynamics.reset` per environment: one draw (``DRAWS_PER_RESET``) picks the start."""
+    n = start_cdf.shape[1]
+    for j in range(len(idx)):
+        i = idx[j]
+        counters[i] += np.uint64(1)
+        x = uniform_at(keys[i], counters[i]) * start_cdf[i, n - 1]
+        s = 0
+        for k in range(n):
+            s += start_cdf[i, k] <= x
+        s = min(s, n - 1)
+        state[i] = s
+        elapsed[i] = 0
+        obs[j] = mapping[i, s]
 
 
 @numba.njit(cache=True)

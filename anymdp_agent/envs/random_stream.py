@@ -2,8 +2,8 @@
 
 Each environment owns a 64-bit key and a counter; draw ``i`` is ``splitmix64(key + (counter + i) *
 golden)``. Because a draw is a pure function of ``(key, counter)``, a batch of ``B`` environments
-draws all its numbers in a few numpy operations, and a single environment stepping alone draws
-exactly the same numbers: this is what makes :class:`~anymdp_agent.envs.AnyMDPEnv` and
+draws its numbers in one compiled loop (:func:`uniform_at`), and a single environment stepping alone
+draws exactly the same numbers: this is what makes :class:`~anymdp_agent.envs.AnyMDPEnv` and
 :class:`~anymdp_agent.envs.BatchedAnyMDPEnv` agree step for step under the same seeds.
 """
 
@@ -37,13 +37,6 @@ def keys_from_seeds(seeds) -> np.ndarray:
     return _mix(_mix(s.astype(np.uint64) * _GOLDEN + _SALT) ^ _SALT)
 
 
-def uniforms(keys: np.ndarray, counters: np.ndarray, k: int) -> np.ndarray:
-    """``[B, k]`` uniforms in ``[0, 1)``: draws ``counters .. counters + k - 1`` of each stream."""
-    steps = counters.astype(np.uint64)[:, None] + np.arange(1, k + 1, dtype=np.uint64)[None, :]
-    bits = _mix(keys[:, None] + steps * _GOLDEN)
-    return (bits >> np.uint64(11)).astype(np.float64) * _TO_UNIT
-
-
 def standard_normal(u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
     """Box-Muller: a standard normal from two uniforms in ``[0, 1)``."""
     return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
@@ -51,7 +44,7 @@ def standard_normal(u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True, inline="always")
 def uniform_at(key, counter):
-    """Draw ``counter`` (1-based) of the stream ``key``: the scalar form of :func:`uniforms`."""
+    """Draw ``counter`` (1-based) of the stream ``key``: a uniform in ``[0, 1)`` with 53 random bits."""
     x = key + counter * _GOLDEN
     x = x ^ (x >> np.uint64(30))
     x = x * _M1
