@@ -89,6 +89,23 @@ def test_chunked_backups_equal_the_per_row_reference(masked, carry_values):
     assert_outputs_close(out, out_ref)
 
 
+def test_one_row_at_a_time_equals_the_per_row_reference():
+    """The stepping path (chunks of one row read the memory after the row directly)."""
+    model = planner_model()
+    ref = with_reference(model)
+    obs, act, rew = random_rows(2, 14, seed=8)
+    with torch.no_grad():
+        full_ref = ref(obs, act, rew)
+        cache, logits = model.initial_state(2), []
+        for j in range(obs.shape[1]):
+            out = model(obs[:, j:j + 1], act[:, j:j + 1], rew[:, j:j + 1], cache=cache)
+            cache = out.cache
+            logits.append(out.policy_logits)
+    torch.testing.assert_close(torch.cat(logits, 1), full_ref.policy_logits, **TOL["policy_logits"])
+    for k, v in full_ref.cache.tensors.items():
+        torch.testing.assert_close(cache.tensors[k].float(), v.float(), rtol=1e-5, atol=1e-3, msg=k)
+
+
 def test_chunked_backups_give_the_reference_gradients():
     model = planner_model().train()
     ref = with_reference(model).train()

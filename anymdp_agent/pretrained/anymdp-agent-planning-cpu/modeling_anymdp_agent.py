@@ -222,6 +222,7 @@ class InContextPlanner(nn.Module):
         the chunk's transitions: ``sa`` (pair id), ``next_obs``, ``weight [B, C, C]`` (``W[j, i]``, zero for
         ``i > j`` and for rows without a real action), ``carry`` (``[C]`` factor of ``N0`` in row ``j``, or
         ``None`` without decay), ``n_ss0`` (``N0``, ``[B, S*A, S]``) and ``n_ss_end`` (the memory after the chunk).
+        For a single row ``n_ss0`` is the memory after it and ``weight``, ``carry`` are ``None``.
         Only ``[S*A]``-sized rows are built per row; next-observation counts exist once per chunk.
         """
         b, c = observations.shape
@@ -261,9 +262,12 @@ class InContextPlanner(nn.Module):
         r_sq = cache.r_sq[:, None] + (rr * rr).cumsum(1)
         r_max = torch.maximum(cache.r_max[:, None],
                               torch.where(real, prev_rew, torch.full_like(prev_rew, -torch.inf)).cummax(1).values)
-        return {"n_sa": n_sa.view(b, c, n, a), "r_sum": r_sum.view(b, c, n, a), "terminal": terminal,
-                "r_count": r_count, "r_sq": r_sq, "r_max": r_max, "sa": sa, "next_obs": observations,
-                "weight": weight, "carry": carry, "n_ss0": n_ss0, "n_ss_end": n_ss_end.view(b, n, a, n)}
+        mem = {"n_sa": n_sa.view(b, c, n, a), "r_sum": r_sum.view(b, c, n, a), "terminal": terminal,
+               "r_count": r_count, "r_sq": r_sq, "r_max": r_max, "sa": sa, "next_obs": observations,
+               "weight": weight, "carry": carry, "n_ss0": n_ss0, "n_ss_end": n_ss_end.view(b, n, a, n)}
+        if c == 1:  # one row (stepping): its memory is the memory after the chunk, read directly
+            mem.update(n_ss0=n_ss_end.view(b, n * a, n), weight=None, carry=None)
+        return mem
 
     # -- planning --------------------------------------------------------------------------------
     def features(self, n_sa, r_mean, scale, visited):
@@ -311,15 +315,17 @@ class InContextPlanner(nn.Module):
         n_ss0_t = mem["n_ss0"].transpose(1, 2)  # [B, S, S*A]
         carry = mem["carry"]
         weight = mem["weight"]
-        pair_hot = F.one_hot(mem["sa"], s * a).to(base.dtype)  # [B, C, S*A]
-        nxt = mem["next_obs"][:, None, :].expand(b, c, c)
+        if weight is not None:
+            pair_hot = F.one_hot(mem["sa"], s * a).to(base.dtype)  # [B, C, S*A]
+            nxt = mem["next_obs"][:, None, :].expand(b, c, c)
         v = values
         q = base
         for _ in range(self.steps):
             backup = v @ n_ss0_t  # every row's backup on the chunk-start counts, [B, C, S*A]
             if carry is not None:
                 backup = backup * carry[:, None]
-            backup = torch.baddbmm(backup, torch.gather(v, 2, nxt) * weight, pair_hot)  # + in-chunk transitions
+            if weight is not None:  # + the chunk's own transitions
+                backup = torch.baddbmm(backup, torch.gather(v, 2, nxt) * weight, pair_hot)
             q = torch.addcmul(base, step_scale, backup)
             v = q.view(b, c, s, a).max(-1).values * alive
         return q.view(b, c, s, a), v
@@ -339,8 +345,9 @@ class InContextPlanner(nn.Module):
         row = torch.gather(mem["n_ss0"], 1, pair[..., None].expand(b, c, s))
         if mem["carry"] is not None:
             row = row * mem["carry"][:, None]
-        same = (pair[:, :, None] == mem["sa"][:, None, :]).to(row.dtype) * mem["weight"]
-        row = torch.baddbmm(row, same, F.one_hot(mem["next_obs"], s).to(row.dtype))
+        if mem["weight"] is not None:
+            same = (pair[:, :, None] == mem["sa"][:, None, :]).to(row.dtype) * mem["weight"]
+            row = torch.baddbmm(row, same, F.one_hot(mem["next_obs"], s).to(row.dtype))
         alpha = torch.exp(self.world_smoothing[0])
         beta = torch.exp(self.world_smoothing[1])
         obs_logits = torch.log((row + alpha / s) / (count[..., None] + alpha))
