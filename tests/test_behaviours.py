@@ -393,3 +393,11 @@ def test_mixture_config_validation():
         MixtureConfig(weights={"random": 0.0})
     with pytest.raises(ValueError, match="unknown_episode_prob"):
         MixtureConfig(unknown_episode_prob=1.5)
+
+
+def test_closing_rows_carry_the_tag_of_the_step_they_close(default_roll):
+    actions, tags = default_roll["actions"], default_roll["tags"]
+    closing = actions < 0
+    assert closing.sum() > 10
+    rows, cols = np.nonzero(closing)
+    np.testing.assert_array_equal(tags[rows, cols], tags[rows, cols - 1])

@@ -35,6 +35,7 @@ CALIBRATION_ROUNDS = 5
 MIN_STATES = 8
 MIN_ACTIONS = 2
 _EPS = 1e-10
+_SOLVE_BYTES = 4 << 20  # a batch of solves holds at most this much transition tensor
 
 
 def check_seed(seed) -> int:
@@ -139,12 +140,15 @@ def _solve_in_lockstep(draws: list[Generator]) -> list:
         for i, (kind, transition, reward, gamma) in waiting.items():
             groups.setdefault((kind, transition.shape, gamma), []).append(i)
         requests, waiting = waiting, {}
-        for (kind, _, gamma), members in groups.items():
-            t = np.stack([requests[i][1] for i in members])
-            r = np.stack([requests[i][2] for i in members])
-            q = optimal_q(t, r, gamma) if kind == "optimal" else policy_evaluation(t, r, uniform_policy(t), gamma)
-            for i, answer in zip(members, q):
-                advance(i, answer)
+        for (kind, shape, gamma), members in groups.items():
+            size = max(1, _SOLVE_BYTES // (8 * int(np.prod(shape))))  # batches that stay in cache
+            for lo in range(0, len(members), size):
+                part = members[lo:lo + size]
+                t = np.stack([requests[i][1] for i in part])
+                r = np.stack([requests[i][2] for i in part])
+                q = optimal_q(t, r, gamma) if kind == "optimal" else policy_evaluation(t, r, uniform_policy(t), gamma)
+                for i, answer in zip(part, q):
+                    advance(i, answer)
     return results
 
 
@@ -231,14 +235,15 @@ def _sample_structure(rng: np.random.Generator, n: int, na: int, bp: int, bm: in
 
     cols = np.arange(n)
     band = (cols[None, :] >= s_from[:, None]) & (cols[None, :] < s_to[:, None])  # [L, n]
-    weight = np.where(band, np.clip(rng.normal(size=(len(live), n)), 0.1, 1.0), 0.0)
+    weight = np.where(band, np.minimum(np.maximum(rng.normal(size=(len(live), n)), 0.1), 1.0), 0.0)
     weight[np.arange(len(live)), s] *= 0.5
     if not goal:
         weight[live == n - 1, n - 1] = 0.0  # the chain end does not loop on itself (as the reference)
     weight /= weight.sum(-1, keepdims=True)
 
-    centre = rng.uniform(s_from[:, None] - 1, s_to[:, None], size=(len(live), na))
-    sigma = np.clip(rng.exponential(1.0, size=len(live)), 0.2, 1.6)
+    low = (s_from - 1.0)[:, None]  # rng.uniform(low, high) is low + (high - low) * U, drawn the same way
+    centre = low + (s_to[:, None] - low) * rng.random((len(live), na))
+    sigma = np.minimum(np.maximum(rng.exponential(1.0, size=len(live)), 0.2), 1.6)
     dist2 = (centre[:, :, None] - cols[None, None, :]) ** 2  # [L, na, n]
     claim = np.exp(-dist2 / sigma[:, None, None] ** 2)
     # Columns no action claims go wholly to the nearest centre.
@@ -276,7 +281,7 @@ def _sample_rewards(rng: np.random.Generator, st: dict, na: int, parts: frozense
     reward = np.zeros((n, na, n))
     std = np.zeros((n, na, n))
     if "potential" in parts:
-        scale = 0.0 if rng.random() < 0.5 else float(np.clip(rng.exponential(1.0), 0.2, 5.0))
+        scale = 0.0 if rng.random() < 0.5 else min(max(rng.exponential(1.0), 0.2), 5.0)
         amplitude = max(rng.uniform(-scale, scale), 0.0) if scale > 0 else 0.0
         phi = _fourier_potential(rng, n, amplitude)
         reward += (phi[:, None] - phi[None, :])[:, None, :]
@@ -292,7 +297,7 @@ def _sample_rewards(rng: np.random.Generator, st: dict, na: int, parts: frozense
         reward += r_pos[None, None, :]
         std += s_pos[None, None, :]
     if "state_action" in parts:
-        beta_sa = float(np.clip(rng.exponential(0.05), 0.0, 0.1))
+        beta_sa = min(max(rng.exponential(0.05), 0.0), 0.1)
         mask = rng.random((n, na)) < 0.3
         r_sa = beta_sa * rng.normal(size=(n, na)) * mask
         s_sa = 0.3 * beta_sa * np.maximum(rng.normal(size=(n, na)), 0.0) * mask

@@ -74,23 +74,27 @@ def optimal_q(transition: np.ndarray, reward: np.ndarray, gamma: float, action_m
     r_sa = expected_reward(transition, reward)
     b, n, na = r_sa.shape
     eye = np.eye(n)
-    rows = np.arange(b)[:, None], np.arange(n)[None, :]
     pi = np.where(mask[:, None, :], r_sa, -np.inf).argmax(-1)
-    q = r_sa
+    q = r_sa.copy()
+    active = np.arange(b)  # tasks whose policy still changes; the others keep their final Q
     for _ in range(max_iterations):
-        p_pi = transition[rows[0], rows[1], pi]
-        r_pi = r_sa[rows[0], rows[1], pi]
-        v = np.linalg.solve(eye - gamma * p_pi, r_pi[..., None])[..., 0]
-        q = r_sa + gamma * _backup(transition, v)
-        qm = np.where(mask[:, None, :], q, -np.inf)
+        t, r, m, p = transition[active], r_sa[active], mask[active], pi[active]
+        rows = np.arange(len(active))[:, None], np.arange(n)[None, :]
+        p_pi = t[rows[0], rows[1], p]
+        v = np.linalg.solve(eye - gamma * p_pi, r[rows[0], rows[1], p][..., None])[..., 0]
+        q_act = r + gamma * _backup(t, v)
+        q[active] = q_act
+        qm = np.where(m[:, None, :], q_act, -np.inf)
         best = qm.argmax(-1)
         q_best = np.take_along_axis(qm, best[..., None], -1)[..., 0]
-        q_cur = np.take_along_axis(qm, pi[..., None], -1)[..., 0]
+        q_cur = np.take_along_axis(qm, p[..., None], -1)[..., 0]
         scale = 1.0 + np.abs(v).max(-1, keepdims=True)
         improve = q_best > q_cur + 1e-12 * scale
-        if not improve.any():
+        changing = improve.any(-1)
+        if not changing.any():
             break
-        pi = np.where(improve, best, pi)
+        pi[active] = np.where(improve, best, p)
+        active = active[changing]
     return q
 
 
