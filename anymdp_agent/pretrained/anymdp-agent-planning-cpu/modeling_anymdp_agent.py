@@ -408,8 +408,8 @@ def chunk_gated_linear_attention(q, k, v, log_decay, state, chunk: int):
     ``q, k [B, H, T, dk]``, ``v [B, H, T, dv]``, ``log_decay [B, H, T]`` (<= 0), ``state [B, H, dk, dv]``.
     Recurrence: ``S_t = exp(log_decay_t) S_{t-1} + k_t^T v_t``, output ``o_t = q_t S_t``. Inside a
     chunk the outputs are matrix products, for all chunks at once; only the small per-chunk states
-    are carried in a loop (the sequence is reshaped into chunks, never sliced: slicing made the
-    backward pass quadratic in the sequence length).
+    are carried in a loop (the sequence is reshaped into chunks and unbound, never sliced or indexed per
+    chunk: each such backward fills a zero tensor of the whole sequence, quadratic in its length).
     """
     b, h, t, dk = q.shape
     dv = v.shape[-1]
@@ -429,9 +429,10 @@ def chunk_gated_linear_attention(q, k, v, log_decay, state, chunk: int):
     updates = (kc * tail).transpose(-1, -2) @ vc  # [B, H, N, dk, dv]
     chunk_decay = g[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
     inter = []
-    for i in range(n):
-        inter.append(q_decayed[:, :, i] @ state)
-        state = chunk_decay[:, :, i] * state + updates[:, :, i]
+    # unbind, not [:, :, i]: each indexing's backward would fill a zero tensor of the whole sequence (quadratic)
+    for qd, cd, up in zip(q_decayed.unbind(2), chunk_decay.unbind(2), updates.unbind(2)):
+        inter.append(qd @ state)
+        state = cd * state + up
     out = intra + torch.stack(inter, 2)
     return out.reshape(b, h, n * chunk, dv)[:, :, :t], state
 
