@@ -298,6 +298,12 @@ def _write_shard(folder: Path, cfg: CorpusConfig, k: int) -> dict:
     return stats
 
 
+def _load_compiled_loops() -> None:
+    """Roll one tiny sequence: numba loads the compiled loops from its cache on first use (~0.3 s)."""
+    cfg = CorpusConfig(tasks=1, seq_len=2, labels=LABEL_KINDS, tasks_per_shard=1)
+    roll_sequences([sample_anymdp_tasks([0], 16, 5)[0]], cfg, np.random.default_rng(0))
+
+
 def _shard_worker(args):
     folder, cfg_dict, k = args
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -383,6 +389,7 @@ def generate_corpus(folder: str | os.PathLike, cfg: CorpusConfig, num_proc: int 
     else:
         import multiprocessing as mp
 
+        _load_compiled_loops()  # once here, not once per forked worker
         ctx = mp.get_context("fork")
         with ctx.Pool(min(num_proc, len(todo))) as pool:
             for _ in pool.imap_unordered(_shard_worker, [(str(folder), cfg.to_dict(), k) for k in todo]):
