@@ -1,6 +1,6 @@
 """Training throughput (forward + backward) of the agent's two backbones vs a same-size softmax-attention transformer.
 
-    python -m benchmarks.agent_training           # the full run (about 10 minutes on one core)
+    python -m benchmarks.agent_training           # the full run (about 5 minutes on one core)
     python -m benchmarks.agent_training --quick   # smoke run (contexts 1k and 2k steps, 2 repeats; ~1 minute)
 
 Models (float32, one process pinned to one core, 1 torch thread):
