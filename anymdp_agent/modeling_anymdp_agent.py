@@ -36,6 +36,8 @@ Backbones (``config.backbone``), both with an explicit constant-size recurrent s
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -443,6 +445,29 @@ def recurrent_gated_linear_attention(q, k, v, log_decay, state):
     return (q[..., 0, :, None] * state).sum(-2)[..., None, :], state
 
 
+@functools.lru_cache(maxsize=1)
+def fla_chunk_simple_gla():
+    """flash-linear-attention's Triton kernel for this very recurrence (scalar gate per head and token),
+    ``fla.ops.simple_gla.chunk_simple_gla``, or ``None`` where the package does not import."""
+    try:
+        from fla.ops.simple_gla import chunk_simple_gla
+    except Exception:  # not installed, or no Triton build for this machine
+        return None
+    return chunk_simple_gla
+
+
+def fla_gated_linear_attention(kernel, q, k, v, log_decay, state):
+    """:func:`chunk_gated_linear_attention` through ``kernel`` (fla's ``chunk_simple_gla``): same inputs
+    and outputs. fla computes ``S_t = exp(g_t) S_{t-1} + k_t^T v_t``, ``o_t = scale q_t S_t`` on
+    ``[B, T, H, D]`` tensors (releases that still default to head-first take ``head_first=False``), with
+    the state ``[B, H, dk, dv]`` as here; the queries are already scaled, so ``scale = 1``.
+    Not exercised on this project's CPU-only CI except against a stand-in with fla's contract."""
+    extra = {"head_first": False} if "head_first" in inspect.signature(kernel).parameters else {}
+    o, final = kernel(q=q.transpose(1, 2), k=k.transpose(1, 2), v=v.transpose(1, 2), g=log_decay.transpose(1, 2),
+                      scale=1.0, initial_state=state, output_final_state=True, **extra)
+    return o.transpose(1, 2), final
+
+
 class GatedLinearAttention(nn.Module):
     """Multi-head linear attention with a data-dependent scalar decay per head and an output gate."""
 
@@ -457,6 +482,10 @@ class GatedLinearAttention(nn.Module):
         self.out = nn.Linear(d, d, bias=False)
         self.norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.chunk = config.chunk_size
+        self.use_fla = config.use_flash_linear_attention
+
+    #: Devices whose tensors go through flash-linear-attention when it is installed (Triton needs a GPU).
+    fla_device_types = ("cuda",)
 
     def decay_bias_init(self) -> torch.Tensor:
         """Per-head decay timescales spread from ~10 to ~10^4 tokens (softplus(bias) = -log decay)."""
@@ -478,6 +507,8 @@ class GatedLinearAttention(nn.Module):
                                                             log_decay[:, :, i:i + 1], state)
                 outs.append(o)
             o = torch.cat(outs, 2)
+        elif self.use_fla and x.device.type in self.fla_device_types and fla_chunk_simple_gla() is not None:
+            o, state = fla_gated_linear_attention(fla_chunk_simple_gla(), q, k, v, log_decay, state)
         else:
             o, state = chunk_gated_linear_attention(q, k, v, log_decay, state, self.chunk)
         o = self.norm(o).transpose(1, 2).reshape(b, t, d) * F.silu(g)

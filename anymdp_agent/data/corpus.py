@@ -5,7 +5,7 @@ concatenated until ``seq_len`` rows. Per-row list columns (``[seq_len]`` each):
 
 - ``observations`` (int16), ``actions`` (int8: the behaviour's action, or ``-1`` / ``-2`` on the extra
   row that closes an episode which terminated / was truncated, whose observation is the final one),
-  ``rewards`` (float32, 0 on closing rows), ``tags`` (int8, the behaviour tag, see
+  ``rewards`` (float32, 0 on closing rows), ``tags`` (int8, the behaviour tag; a closing row repeats its step's; see
   :data:`~anymdp_agent.data.behaviours.TAGS`);
 - ``label_oracle`` (int8): the value-iteration oracle's action in the *true* state (gamma 0.994 by
   default), ``label_planner`` (int8): the count-based planner's action given the same history;

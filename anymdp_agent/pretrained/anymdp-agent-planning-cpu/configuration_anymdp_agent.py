@@ -27,6 +27,9 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             depth, heads and MLP width (the planning backbone's token encoder uses ``hidden_size``).
         chunk_size: chunk length of the chunkwise-parallel form (training); the recurrent form steps
             one token at a time and agrees with it to floating-point tolerance.
+        use_flash_linear_attention: on CUDA, run the sequence backbone's chunked recurrence with
+            flash-linear-attention's Triton kernel (``fla.ops.simple_gla.chunk_simple_gla``) when that
+            package is installed; the pure-PyTorch form otherwise (and always on CPU).
         planning_steps: value-iteration layers of the planning backbone.
         planning_gamma: initial discount of those layers (learned).
         bonus_hidden: width of the learned exploration-bonus network.
@@ -64,6 +67,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         bonus_hidden: int = 16,
         carry_values: bool = False,
         memory_decay: bool = False,
+        use_flash_linear_attention: bool = True,
         policy_loss_weight: float = 0.8,
         observation_loss_weight: float = 0.1,
         reward_loss_weight: float = 0.1,
@@ -88,6 +92,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.bonus_hidden = bonus_hidden
         self.carry_values = carry_values
         self.memory_decay = memory_decay
+        self.use_flash_linear_attention = use_flash_linear_attention
         self.policy_loss_weight = policy_loss_weight
         self.observation_loss_weight = observation_loss_weight
         self.reward_loss_weight = reward_loss_weight
@@ -108,7 +113,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be a positive integer, got {value!r}")
         if self.num_actions < 2:
             raise ValueError(f"AnyMDPAgentConfig.num_actions must be >= 2, got {self.num_actions}")
-        for name in ("carry_values", "memory_decay"):
+        for name in ("carry_values", "memory_decay", "use_flash_linear_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.backbone not in BACKBONES:
