@@ -72,7 +72,7 @@ QUICK_CONFIGS = [
     ("planner", ("planner",), 16, 16, 256),
     ("both", ("oracle", "planner"), 16, 16, 256),
 ]
-TARGET_ROWS_PER_S = 1e6  # oracle labels, n = 16, this 2-core machine
+TARGET_STEPS_PER_S = 1e6  # environment steps per second, oracle labels, n = 16, this 2-core machine
 
 
 def make_cfg(labels, n, tps, seq_len, shards) -> CorpusConfig:
@@ -322,12 +322,15 @@ def main(argv=None) -> None:
         [f"{head['name']} per CPU-second vs peer loop per CPU-second", f"{ours_cpu_rate / 1e3:.0f}k",
          f"{peer_cpu_rate / 1e3:.1f}k", f"{ours_cpu_rate / peer_cpu_rate:.1f}x"],
     ]))
-    best = max((med(r["runs"][1].contender.rates), r["name"]) for r in results if r["kind"] == "oracle" and r["n"] == 16)
-    cap = max(2 * r["runs"][0].contender.work / med(r["runs"][0].cpu) for r in results
-              if r["kind"] == "oracle" and r["n"] == 16)
-    print(f"\ntarget: >= {TARGET_ROWS_PER_S / 1e6:.0f} M rows/s with oracle labels at n = 16 on this machine: best "
-          f"{best[0] / 1e6:.2f} M rows/s ({best[1]}, 2 processes): {'met' if best[0] >= TARGET_ROWS_PER_S else 'NOT met'}; "
-          f"2 x rows per CPU-second (what 2 idle cores would give at perfect scaling): {cap / 1e6:.2f} M rows/s")
+    # The target counts environment steps (closing rows, ~3% of rows, are not steps).
+    oracle16 = [r for r in results if r["kind"] == "oracle" and r["n"] == 16]
+    best = max((med(r["runs"][1].contender.rates) * r["steps"] / r["rows"], r["name"]) for r in oracle16)
+    worst = min(min(r["runs"][1].contender.rates) * r["steps"] / r["rows"] for r in oracle16 if r["name"] == best[1])
+    cap = max(2 * r["runs"][0].contender.work / med(r["runs"][0].cpu) * r["steps"] / r["rows"] for r in oracle16)
+    print(f"\ntarget: >= {TARGET_STEPS_PER_S / 1e6:.0f} M env steps/s with oracle labels at n = 16 on this machine: best "
+          f"{best[0] / 1e6:.2f} M steps/s median (slowest repeat {worst / 1e6:.2f} M) ({best[1]}, 2 processes): "
+          f"{'met' if best[0] >= TARGET_STEPS_PER_S else 'NOT met'}; 2 x steps per CPU-second (what 2 idle cores would "
+          f"give at perfect scaling): {cap / 1e6:.2f} M steps/s")
     if prof is not None:
         print(f"\ncProfile of one shard of {results[0]['name']} (single process), top functions by own time:")
         print(prof)

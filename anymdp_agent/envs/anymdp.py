@@ -268,6 +268,8 @@ def _fourier_potential(rng: np.random.Generator, n: int, amplitude: float) -> np
     terms = int(rng.integers(1, 4))
     order = rng.integers(1, 6, size=terms)
     coef = rng.normal(size=(terms, 2))
+    if amplitude == 0:  # the draws above are still made: they keep the seed's stream
+        return np.zeros(n)
     x = 2.0 * np.pi * np.arange(n)[:, None] / (2 * n)
     phi = (coef[:, 0] * np.sin(order * x) + coef[:, 1] * np.cos(order * x)).sum(-1)
     phi -= phi.mean()
@@ -284,7 +286,8 @@ def _sample_rewards(rng: np.random.Generator, st: dict, na: int, parts: frozense
         scale = 0.0 if rng.random() < 0.5 else min(max(rng.exponential(1.0), 0.2), 5.0)
         amplitude = max(rng.uniform(-scale, scale), 0.0) if scale > 0 else 0.0
         phi = _fourier_potential(rng, n, amplitude)
-        reward += (phi[:, None] - phi[None, :])[:, None, :]
+        if amplitude > 0:
+            reward += (phi[:, None] - phi[None, :])[:, None, :]
     if "position" in parts:
         beta = rng.exponential(0.2)
         pdf = np.maximum(rng.normal(size=n), 0.0)
