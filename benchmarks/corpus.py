@@ -1,6 +1,6 @@
 """Corpus generation throughput: rows per second of ``generate_corpus`` (behaviour + labels + parquet), 1 and 2 processes.
 
-    python -m benchmarks.corpus            # the full run (about 25 minutes on the shared 2-core machine)
+    python -m benchmarks.corpus            # the full run (about 3 minutes on the idle 2-core machine)
     python -m benchmarks.corpus --quick    # smoke run (n = 16, short sequences; about a minute)
     python -m benchmarks.corpus --profile  # also print a cProfile of one shard of the headline config
 
