@@ -9,14 +9,15 @@ of 1e-3 on them; the world-model outputs are O(1).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 import torch
 
 from anymdp_agent import AnyMDPAgentConfig, AnyMDPAgentModel
-from anymdp_agent.modeling_anymdp_agent import END_TERMINATED, END_TRUNCATED
 from planner_reference import ReferencePlanner
+from test_agent_model import random_rows as agent_random_rows
 
 S, A = 12, 4
 BUNDLED = Path(__file__).resolve().parent.parent / "anymdp_agent" / "pretrained" / "anymdp-agent-planning-cpu"
@@ -37,15 +38,7 @@ def planner_model(seed: int = 0, trained_like: bool = True, **overrides) -> AnyM
     return model
 
 
-def random_rows(b: int, t: int, n_obs: int = S, n_act: int = A, seed: int = 0, end_rate: float = 0.1):
-    g = torch.Generator().manual_seed(seed)
-    obs = torch.randint(0, n_obs, (b, t), generator=g)
-    act = torch.randint(0, n_act, (b, t), generator=g)
-    rew = torch.randn(b, t, generator=g) * 2.0
-    end = torch.rand(b, t, generator=g) < end_rate
-    act = torch.where(end, torch.where(torch.rand(b, t, generator=g) < 0.5, END_TERMINATED, END_TRUNCATED), act)
-    rew = torch.where(end, torch.zeros_like(rew), rew)
-    return obs, act, rew
+random_rows = functools.partial(agent_random_rows, end_rate=0.1)
 
 
 def with_reference(model: AnyMDPAgentModel) -> AnyMDPAgentModel:

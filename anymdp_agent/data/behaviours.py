@@ -174,12 +174,18 @@ def _uniform_action(mask, rng):
 
 
 @numba.njit(cache=True)
-def _argmax_random_ties(values, mask, rng):
-    """Argmax over allowed actions, ties (relative 1e-9) broken uniformly."""
+def _allowed_max(values, mask):
     best = -np.inf
     for a in range(len(values)):
         if mask[a] and values[a] > best:
             best = values[a]
+    return best
+
+
+@numba.njit(cache=True)
+def _argmax_random_ties(values, mask, rng):
+    """Argmax over allowed actions, ties (relative 1e-9) broken uniformly."""
+    best = _allowed_max(values, mask)
     near = best - 1e-9 * (1.0 + abs(best))
     tied = np.zeros(len(values), dtype=np.bool_)
     for a in range(len(values)):
@@ -189,10 +195,7 @@ def _argmax_random_ties(values, mask, rng):
 
 @numba.njit(cache=True)
 def _softmax_action(logits, mask, rng):
-    top = -np.inf
-    for a in range(len(logits)):
-        if mask[a] and logits[a] > top:
-            top = logits[a]
+    top = _allowed_max(logits, mask)
     total = 0.0
     for a in range(len(logits)):
         if mask[a]:
