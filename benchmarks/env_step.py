@@ -1,4 +1,4 @@
-"""Environment steps per second: our ``BatchedAnyMDPEnv`` (numpy, B tasks at once) vs the peer's env.
+"""Environment steps per second: our ``BatchedAnyMDPEnv`` (B tasks at once, one compiled loop) vs the peer's env.
 
     python -m benchmarks.env_step           # the full run (about 1 minute on one core)
     python -m benchmarks.env_step --quick   # smoke run (n = 16, B <= 1024; seconds)
