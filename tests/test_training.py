@@ -726,3 +726,15 @@ def test_training_on_a_streamed_corpus_resumes_exactly(tmp_path, corpus, capsys)
     assert run_main(tiny(tmp_path / "resumed", *common, "--stop_at_step", 3), capsys)[0] == 0
     assert run_main(tiny(tmp_path / "resumed", *common, "--resume"), capsys)[0] == 0
     assert_same_tensors(weights(tmp_path / "resumed", 4), weights(tmp_path / "straight", 4))
+
+
+def test_memory_decay_trains_from_exact_statistics(tmp_path, capsys):
+    """--memory_decay gives the planning backbone its learned forgetting rate, starting at exactly 1.0 (the exact
+    statistics), and training moves it."""
+    run = tmp_path / "decay"
+    rc, err = run_main(tiny(run, "--memory_decay", "true", "--max_steps", "3", "--save_every", "3"), capsys)
+    assert rc == 0, err
+    folder = run / "checkpoints" / f"{3:07d}" / "pretrained_model"
+    assert json.loads((folder / "config.json").read_text())["memory_decay"] is True
+    decay = [v for k, v in load_file(str(folder / "model.safetensors")).items() if "decay" in k]
+    assert len(decay) == 1 and float(decay[0]) != 0.0  # log decay: 0 at initialisation, moved by training

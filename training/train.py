@@ -43,7 +43,8 @@ from anymdp_agent.rollout import AgentLearner
 
 #: Settings that must match to resume a run (the model's shape and the data it sees).
 _RESUME_KEYS = ("backbone", "num_observations", "num_actions", "hidden_size", "num_hidden_layers", "num_heads",
-                "chunk_size", "planning_steps", "bonus_hidden", "carry_values", "corpus", "label", "seed", "batch_size")
+                "chunk_size", "planning_steps", "bonus_hidden", "carry_values", "memory_decay", "corpus", "label", "seed",
+                "batch_size")
 
 
 @dataclass
@@ -64,6 +65,8 @@ class TrainArgs:
     planning_gamma: float = field(default=0.99, metadata={"help": "Initial discount of the planning layers."})
     bonus_hidden: int = field(default=16, metadata={"help": "Width of the learned exploration bonus."})
     carry_values: bool = field(default=False, metadata={"help": "Planning starts from the values of the last chunk."})
+    memory_decay: bool = field(default=False, metadata={
+        "help": "Learn a forgetting rate of the planning backbone's statistics (starts at 1.0: exact statistics)."})
     context_warmup: int = field(default=0, metadata={"help": "Rows over which the loss weight warms up (0: none)."})
     # -- data
     corpus: str = field(default="", metadata={"help": "Corpus folder or Hub id; empty: generate tasks on the fly."})
@@ -140,8 +143,8 @@ class TrainArgs:
             num_observations=self.num_observations, num_actions=self.num_actions, backbone=self.backbone,
             hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers, num_heads=self.num_heads,
             chunk_size=self.chunk_size, planning_steps=self.planning_steps, planning_gamma=self.planning_gamma,
-            bonus_hidden=self.bonus_hidden, carry_values=self.carry_values, context_warmup=self.context_warmup,
-            num_prompts=PLANNER_PROMPT + 1)
+            bonus_hidden=self.bonus_hidden, carry_values=self.carry_values, memory_decay=self.memory_decay,
+            context_warmup=self.context_warmup, num_prompts=PLANNER_PROMPT + 1)
 
     def stages(self) -> list[tuple[int, tuple[int, int], tuple[int, int], int]]:
         """The curriculum: ``(until_step, states, actions, seq_len)`` per stage, the last open-ended."""
@@ -446,7 +449,7 @@ def check_run_folder(args: TrainArgs) -> Path:
         if latest is None:
             raise ValueError(f"--resume: no checkpoint in {run}/checkpoints to resume from")
         saved = json.loads((latest / "pretrained_model" / "train_config.json").read_text())
-        diff = [k for k in _RESUME_KEYS if saved.get(k) != getattr(args, k)]
+        diff = [k for k in _RESUME_KEYS if saved.get(k, getattr(TrainArgs, k, None)) != getattr(args, k)]
         if diff:
             raise ValueError(f"--resume: the checkpoint in {latest} was trained with other settings "
                              f"({', '.join(f'{k}: {saved.get(k)!r} vs {getattr(args, k)!r}' for k in diff)}); "
