@@ -1,4 +1,5 @@
-"""The one step function of every environment here: ``B`` tabular tasks advanced at once in numpy.
+"""The one step function of every environment here: ``B`` tabular tasks advanced at once, in one
+numba-compiled loop over environments (the reward noise's Box-Muller stays vectorised in numpy).
 
 :class:`~anymdp_agent.envs.AnyMDPEnv` is this with ``B = 1``; :class:`~anymdp_agent.envs.BatchedAnyMDPEnv`
 wraps it for ``B`` up to tens of thousands. Sharing the code (and the counter-based random streams
@@ -23,7 +24,7 @@ class TabularDynamics:
 
     Transition rows are kept as flat float32 *cumulative* rows (``[B * n * na, n]``), so a step
     gathers one row per environment and counts the entries below a uniform draw: no per-step
-    cumulative sum, no Python loop over environments.
+    cumulative sum, and no Python loop over environments (the loop is compiled).
     """
 
     def __init__(self, tasks: Task | TaskBatch | list):

@@ -1,4 +1,4 @@
-"""``BatchedAnyMDPEnv``: ``B`` independent tabular tasks stepped at once in numpy, as a Gymnasium ``VectorEnv``.
+"""``BatchedAnyMDPEnv``: ``B`` independent tabular tasks stepped at once (one compiled loop), as a Gymnasium ``VectorEnv``.
 
 This is the engine of corpus generation and evaluation. Tasks of different sizes are padded to a
 common observation space (``Discrete(max n_states)``) and action space (``Discrete(max n_actions)``;
