@@ -16,17 +16,21 @@ import numpy as np
 from .protocol import EnvSpec, InContextLearner, Transition, argmax_random_ties
 
 
-@numba.njit(cache=True, fastmath=True, inline="always")
+#: Floating-point reassociation (vectorised reductions) but no assumption that values are finite: untried
+#: and masked actions are compared as -inf.
+_FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@numba.njit(cache=True, fastmath=_FAST, inline="always")
 def q_value(counts, n_sa, r_sum, optimistic, values, gamma, b, s, a):
     """Q of ``(s, a)`` in environment ``b``: the empirical mean reward plus the discounted empirical
     backup of ``values`` if the pair was tried, else ``optimistic`` (``max(r_max, 0) / (1 - gamma)``)."""
-    c = n_sa[b, s, a]
-    if c <= 0:
-        return optimistic
     acc = 0.0
-    for s2 in range(counts.shape[3]):
+    for s2 in range(counts.shape[3]):  # all zero for an untried pair: computed anyway, branch-free
         acc += counts[b, s, a, s2] * values[b, s2]
-    return (r_sum[b, s, a] + gamma * acc) / c
+    c = n_sa[b, s, a]
+    q = (r_sum[b, s, a] + gamma * acc) / max(c, 1.0)
+    return q if c > 0 else optimistic
 
 
 @numba.njit(cache=True, inline="always")
@@ -51,7 +55,7 @@ def _q_all(counts, n_sa, r_sum, r_max, values, gamma, out):
                 out[b, s, a] = q_value(counts, n_sa, r_sum, opt, values, gamma, b, s, a)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=_FAST)
 def _sweeps(counts, n_sa, r_sum, r_max, mask, terminal, values, gamma, sweeps):
     """``sweeps`` synchronous value-iteration sweeps per environment, in place (terminal observations 0)."""
     n, na = counts.shape[1], counts.shape[2]
@@ -62,8 +66,8 @@ def _sweeps(counts, n_sa, r_sum, r_max, mask, terminal, values, gamma, sweeps):
             for s in range(n):
                 best = -np.inf
                 for a in range(na):
-                    if mask[b, a]:
-                        best = max(best, q_value(counts, n_sa, r_sum, opt, values, gamma, b, s, a))
+                    q = q_value(counts, n_sa, r_sum, opt, values, gamma, b, s, a)
+                    best = max(best, q if mask[b, a] else -np.inf)
                 new[s] = 0.0 if terminal[b, s] else best
             values[b, :] = new
 
