@@ -153,13 +153,16 @@ def count_peer(counts: Counts):
 
 @contextlib.contextmanager
 def count_ours(counts: Counts):
-    """Same breakdown for ours, by wrapping the private stages ``sample_anymdp_task`` calls by name."""
+    """Same breakdown for ours, by wrapping the private stages ``sample_anymdp_task`` calls by name (one seed at a
+    time: the spread flag is per quality check)."""
     orig_cal, orig_q, orig_spread = ours_mod._calibrate_terminal_rewards, ours_mod._quality, ours_mod.visit_spread
     flag = {}
 
+    # The calibration and the quality filter are generators of solve requests (the sampler batches the solves of
+    # many seeds): the wrappers pass the requests through and count on the result.
     def calibrate(*a, **kw):
         counts.draws += 1
-        res = orig_cal(*a, **kw)
+        res = yield from orig_cal(*a, **kw)
         if res is None:
             counts.calib_fail += 1
         return res
@@ -170,7 +173,7 @@ def count_ours(counts: Counts):
 
     def quality(*a, **kw):
         flag.clear()
-        res = orig_q(*a, **kw)
+        res = yield from orig_q(*a, **kw)
         if res is not None:
             counts.accepted += 1
         elif flag.get("spread"):
