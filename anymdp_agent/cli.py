@@ -18,6 +18,11 @@ import sys
 from .baselines import LEARNERS
 
 
+def _add_hub_arguments(p) -> None:
+    p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+
+
 def _add_eval_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--suite", default=defaults["suite"],
                    help="task suite: anymdp-N or garnet-N (N states, test seeds), frozenlake, frozenlake8x8, "
@@ -224,15 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     pd = sub.add_parser("push-dataset", help="upload a corpus folder to the Hub in one commit")
     pd.add_argument("--folder", required=True, help="the corpus folder (written by generate)")
     pd.add_argument("--repo-id", required=True, help="USER/NAME of the dataset repository (created if missing)")
-    pd.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
-    pd.add_argument("--private", action="store_true", help="create the repository private")
+    _add_hub_arguments(pd)
     pd.set_defaults(func=_run_push_dataset)
 
     pm = sub.add_parser("push", help="upload a checkpoint folder (weights, code, card, eval) to the Hub in one commit")
     pm.add_argument("--checkpoint", required=True, help="a pretrained_model/ folder (or the bundled agent's)")
     pm.add_argument("--repo-id", required=True, help="USER/NAME of the model repository (created if missing)")
-    pm.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
-    pm.add_argument("--private", action="store_true", help="create the repository private")
+    _add_hub_arguments(pm)
     pm.set_defaults(func=_run_push)
 
     t = sub.add_parser("train", help="train the agent: accelerate launch training/train.py ...",

@@ -500,6 +500,8 @@ class GatedLinearAttention(nn.Module):
         k = F.normalize(split(k), dim=-1)
         v = split(v)
         log_decay = -F.softplus(self.decay(x)).transpose(1, 2)  # [B, H, T]
+        use_fla = not recurrent and self.use_fla and x.device.type in self.fla_device_types
+        kernel = fla_chunk_simple_gla() if use_fla else None
         if recurrent:
             outs = []
             for i in range(t):
@@ -507,8 +509,8 @@ class GatedLinearAttention(nn.Module):
                                                             log_decay[:, :, i:i + 1], state)
                 outs.append(o)
             o = torch.cat(outs, 2)
-        elif self.use_fla and x.device.type in self.fla_device_types and fla_chunk_simple_gla() is not None:
-            o, state = fla_gated_linear_attention(fla_chunk_simple_gla(), q, k, v, log_decay, state)
+        elif kernel is not None:
+            o, state = fla_gated_linear_attention(kernel, q, k, v, log_decay, state)
         else:
             o, state = chunk_gated_linear_attention(q, k, v, log_decay, state, self.chunk)
         o = self.norm(o).transpose(1, 2).reshape(b, t, d) * F.silu(g)

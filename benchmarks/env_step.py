@@ -54,6 +54,16 @@ BATCH_CALLS = {1: 4000, 64: 3000, 1024: 800, 4096: 200}
 TASK_SEED = 0
 
 
+def python_loop(env, actions):
+    """One environment stepped from Python, reset when an episode ends (as the peer's README does)."""
+    def run():
+        for a in actions:
+            _, _, term, trunc, _ = env.step(a)
+            if term or trunc:
+                env.reset()
+    return run
+
+
 def peer_contender(n: int, steps: int) -> Contender:
     env = PeerEnv(max_steps=5000)
     env.set_task(AnyMDPTaskSampler(state_space=n, action_space=N_ACTIONS, seed=TASK_SEED))
@@ -61,13 +71,7 @@ def peer_contender(n: int, steps: int) -> Contender:
 
     def prepare(rep):
         env.reset()
-
-        def run():
-            for a in actions:
-                _, _, term, trunc, _ = env.step(a)
-                if term or trunc:
-                    env.reset()
-        return run
+        return python_loop(env, actions)
     return Contender(f"peer n={n}", prepare, steps)
 
 
@@ -77,13 +81,7 @@ def single_contender(task, steps: int) -> Contender:
 
     def prepare(rep):
         env.reset(seed=rep)
-
-        def run():
-            for a in actions:
-                _, _, term, trunc, _ = env.step(a)
-                if term or trunc:
-                    env.reset()
-        return run
+        return python_loop(env, actions)
     return Contender(f"ours single n={task.n_active}", prepare, steps)
 
 
