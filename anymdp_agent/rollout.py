@@ -23,7 +23,7 @@ import torch
 from .baselines.protocol import EnvSpec, InContextLearner, Transition
 from .envs.vector_env import final_observations
 from .configuration_anymdp_agent import AnyMDPAgentConfig
-from .modeling_anymdp_agent import AnyMDPAgentCache, AnyMDPAgentModel
+from .modeling_anymdp_agent import AnyMDPAgentCache, AnyMDPAgentModel, WeightsDoNotMatchConfig
 
 
 @dataclass
@@ -119,16 +119,13 @@ def load_agent(path: str | os.PathLike, device: str | torch.device = "cpu") -> A
         config = AnyMDPAgentConfig.from_pretrained(folder)
     except ValueError as e:
         raise ValueError(f"{folder}/config.json is not a valid AnyMDPAgentConfig: {e}") from e
-    try:
-        model, info = AnyMDPAgentModel.from_pretrained(folder, config=config, output_loading_info=True)
+    try:  # from_pretrained itself refuses weights that do not cover the config (WeightsDoNotMatchConfig)
+        model = AnyMDPAgentModel.from_pretrained(folder, config=config)
+    except WeightsDoNotMatchConfig:
+        raise
     except (RuntimeError, ValueError, OSError) as e:
         raise ValueError(f"the weights in {folder} do not match its config.json ({type(e).__name__}: {e}); "
                          "the checkpoint was written by another configuration: re-save it") from e
-    problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-    if problems:
-        raise ValueError(f"the weights in {folder} do not match its config.json ("
-                         + "; ".join(f"{k.replace('_', ' ')}: {sorted(map(str, v))[:6]}" for k, v in problems.items())
-                         + "): the checkpoint was written by another configuration; re-save it")
     return model.to(device).eval()
 
 

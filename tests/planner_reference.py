@@ -125,8 +125,9 @@ class ReferencePlanner(InContextPlanner):
         return obs_logits, reward
 
     # -- forward over rows ------------------------------------------------------------------------
-    def forward(self, observations, actions, rewards, cache: AnyMDPAgentCache, action_mask=None):
-        """Policy logits, world-model outputs and the updated cache for ``[B, T]`` rows."""
+    def forward(self, observations, actions, rewards, cache: AnyMDPAgentCache, action_mask=None, **unused):
+        """Policy logits, world-model outputs and the updated cache for ``[B, T]`` rows (the backbone
+        interface; the planner reads no tags or prompts)."""
         b, t = observations.shape
         chunk = self.config.chunk_size
         outs_pi, outs_obs, outs_rew, outs_scale = [], [], [], []

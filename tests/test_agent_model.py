@@ -484,7 +484,7 @@ def test_forward_rejects_bad_input_by_name(backbone):
     bad(r"action -3", actions=too_small)
     bad("tag ids", tags=torch.full_like(obs, 5))
     bad("tag ids", tags=torch.full_like(obs, -1))
-    bad("prompt ids", prompts=torch.tensor([0, 4]))
+    bad("prompt ids", prompts=torch.tensor([0, model.config.num_prompts]))
     bad("labels", labels=torch.full_like(obs, A))
     bad("labels", labels=torch.full_like(obs, -1))
     bad("shape", actions=act[:, :3])

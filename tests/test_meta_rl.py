@@ -70,8 +70,8 @@ def test_rows_without_policy_update_the_memory_alike():
     m = _model(True)
     obs, act, rew = _rows(2)
     cache = m.initial_state(obs.shape[0])
-    full = m(observations=obs, actions=act, rewards=rew, cache=cache).cache
-    lean = m(observations=obs, actions=act, rewards=rew, cache=cache, policy=False).cache
+    full = m.planner(obs, act, rew, cache)[-1]
+    lean = m.planner(obs, act, rew, cache, policy=False)[-1]
     for key in ("n_sa", "r_sum", "n_ss", "terminal", "r_count", "r_nonzero", "episodes", "step"):
         torch.testing.assert_close(getattr(full, key), getattr(lean, key))
     assert float(full.episodes.max()) == 1.0  # the closing row at 11 is counted once
