@@ -41,6 +41,10 @@ def _add_eval_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--seed-offset", type=int, default=0,
                    help="first task seed, counted into the test seed range (default: 0)")
     p.add_argument("--out", default=defaults["out"], help=f"output folder (default: {defaults['out']})")
+    p.add_argument("--paired", default=None,
+                   help="paired comparisons on the same tasks, LEARNER:BASELINE,... (e.g. agent:mbrl): the per-task "
+                        "AUC difference, its mean and 95%% bootstrap CI; 'none' for none (default: every agent "
+                        "learner against every other learner)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -48,8 +52,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .evaluation import EvalConfig, check_config, check_output_dir, evaluate, format_table, write_results
 
     learners = [x.strip() for x in args.learners.split(",") if x.strip()]
+    paired = None if args.paired is None else ([] if args.paired.strip().lower() == "none" else
+                                               [x.strip() for x in args.paired.split(",") if x.strip()])
     cfg = EvalConfig(suite=args.suite, learners=learners, tasks=args.tasks, steps=args.steps, seed=args.seed,
-                     window=args.window, seed_offset=args.seed_offset)
+                     window=args.window, seed_offset=args.seed_offset, paired=paired)
     check_config(cfg)
     check_output_dir(args.out)
     result = evaluate(cfg, progress=not args.no_progress)

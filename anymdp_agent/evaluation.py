@@ -1,6 +1,6 @@
 """How learning in context is measured: suites, the harness, normalised scores, confidence intervals, plots.
 
-Spec: ``shared/spec/evaluation.md``. Every learner (baselines and the pretrained agent alike) runs
+Every learner (baselines and the pretrained agent alike) runs
 through :func:`run_learner` on the same tasks, with the same environment seeds, for a fixed budget
 of steps, episode after episode, learning as it goes. An episode's normalised score is
 ``(R - R_random) / (R_oracle - R_random)`` with the *exact* expected returns of the oracle and of
@@ -9,6 +9,10 @@ The curve is the mean score of the episodes that end in each step window (each e
 the unfinished last episode of each run is left out); the area under the curve (AUC) of a run is the
 mean score of all its episodes within the budget. Tasks where the oracle barely beats random are
 skipped and counted (:data:`MIN_GAP`, :data:`MIN_RELATIVE_GAP`).
+
+Every reported statistic (the mean and the IQM of each window and of the AUC) carries a 95% percentile
+bootstrap CI over tasks, seeded by the evaluation's seed. Two learners of one evaluation met the same
+tasks, so they are compared *paired*: :func:`paired_difference` bootstraps the per-task AUC difference.
 """
 
 from __future__ import annotations
@@ -175,29 +179,55 @@ def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.take(x, np.arange(lo, hi), axis=axis).mean(axis=axis)
 
 
-def bootstrap_ci(x: np.ndarray, rng: np.random.Generator, resamples: int = 2000, level: float = 0.95,
-                 stat: Callable = np.mean) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of ``stat`` over the entries of ``x`` (tasks)."""
+#: Bootstrap resamples behind every confidence interval the harness reports.
+BOOTSTRAP_RESAMPLES = 2000
+#: The level of every reported confidence interval.
+CI_LEVEL = 0.95
+
+
+def bootstrap_cis(x: np.ndarray, rng: np.random.Generator, stats: dict[str, Callable],
+                  resamples: int = BOOTSTRAP_RESAMPLES, level: float = CI_LEVEL) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap confidence intervals of several statistics over the entries of ``x`` (tasks).
+
+    Every statistic is computed on the *same* resamples (one draw of task indices from ``rng``), so the
+    intervals of the mean and of the IQM of one set of tasks come from one bootstrap and the same
+    ``rng`` state always gives the same intervals. Non-finite entries are dropped; one entry gives a
+    zero-width interval, none gives NaN.
+    """
     x = np.asarray(x, dtype=np.float64)
     x = x[np.isfinite(x)]
     if len(x) == 0:
-        return (math.nan, math.nan)
+        return {k: (math.nan, math.nan) for k in stats}
     if len(x) == 1:
-        return (float(x[0]), float(x[0]))
+        return {k: (float(x[0]), float(x[0])) for k in stats}
     idx = rng.integers(0, len(x), size=(resamples, len(x)))
-    stats = stat(x[idx], axis=-1)
+    sample = x[idx]
     alpha = (1.0 - level) / 2.0
-    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1.0 - alpha))
+    out = {}
+    for k, stat in stats.items():
+        values = stat(sample, axis=-1)
+        out[k] = (float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha)))
+    return out
+
+
+def bootstrap_ci(x: np.ndarray, rng: np.random.Generator, resamples: int = BOOTSTRAP_RESAMPLES,
+                 level: float = CI_LEVEL, stat: Callable = np.mean) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of one statistic ``stat`` over the entries of ``x`` (tasks)."""
+    return bootstrap_cis(x, rng, {"stat": stat}, resamples, level)["stat"]
 
 
 def summarise(per_task: np.ndarray, rng: np.random.Generator) -> dict:
-    """Mean, IQM, 95% bootstrap CI of the mean, and count, over the finite entries of ``per_task``."""
+    """Mean and IQM over the finite entries of ``per_task``, each with its 95% bootstrap CI over tasks, and
+    the count: ``mean``, ``ci_low``, ``ci_high`` (the mean's CI), ``iqm``, ``iqm_ci_low``, ``iqm_ci_high``, ``n``."""
     x = np.asarray(per_task, dtype=np.float64)
     x = x[np.isfinite(x)]
+    cis = bootstrap_cis(x, rng, {"mean": np.mean, "iqm": iqm})
     if len(x) == 0:
-        return {"mean": math.nan, "iqm": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
-    lo, hi = bootstrap_ci(x, rng)
-    return {"mean": float(x.mean()), "iqm": float(iqm(x)), "ci_low": lo, "ci_high": hi, "n": int(len(x))}
+        mean = middle = math.nan
+    else:
+        mean, middle = float(x.mean()), float(iqm(x))
+    return {"mean": mean, "ci_low": cis["mean"][0], "ci_high": cis["mean"][1],
+            "iqm": middle, "iqm_ci_low": cis["iqm"][0], "iqm_ci_high": cis["iqm"][1], "n": int(len(x))}
 
 
 def window_scores(run: Run, score: np.ndarray, window: int) -> np.ndarray:
@@ -298,6 +328,82 @@ def analyse(run: Run, ref: SuiteReference | None, window: int, rng: np.random.Ge
     return out
 
 
+def _per_task_auc(result: dict, name: str) -> np.ndarray:
+    learners = result["learners"]
+    if name not in learners:
+        raise ValueError(f"no learner {name!r} in this result; it holds {', '.join(learners)}")
+    return np.array([math.nan if v is None else v for v in learners[name]["per_task_auc"]], dtype=np.float64)
+
+
+def paired_difference(result: dict, learner: str, baseline: str, seed: int | None = None) -> dict:
+    """The paired comparison of two learners of one result on the same tasks.
+
+    Per task, the difference of the AUCs (``learner - baseline``); then its mean and IQM with 95% bootstrap
+    CIs over tasks (:func:`summarise`, seeded with ``seed``, by default the result's own ``config.seed``, so
+    the same result and seed always give the same interval), the count of tasks where the learner is ahead,
+    level and behind, and the per-task differences. Pairing removes the spread between tasks that both
+    learners share, so its interval is much narrower than the two AUC intervals side by side. Tasks where
+    either learner finished no episode are left out.
+    """
+    a, b = _per_task_auc(result, learner), _per_task_auc(result, baseline)
+    if a.shape != b.shape:
+        raise ValueError(f"learners {learner!r} and {baseline!r} were scored on different task sets "
+                         f"({len(a)} and {len(b)} tasks): pair learners of one evaluation")
+    diff = a - b
+    seed = result.get("config", {}).get("seed", 0) if seed is None else seed
+    both = np.isfinite(diff)
+    out = {"learner": learner, "baseline": baseline, "statistic": "per-task AUC difference (learner - baseline)",
+           **summarise(diff, np.random.default_rng(seed)),
+           "ahead": int((diff[both] > 0).sum()), "level": int((diff[both] == 0).sum()),
+           "behind": int((diff[both] < 0).sum()),
+           "per_task_difference": np.round(diff, 6).tolist()}
+    return out
+
+
+def _resolve_learner(text: str, names: Sequence[str]) -> str | None:
+    """The learner of ``names`` that ``text`` names: itself, or the one learner of that kind (``agent`` for
+    ``agent:PATH``, ``mbrl`` for ``mbrl:sweeps=10``); ``None`` if none or several."""
+    if text in names:
+        return text
+    kind = [n for n in names if n.partition(":")[0] == text]
+    return kind[0] if len(kind) == 1 else None
+
+
+def parse_pairs(text: str | Sequence, names: Sequence[str]) -> list[tuple[str, str]]:
+    """``LEARNER:BASELINE,...`` (or a list of such strings or of pairs) as pairs of learner names of ``names``.
+
+    Learner names may hold colons themselves (``mbrl:sweeps=10``, ``agent:PATH``), so each item is split
+    at the one colon where both halves name learners of the evaluation (a kind alone, as ``agent``, names
+    the one learner of that kind); a clear ``ValueError`` otherwise.
+    """
+    items = [x.strip() for x in text.split(",") if x.strip()] if isinstance(text, str) else list(text)
+    names = list(names)
+    pairs = []
+    for item in items:
+        if not isinstance(item, str):
+            pair = tuple(_resolve_learner(str(x), names) for x in item)
+            if len(pair) != 2 or None in pair:
+                raise ValueError(f"paired comparison {item!r}: name two learners of the evaluation "
+                                 f"({', '.join(names)})")
+            pairs.append(pair)
+            continue
+        cuts = {(a, b) for i, ch in enumerate(item) if ch == ":"
+                for a, b in [(_resolve_learner(item[:i], names), _resolve_learner(item[i + 1:], names))]
+                if a is not None and b is not None}
+        if len(cuts) != 1:
+            why = "is ambiguous" if cuts else "does not name two of its learners"
+            raise ValueError(f"--paired {item!r} {why}: write LEARNER:BASELINE with learners from --learners "
+                             f"({', '.join(names)}), e.g. {names[0]}:{names[-1]}")
+        pairs.append(cuts.pop())
+    return pairs
+
+
+def default_pairs(learners: dict[str, InContextLearner]) -> list[tuple[str, str]]:
+    """The comparisons an evaluation reports unasked: every pretrained agent against every other learner."""
+    agents = [k for k, v in learners.items() if getattr(v, "name", "") == "agent"]
+    return [(a, b) for a in agents for b in learners if b not in agents]
+
+
 # ---------------------------------------------------------------------- the whole comparison
 
 
@@ -312,6 +418,9 @@ class EvalConfig:
     seed: int = 0
     window: int = 500
     seed_offset: int = 0
+    #: Paired comparisons ``[learner, baseline]`` to report (:func:`paired_difference`); ``None``: every
+    #: pretrained agent against every other learner (:func:`default_pairs`).
+    paired: list | None = None
 
 
 def versions() -> dict:
@@ -354,6 +463,8 @@ def check_config(cfg: EvalConfig) -> None:
         raise ValueError("name at least one learner")
     for name in cfg.learners:
         build_learner(name, dry_run=True)
+    if cfg.paired is not None:
+        parse_pairs(cfg.paired, cfg.learners)
     for key in ("tasks", "steps", "window"):
         value = getattr(cfg, key)
         if not isinstance(value, int) or value < 1:
@@ -391,34 +502,59 @@ def evaluate(cfg: EvalConfig, learners: dict[str, InContextLearner] | None = Non
                              "length": run.length.tolist(), "return": np.round(run.ret, 6).tolist()}
         entry["seconds"] = run.seconds
         result["learners"][name] = entry
+    pairs = default_pairs(learners) if cfg.paired is None else parse_pairs(cfg.paired, list(learners))
+    result["paired"] = [paired_difference(result, a, b) for a, b in pairs]
     return result
 
 
+def _with_ci(stat: dict, key: str = "mean", digits: int = 3) -> str:
+    """``value [low, high]`` of one summary (:func:`summarise`); ``key`` is ``mean`` or ``iqm``."""
+    lo, hi = ("ci_low", "ci_high") if key == "mean" else (f"{key}_ci_low", f"{key}_ci_high")
+    f = lambda v: "nan" if v is None else f"{v:.{digits}f}"  # noqa: E731  (JSON writes NaN as null)
+    return f"{f(stat.get(key))} [{f(stat.get(lo))}, {f(stat.get(hi))}]"
+
+
 def format_table(result: dict) -> str:
-    """A plain-text table: per learner, the mean score per window, the AUC with its CI."""
+    """Plain-text tables in which every number has its 95% bootstrap CI over tasks: the mean score per step
+    window (one column per learner), the AUC's mean and IQM per learner, the paired AUC differences, and
+    the success rates of suites that have them."""
     lines = []
-    kind = next(iter(result["learners"].values()))["score_kind"] if result["learners"] else "normalised"
-    starts = next(iter(result["learners"].values()))["window_starts"] if result["learners"] else []
-    header = f"{'learner':<22}" + "".join(f"{s:>8}" for s in starts) + f"{'AUC [95% CI]':>24}"
+    learners = result["learners"]
+    first = next(iter(learners.values()), {})
+    kind, starts = first.get("score_kind", "normalised"), first.get("window_starts", [])
     cfg, suite = result["config"], result["suite"]
+    window = cfg["window"]
     lines.append(f"suite {suite['name']}: {suite['description']}; {suite['instances']} instances, "
-                 f"{cfg['steps']} steps, {kind} score per {cfg['window']}-step window "
+                 f"{cfg['steps']} steps, {kind} score per {window}-step window "
                  f"({suite['skipped_degenerate']} degenerate tasks skipped)")
-    lines.append(header)
-    for name, e in result["learners"].items():
+    lines.append("mean score per window [95% bootstrap CI over tasks]:")
+    width = max([22] + [len(n) + 2 for n in learners])
+    lines.append(f"{'steps':<13}" + "".join(f"{n:>{width}}" for n in learners))
+    for j, s0 in enumerate(starts):
+        span = f"{s0}-{min(s0 + window, cfg['steps'])}"
+        lines.append(f"{span:<13}"
+                     + "".join(f"{_with_ci(e['windows'][j], digits=2):>{width}}" for e in learners.values()))
+    name_width = max([22] + [len(n) + 2 for n in learners])
+    lines.append(f"{'learner':<{name_width}}{'AUC mean [95% CI]':>26}{'AUC IQM [95% CI]':>26}{'tasks':>7}")
+    for name, e in learners.items():
         auc = e["auc"]
-        row = f"{name:<22}" + "".join(f"{w['mean']:>8.3f}" for w in e["windows"])
-        row += f"{auc['mean']:>10.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]"
-        lines.append(row)
-    if any("success_windows" in e for e in result["learners"].values()):
-        lines.append("success rate per episode window:")
-        for name, e in result["learners"].items():
+        lines.append(f"{name:<{name_width}}{_with_ci(auc):>26}{_with_ci(auc, 'iqm'):>26}{auc['n']:>7}")
+    if result.get("paired"):
+        lines.append("paired AUC difference, learner - baseline on the same tasks [95% CI]:")
+        pair_width = max([26] + [len(p["learner"]) + len(p["baseline"]) + 5 for p in result["paired"]])
+        for p in result["paired"]:
+            label = f"{p['learner']} - {p['baseline']}"
+            lines.append(f"{label:<{pair_width}}{_with_ci(p):>26}  ahead on {p['ahead']}, level on {p['level']}, "
+                         f"behind on {p['behind']} of {p['n']} tasks")
+    if any("success_windows" in e for e in learners.values()):
+        lines.append("success rate per episode window [95% CI]:")
+        for name, e in learners.items():
             if "success_windows" in e:
                 w = e["success_episode_window"]
                 # Only windows that every scored run reached (later ones hold a biased subset of runs).
                 full = max((x["n"] for x in e["success_windows"]), default=0)
-                parts = [f"{s}-{s + w}: {x['mean']:.2f}" for s, x in zip(e["success_window_starts"], e["success_windows"])
-                         if x["n"] == full]
+                parts = [f"{s}-{s + w}: {_with_ci(x, digits=2)}"
+                         for s, x in zip(e["success_window_starts"], e["success_windows"]) if x["n"] == full]
                 lines.append(f"  {name:<20}" + "  ".join(parts))
     return "\n".join(lines)
 
@@ -490,7 +626,7 @@ def _json_safe(obj):
     return obj
 
 
-__all__ = ["EvalConfig", "LEARNERS", "Run", "Suite", "SuiteReference", "analyse", "bootstrap_ci", "build_learner",
-           "check_config",
+__all__ = ["EvalConfig", "LEARNERS", "Run", "Suite", "SuiteReference", "analyse", "bootstrap_ci", "bootstrap_cis",
+           "build_learner", "check_config", "default_pairs", "paired_difference", "parse_pairs",
            "evaluate", "format_table", "iqm", "load_suite", "plot_curves", "run_learner", "suite_names",
            "summarise", "window_scores", "write_results"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from anymdp_agent.cli import build_parser, main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 OPTIONS = ("--suite", "--learners", "--tasks", "--steps", "--window", "--seed", "--seed-offset", "--out",
-           "--no-progress")
+           "--no-progress", "--paired")
 SMALL = ["--suite", "anymdp-16", "--learners", "random,oracle", "--tasks", "4", "--steps", "300", "--window", "100",
          "--no-progress"]
 
@@ -31,12 +32,12 @@ def test_eval_writes_json_png_and_prints_a_table(tmp_path, capsys):
     assert (out / "eval-anymdp-16.png").read_bytes()[:8] == PNG_MAGIC
     result = json.loads((out / "eval-anymdp-16.json").read_text())
     assert result["config"] == {"suite": "anymdp-16", "learners": ["random", "oracle"], "tasks": 4, "steps": 300,
-                                "seed": 0, "window": 100, "seed_offset": 0}
+                                "seed": 0, "window": 100, "seed_offset": 0, "paired": None}
     assert list(result["learners"]) == ["random", "oracle"]
     assert len(result["suite"]["oracle_return"]) == 4
     lines = printed.splitlines()
     assert lines[0].startswith("suite anymdp-16:") and "4 instances, 300 steps" in lines[0]
-    assert "AUC [95% CI]" in lines[1]
+    assert "AUC mean [95% CI]" in printed and "AUC IQM [95% CI]" in printed
     for name in ("random", "oracle"):
         row = next(line for line in lines if line.startswith(name))
         assert f"{result['learners'][name]['auc']['mean']:.3f}" in row
@@ -51,7 +52,7 @@ def test_eval_options_reach_the_config(tmp_path, capsys):
     capsys.readouterr()
     result = json.loads((out / "eval-garnet-8.json").read_text())
     assert result["config"] == {"suite": "garnet-8", "learners": ["mbrl:sweeps=2", "random"], "tasks": 2, "steps": 120,
-                                "seed": 5, "window": 60, "seed_offset": 7}
+                                "seed": 5, "window": 60, "seed_offset": 7, "paired": None}
     assert result["suite"]["task_seeds"] == [1_100_000_007, 1_100_000_008]
     assert result["learners"]["mbrl:sweeps=2"]["hyperparameters"] == {"gamma": 0.99, "sweeps": 2, "lookahead": 0}
 
@@ -66,6 +67,7 @@ def test_eval_options_reach_the_config(tmp_path, capsys):
     (["--tasks", "-1"], "tasks must be a positive integer"),
     (["--window", "0"], "window must be a positive integer"),
     (["--seed", "-3"], "seed"),
+    (["--paired", "random:oracle"], "--paired 'random:oracle' does not name two of its learners"),
 ])
 def test_bad_input_exits_2_before_writing(tmp_path, capsys, args, message):
     out = tmp_path / "never"
@@ -77,6 +79,22 @@ def test_bad_input_exits_2_before_writing(tmp_path, capsys, args, message):
     assert err.startswith("anymdp-agent eval: error: ") and message in err
     assert not out.exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_eval_paired_prints_and_stores_the_difference(tmp_path, capsys):
+    out = tmp_path / "p"
+    assert main(["eval", *SMALL, "--out", str(out), "--paired", "oracle:random,random:random"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "eval-anymdp-16.json").read_text())
+    assert result["config"]["paired"] == ["oracle:random", "random:random"]
+    better, same = result["paired"]
+    assert (better["learner"], better["baseline"]) == ("oracle", "random") and better["ci_low"] > 0
+    assert (same["mean"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)
+    row = next(line for line in printed.splitlines() if line.startswith("oracle - random"))
+    assert f"{better['mean']:.3f} [{better['ci_low']:.3f}, {better['ci_high']:.3f}]" in row
+    assert main(["eval", *SMALL, "--out", str(out), "--paired", "none"]) == 0
+    assert json.loads((out / "eval-anymdp-16.json").read_text())["paired"] == []
+    capsys.readouterr()
 
 
 def test_unwritable_out_exits_2(tmp_path, capsys):
@@ -168,4 +186,9 @@ def test_demo_runs_the_bundled_agent_next_to_the_baselines(tmp_path, capsys):
         assert list(result["learners"]) == ["agent", "mbrl", "ucbq", "tql", "random", "oracle"]
         assert result["learners"]["agent"]["hyperparameters"]["backbone"] == "planning"
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert text.count("\nagent ") == 2 and "success rate" in text and "demo finished" in text
+    assert len(re.findall(r"\nagent +-?\d", text)) == 2 and "success rate" in text and "demo finished" in text
+    # the bundled agent is paired with every baseline on the same tasks, in the JSON and in the table
+    pairs = result["paired"]
+    assert [(p["learner"], p["baseline"]) for p in pairs] == [("agent", b) for b in ("mbrl", "ucbq", "tql", "random",
+                                                                                      "oracle")]
+    assert text.count("\nagent - mbrl ") == 2 and text.count("\nagent - ") == 10

@@ -21,12 +21,15 @@ from anymdp_agent.evaluation import (
     SuiteReference,
     analyse,
     bootstrap_ci,
+    bootstrap_cis,
     check_config,
     check_suite_name,
     evaluate,
     format_table,
     iqm,
     load_suite,
+    paired_difference,
+    parse_pairs,
     per_episode_index,
     run_learner,
     summarise,
@@ -293,7 +296,7 @@ def small_result():
 def test_evaluate_result_record(small_result):
     cfg, result = small_result
     assert result["config"] == {"suite": "anymdp-16", "learners": ["random", "oracle", "mbrl:sweeps=2"], "tasks": 4,
-                                "steps": 600, "seed": 3, "window": 200, "seed_offset": 0}
+                                "steps": 600, "seed": 3, "window": 200, "seed_offset": 0, "paired": None}
     assert result["versions"]["numpy"] == np.__version__
     assert {"python", "platform", "gymnasium", "anymdp-agent"} <= set(result["versions"])
     s = result["suite"]
@@ -305,7 +308,7 @@ def test_evaluate_result_record(small_result):
     assert list(result["learners"]) == ["random", "oracle", "mbrl:sweeps=2"]
     for name, e in result["learners"].items():
         assert e["window_starts"] == [0, 200, 400] and len(e["windows"]) == 3
-        assert set(e["auc"]) == {"mean", "iqm", "ci_low", "ci_high", "n"}
+        assert set(e["auc"]) == {"mean", "iqm", "ci_low", "ci_high", "iqm_ci_low", "iqm_ci_high", "n"}
         ep = e["episodes"]
         assert len(ep["env"]) == len(ep["start"]) == len(ep["length"]) == len(ep["return"]) > 0
         assert max(st + ln for st, ln in zip(ep["start"], ep["length"])) <= 600
@@ -343,7 +346,7 @@ def test_write_results_files(small_result, tmp_path):
     assert paths["png"].stat().st_size > 5000
     loaded = json.loads(paths["json"].read_text())
     assert loaded["config"] == result["config"]
-    assert set(loaded) == {"config", "versions", "suite", "learners"}
+    assert set(loaded) == {"config", "versions", "suite", "learners", "paired"}
     assert loaded["suite"]["oracle_return"] == result["suite"]["oracle_return"]
     assert loaded["learners"]["oracle"]["episodes"] == result["learners"]["oracle"]["episodes"]
     assert loaded["learners"]["mbrl:sweeps=2"]["auc"]["mean"] == pytest.approx(
@@ -376,10 +379,21 @@ def test_format_table(small_result):
     lines = table.splitlines()
     assert lines[0].startswith("suite anymdp-16:") and "4 instances" in lines[0] and "600 steps" in lines[0]
     assert "0 degenerate tasks skipped" in lines[0]
-    assert "AUC [95% CI]" in lines[1]
+    assert lines[1] == "mean score per window [95% bootstrap CI over tasks]:"
+    assert lines[2].split() == ["steps", "random", "oracle", "mbrl:sweeps=2"]
+    for j, span in enumerate(["0-200", "200-400", "400-600"]):  # every window mean with its CI, per learner
+        row = lines[3 + j]
+        assert row.startswith(span)
+        for e in result["learners"].values():
+            w = e["windows"][j]
+            assert f"{w['mean']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}]" in row
+    assert "AUC mean [95% CI]" in lines[6] and "AUC IQM [95% CI]" in lines[6]
     for name, e in result["learners"].items():
-        row = next(line for line in lines if line.startswith(name))
-        assert f"{e['auc']['mean']:.3f}" in row
+        row = next(line for line in lines[7:] if line.startswith(name))
+        a = e["auc"]
+        assert f"{a['mean']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]" in row
+        assert f"{a['iqm']:.3f} [{a['iqm_ci_low']:.3f}, {a['iqm_ci_high']:.3f}]" in row
+    assert "paired" not in table  # no agent among the learners and none asked for
     assert "success rate" not in table
 
 
@@ -392,4 +406,114 @@ def test_frozenlake_suite_reports_success_rates():
         assert e["success_episode_window"] == 50 and e["success_window_starts"][0] == 0
     assert result["learners"]["random"]["success_windows"][0]["mean"] < 0.1
     assert result["learners"]["oracle"]["success_windows"][0]["mean"] > 0.4
-    assert "success rate per episode window:" in format_table(result)
+    table = format_table(result)
+    assert "success rate per episode window [95% CI]:" in table
+    s = result["learners"]["oracle"]["success_windows"][0]
+    assert f"0-50: {s['mean']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]" in table
+
+
+# ---------------------------------------------------------------------- CIs on every statistic, paired differences
+
+
+def test_bootstrap_cis_share_one_resample_and_cover_mean_and_iqm():
+    x = np.random.default_rng(1).standard_t(2, size=80)  # heavy tails: the mean and the IQM differ
+    cis = bootstrap_cis(x, np.random.default_rng(5), {"mean": np.mean, "iqm": iqm})
+    assert cis["mean"][0] < x.mean() < cis["mean"][1]
+    assert cis["iqm"][0] < iqm(x) < cis["iqm"][1]
+    assert cis["iqm"] != cis["mean"]
+    # one draw for both: the mean's CI alone from the same rng state is the same interval
+    assert bootstrap_ci(x, np.random.default_rng(5)) == cis["mean"]
+    assert bootstrap_cis(x, np.random.default_rng(5), {"mean": np.mean, "iqm": iqm}) == cis
+
+
+def test_summarise_reports_a_ci_on_the_iqm():
+    x = np.concatenate([np.linspace(0.0, 1.0, 30), [50.0, -40.0]])  # two outliers the IQM ignores
+    s = summarise(x, np.random.default_rng(0))
+    assert s["iqm_ci_low"] < s["iqm"] < s["iqm_ci_high"]
+    assert s["iqm_ci_high"] - s["iqm_ci_low"] < (s["ci_high"] - s["ci_low"]) / 3  # robust to the outliers
+    assert summarise(x, np.random.default_rng(0)) == s
+    one = summarise(np.array([0.25]), np.random.default_rng(0))
+    assert (one["iqm"], one["iqm_ci_low"], one["iqm_ci_high"]) == (0.25, 0.25, 0.25)
+    empty = summarise(np.array([]), np.random.default_rng(0))
+    assert empty["n"] == 0 and math.isnan(empty["iqm_ci_low"]) and math.isnan(empty["iqm_ci_high"])
+
+
+def fake_result(per_task: dict, seed=0) -> dict:
+    return {"config": {"seed": seed}, "learners": {k: {"per_task_auc": v} for k, v in per_task.items()}}
+
+
+def test_paired_difference_known_numbers():
+    r = fake_result({"a": [0.5, 0.7, 0.9, None], "b": [0.4, 0.7, 0.6, 0.2]})  # None: no finished episode (JSON)
+    p = paired_difference(r, "a", "b")
+    assert p["learner"] == "a" and p["baseline"] == "b" and p["n"] == 3
+    assert p["mean"] == pytest.approx((0.1 + 0.0 + 0.3) / 3)
+    assert (p["ahead"], p["level"], p["behind"]) == (2, 1, 0)
+    assert p["per_task_difference"][:3] == pytest.approx([0.1, 0.0, 0.3]) and math.isnan(p["per_task_difference"][3])
+    assert 0.0 <= p["ci_low"] < p["mean"] < p["ci_high"] <= 0.3 + 1e-12
+    again = paired_difference(r, "a", "b")  # the result's seed: the same interval every time
+    assert (again["ci_low"], again["ci_high"], again["iqm_ci_low"]) == (p["ci_low"], p["ci_high"], p["iqm_ci_low"])
+    other = paired_difference(fake_result({"a": [0.5, 0.7, 0.9, 0.1] * 8, "b": [0.4, 0.7, 0.6, 0.2] * 8}), "a", "b")
+    again = paired_difference(fake_result({"a": [0.5, 0.7, 0.9, 0.1] * 8, "b": [0.4, 0.7, 0.6, 0.2] * 8}), "a", "b",
+                              seed=1)
+    assert (other["ci_low"], other["ci_high"]) != (again["ci_low"], again["ci_high"])
+    flipped = paired_difference(r, "b", "a")
+    assert flipped["mean"] == pytest.approx(-p["mean"]) and (flipped["ahead"], flipped["behind"]) == (0, 2)
+    with pytest.raises(ValueError, match="no learner 'c'"):
+        paired_difference(r, "a", "c")
+    with pytest.raises(ValueError, match="different task sets"):
+        paired_difference(fake_result({"a": [1.0, 2.0], "b": [1.0]}), "a", "b")
+
+
+def test_paired_difference_on_real_runs(small_result):
+    cfg, result = small_result
+    same = paired_difference(result, "mbrl:sweeps=2", "mbrl:sweeps=2")
+    assert (same["mean"], same["ci_low"], same["ci_high"], same["iqm"]) == (0.0, 0.0, 0.0, 0.0)
+    assert same["level"] == same["n"] == 4
+    better = paired_difference(result, "oracle", "random")
+    assert better["ci_low"] > 0.5 and better["ahead"] == 4
+    a, b = (np.array(result["learners"][k]["per_task_auc"]) for k in ("oracle", "random"))
+    assert better["mean"] == pytest.approx((a - b).mean())
+    # the same numbers from the written JSON
+    loaded = json.loads(json.dumps(evaluation._json_safe(result), allow_nan=False))
+    assert paired_difference(loaded, "oracle", "random") == better
+
+
+def test_parse_pairs_splits_at_the_colon_between_two_learners():
+    names = ["agent:/ckpt/x:temperature_end=0.1", "mbrl:sweeps=10", "random", "tql"]
+    assert parse_pairs("agent:mbrl, tql:random", names) == [(names[0], names[1]), ("tql", "random")]
+    assert parse_pairs(f"{names[0]}:{names[1]}", names) == [(names[0], names[1])]
+    assert parse_pairs([["tql", "random"]], names) == [("tql", "random")]
+    assert parse_pairs("", names) == []
+    with pytest.raises(ValueError, match="does not name two of its learners"):
+        parse_pairs("tql:oracle", names)
+    with pytest.raises(ValueError, match="does not name two of its learners"):
+        parse_pairs("tql", names)
+    with pytest.raises(ValueError, match="is ambiguous"):
+        parse_pairs("a:b:c", ["a", "b", "c", "a:b", "b:c"])
+
+
+def test_evaluate_reports_the_pairs_asked_for():
+    cfg = EvalConfig(suite="anymdp-16", learners=["random", "oracle"], tasks=3, steps=300, window=100,
+                     paired=["oracle:random", "random:random"])
+    result = evaluate(cfg)
+    assert [(p["learner"], p["baseline"]) for p in result["paired"]] == [("oracle", "random"), ("random", "random")]
+    assert result["paired"][0] == paired_difference(result, "oracle", "random")
+    table = format_table(result)
+    assert "paired AUC difference" in table
+    row = next(line for line in table.splitlines() if line.startswith("oracle - random"))
+    p = result["paired"][0]
+    assert f"{p['mean']:.3f} [{p['ci_low']:.3f}, {p['ci_high']:.3f}]" in row and "ahead on 3" in row
+    with pytest.raises(ValueError, match="--paired 'oracle:mbrl'"):
+        check_config(EvalConfig(suite="anymdp-16", learners=["random", "oracle"], tasks=3, steps=300,
+                                paired=["oracle:mbrl"]))
+
+
+def test_default_pairs_put_each_agent_against_every_other_learner():
+    class Named:
+        def __init__(self, name):
+            self.name = name
+
+    learners = {"agent": Named("agent"), "agent:/b": Named("agent"), "mbrl": Named("mbrl"), "random": Named("random")}
+    assert evaluation.default_pairs(learners) == [("agent", "mbrl"), ("agent", "random"), ("agent:/b", "mbrl"),
+                                                  ("agent:/b", "random")]
+    assert evaluation.default_pairs({"tql": Named("tql"), "random": Named("random")}) == []
