@@ -6,12 +6,12 @@ PY := $(VENV)/bin/python
 # range (torch>=2.4) is then already satisfied, so no CUDA wheels are ever pulled.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast wheel-smoke demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[test,plot]"
+	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -21,6 +21,10 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# The wheel as users get it: built, installed in a fresh virtualenv, every job run from an empty folder.
+wheel-smoke:
+	TORCH=$(TORCH) PYTHON=$(PYTHON) .ci/wheel_smoke.sh
 
 demo: install
 	$(VENV)/bin/anymdp-agent demo

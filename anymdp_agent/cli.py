@@ -6,7 +6,7 @@ Subcommands:
 - ``demo``: the main job on the bundled defaults (a short ``eval`` of every learner on fresh test tasks);
 - ``generate``: generate (or resume) a trajectory corpus as a ``datasets`` folder in the Hub's layout;
 - ``push-dataset``: upload a corpus folder to the Hub in one commit;
-- ``train``: ``accelerate launch training/train.py`` with the given recipe and overrides;
+- ``train``: ``accelerate launch -m anymdp_agent.training.train`` with the given recipe and overrides;
 - ``push``: upload a checkpoint folder (weights, config, modeling code, card, eval results) in one commit.
 """
 
@@ -158,15 +158,13 @@ def _run_push_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    import subprocess
-    from pathlib import Path
+#: The training entry point, launched as a module so that it runs from an installed package (any folder).
+TRAIN_MODULE = "anymdp_agent.training.train"
 
-    script = Path(__file__).resolve().parents[1] / "training" / "train.py"
-    if not script.is_file():
-        raise ValueError(f"training/train.py not found beside the package ({script}): training runs from a clone "
-                         "of the repository (pip install -e .)")
+
+def _run_train(args: argparse.Namespace) -> int:
     import os
+    import subprocess
 
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes),
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
@@ -179,7 +177,7 @@ def _run_train(args: argparse.Namespace) -> int:
             env["ACCELERATE_USE_CPU"] = "true"
     elif args.cpu:
         launch.append("--cpu")
-    return subprocess.call(launch + [str(script), *args.train_args], env=env)
+    return subprocess.call(launch + ["-m", TRAIN_MODULE, *args.train_args], env=env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,13 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_hub_arguments(pm)
     pm.set_defaults(func=_run_push)
 
-    t = sub.add_parser("train", help="train the agent: accelerate launch training/train.py ...",
-                       description="Runs `accelerate launch training/train.py` with the arguments after the options, "
-                                   "e.g. `anymdp-agent train --cpu -- --config training/configs/tiny.yaml`. "
-                                   "`python training/train.py --help` lists every training setting.")
+    t = sub.add_parser("train", help="train the agent: accelerate launch -m anymdp_agent.training.train ...",
+                       description="Runs `accelerate launch -m anymdp_agent.training.train` with the arguments after "
+                                   "the options, e.g. `anymdp-agent train --cpu -- --config tiny` (a bundled recipe: "
+                                   "tiny, cpu-default, gpu-large; or a YAML file). `python -m "
+                                   "anymdp_agent.training.train --help` lists every training setting.")
     t.add_argument("--num-processes", type=int, default=1, help="processes (data parallel) (default: 1)")
     t.add_argument("--cpu", action="store_true", help="force the CPU even where a GPU is present")
-    t.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments for training/train.py (after --)")
+    t.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments for the trainer (after --)")
     t.set_defaults(func=_run_train)
     return parser
 

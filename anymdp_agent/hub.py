@@ -1,23 +1,41 @@
-"""Pushing folders to the Hugging Face Hub in one commit: a corpus, or a checkpoint with its card.
+"""Pushing folders to the Hugging Face Hub in one commit, and the model card of a checkpoint folder.
 
-:func:`commit_operations` lists exactly what would be sent (tests check it offline); :func:`push_folder`
-creates the repository if needed and sends everything in **one** commit, so a failure leaves the
-repository as it was: nothing is ever half-pushed.
+:func:`commit_operations` lists exactly what would be sent; :func:`push_folder` creates the repository if
+needed and sends everything in **one** commit, so a failure leaves the repository as it was: nothing is
+ever half-pushed. :func:`push_checkpoint` sends a checkpoint folder only if it holds nothing but what the
+package writes (:data:`CHECKPOINT_PATTERNS`).
+
+The model card is rendered by huggingface_hub's own classes (``ModelCardData`` + ``EvalResult`` for the
+metadata, ``ModelCard.from_template`` into ``cards/model_card.md``), from the folder's artifacts alone:
+``config.json``, ``train_config.json``, ``model.safetensors`` and the harness' ``eval/eval-*.json``.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
+import re
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 
-#: Never sent: temporary files of interrupted writes and hidden files.
-_SKIP_PREFIXES = (".",)
+#: Hidden folders that are sent all the same: the Hub's evaluation-results layout.
+SENT_HIDDEN = (".eval_results",)
 
 
 class PushError(RuntimeError):
     """A push that did not happen (no token, no network, no permission); the repository is unchanged."""
+
+
+def _is_sent(rel: Path) -> bool:
+    """Hidden files and folders and temporary files of interrupted writes are never sent (``.eval_results/``
+    at the top is, as the Hub reads it there)."""
+    parts = rel.parts
+    if any(part.endswith(".tmp") for part in parts):
+        return False
+    return not any(part.startswith(".") and not (i == 0 and part in SENT_HIDDEN and len(parts) > 1)
+                   for i, part in enumerate(parts))
 
 
 def commit_operations(folder: str | os.PathLike) -> list[CommitOperationAdd]:
@@ -28,12 +46,20 @@ def commit_operations(folder: str | os.PathLike) -> list[CommitOperationAdd]:
     ops = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder)
-        if any(part.startswith(_SKIP_PREFIXES) or part.endswith(".tmp") for part in rel.parts):
-            continue
-        ops.append(CommitOperationAdd(path_in_repo=rel.as_posix(), path_or_fileobj=str(path)))
+        if _is_sent(rel):
+            ops.append(CommitOperationAdd(path_in_repo=rel.as_posix(), path_or_fileobj=str(path)))
     if not ops:
         raise ValueError(f"nothing to push: {folder} holds no files")
     return ops
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Refuse a repository id that is not ``USER/NAME`` (before anything is staged or sent)."""
+    if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"repo id must look like USER/NAME, got {repo_id!r}")
+    from huggingface_hub.utils import validate_repo_id
+
+    validate_repo_id(repo_id)  # HFValidationError (a ValueError) names what is wrong with it
 
 
 def push_folder(folder: str | os.PathLike, repo_id: str, repo_type: str = "model", token: str | None = None,
@@ -45,11 +71,7 @@ def push_folder(folder: str | os.PathLike, repo_id: str, repo_type: str = "model
     """
     if repo_type not in ("model", "dataset"):
         raise ValueError(f"repo_type must be 'model' or 'dataset', got {repo_type!r}")
-    if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"repo id must look like USER/NAME, got {repo_id!r}")
-    from huggingface_hub.utils import validate_repo_id
-
-    validate_repo_id(repo_id)  # HFValidationError (a ValueError) names what is wrong with it
+    check_repo_id(repo_id)
     folder = Path(folder)
     ops = commit_operations(folder)
     present = {op.path_in_repo for op in ops}
@@ -68,7 +90,13 @@ def push_folder(folder: str | os.PathLike, repo_id: str, repo_type: str = "model
 
 # ---------------------------------------------------------------------- model cards
 
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "cards" / "model_card.md"
+#: The task of every result in the card's model-index (the Hub's task id).
+TASK_TYPE = "reinforcement-learning"
+TASK_NAME = "In-context reinforcement learning"
+#: How the card's snippet loads the model: ``{source}`` is Python source (a quoted id or path, or a call).
+LOAD_LINE = "model = AutoModel.from_pretrained({source}, trust_remote_code=True)"
+_BUNDLED_IMPORT = "from anymdp_agent.rollout import bundled_agent_path\n"
+_LOAD_RE = re.compile("(?:" + re.escape(_BUNDLED_IMPORT) + ")?" + re.escape(LOAD_LINE).replace(r"\{source\}", "(.+)"))
 
 
 def _window_mean(entry: dict, lo: int, hi: int) -> float | None:
@@ -77,158 +105,277 @@ def _window_mean(entry: dict, lo: int, hi: int) -> float | None:
     return float(sum(vals) / len(vals)) if vals else None
 
 
-def _model_index(name: str, results: dict) -> str:
-    """The Hub's ``model-index`` YAML: normalised score at fixed step windows per suite, success rates."""
-    lines = ["model-index:", f"- name: {name}", "  results:"]
+def read_eval_results(folder: str | os.PathLike) -> dict[str, dict]:
+    """The harness' results in ``folder/eval``: ``{suite name: result}``, the name from the file
+    (``eval-anymdp-16.json`` -> ``anymdp-16``; ``eval-anymdp-16-long-context.json`` -> ``anymdp-16-long-context``)."""
+    eval_dir = Path(folder) / "eval"
+    return {path.stem[len("eval-"):]: json.loads(path.read_text())
+            for path in sorted(eval_dir.glob("eval-*.json"))} if eval_dir.is_dir() else {}
+
+
+def _agent_entry(result: dict) -> dict | None:
+    return next((v for k, v in result["learners"].items() if k.startswith("agent")), None)
+
+
+def headline_metrics(result: dict) -> list[tuple[str, float, str]]:
+    """``(metric id, value, description)`` of the agent in one result: the AUC, the first window, the last
+    quarter of the budget, and (Gymnasium suites with a goal) the success rate of the last full window."""
+    agent = _agent_entry(result)
+    if agent is None:
+        return []
+    steps, window = result["config"]["steps"], result["config"]["window"]
+    metrics = []
+    if agent.get("auc", {}).get("mean") is not None:
+        metrics.append(("normalized_score_auc", agent["auc"]["mean"], f"AUC of the normalised score over {steps} steps"))
+    late = _window_mean(agent, int(steps * 0.75), steps)
+    if late is not None:
+        metrics.append(("normalized_score_last_quarter", late, f"normalised score, steps {int(steps * 0.75)}-{steps}"))
+    early = _window_mean(agent, 0, max(window, 1))
+    if early is not None:
+        metrics.append(("normalized_score_first_window", early, f"normalised score, first {window} steps"))
+    sw = agent.get("success_windows")
+    if sw:
+        full = max(x["n"] for x in sw)
+        covered = [x for x in sw if x["n"] == full and x.get("mean") is not None]
+        if covered:
+            metrics.append(("success_rate_last_window", covered[-1]["mean"], "success rate, last fully covered "
+                            f"{agent['success_episode_window']}-episode window"))
+    return metrics
+
+
+def eval_results(results: dict[str, dict]) -> list[EvalResult]:
+    """The card's ``model-index`` entries: one ``EvalResult`` per (suite, headline metric), values to 4 digits."""
+    out = []
+    for suite, result in sorted(results.items()):
+        for metric, value, description in headline_metrics(result):
+            out.append(EvalResult(task_type=TASK_TYPE, task_name=TASK_NAME, dataset_type=suite,
+                                  dataset_name=result["suite"]["description"], metric_type=metric,
+                                  metric_value=round(float(value), 4), metric_name=description))
+    return out
+
+
+def _is_hub_id(text: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if text.count("/") != 1 or Path(text).exists():
+        return False
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def model_card_data(name: str, results: dict[str, dict], train: dict | None) -> ModelCardData:
+    """The card's metadata: library, licence, task, tags, the training corpus (when it is a Hub dataset) and
+    the model-index of the evaluation results."""
+    corpus = (train or {}).get("corpus") or ""
+    entries = eval_results(results)
+    return ModelCardData(library_name="transformers", license="apache-2.0", pipeline_tag=TASK_TYPE,
+                         tags=["in-context-reinforcement-learning", "anymdp", "tabular-mdp", "custom_code"],
+                         datasets=[corpus] if corpus and _is_hub_id(corpus) else None,
+                         model_name=name if entries else None, eval_results=entries or None)
+
+
+def pretrained_dir() -> Path:
+    """The package's folder of bundled agents (``anymdp_agent/pretrained``, wherever the package is installed)."""
+    from importlib.resources import files
+
+    return Path(str(files("anymdp_agent").joinpath("pretrained")))
+
+
+def load_lines(source: str | None = None, bundled_as: str | None = None) -> str:
+    """The snippet's load line(s): ``from_pretrained("<source>")`` for a repo id or folder, or
+    ``from_pretrained(bundled_agent_path("<name>"))`` for an agent bundled in the package."""
+    if bundled_as is not None:
+        return _BUNDLED_IMPORT + LOAD_LINE.format(source=f"bundled_agent_path({json.dumps(bundled_as)})")
+    return LOAD_LINE.format(source=json.dumps(str(source)))
+
+
+def point_card_at(text: str, repo_id: str) -> str:
+    """The card ``text`` with its snippet loading from ``repo_id``; every other line kept as it is."""
+    new, count = _LOAD_RE.subn(lambda _: load_lines(repo_id), text)
+    if count != 1:
+        raise ValueError("the card has no load snippet to point at the repository (it was not rendered by "
+                         "anymdp_agent.hub.write_model_card): re-render it before pushing")
+    return new
+
+
+def _backbone_text(config: dict) -> str:
+    if config["backbone"] == "planning":
+        return ("Planning backbone: exact per-(observation, action) statistics held as a linear-attention "
+                f"state with one-hot keys, read by {config['planning_steps']} learned differentiable "
+                "value-iteration layers (learned discount, exploration bonus, optimism, temperature).")
+    return (f"Sequence backbone: {config['num_hidden_layers']} gated linear attention layers, width "
+            f"{config['hidden_size']}, {config['num_heads']} heads (chunkwise-parallel training, "
+            "recurrent stepping).")
+
+
+def _training_text(train: dict | None) -> str:
+    if not train:
+        return "No training record in this folder (`train_config.json` missing)."
+    data = train.get("corpus") or "tasks generated on the fly (infinite-task training)"
+    return (f"- Recipe: `{train.get('recipe', 'custom')}`; data: {data}; label: {train.get('label')}; "
+            f"{train.get('max_steps')} optimiser steps of {train.get('batch_size')} sequences x "
+            f"{train.get('seq_len')} rows per process; on-policy share {train.get('onpolicy_fraction')}.\n"
+            f"- Checkpoint: step {train.get('step')} of {train.get('max_steps')}; compute to this checkpoint: "
+            f"{train.get('compute', 'see train_config.json')}.\n"
+            "- Every setting is in `train_config.json` beside the weights.")
+
+
+def _evaluation_text(folder: Path, results: dict[str, dict]) -> str:
+    if not results:
+        return "Not evaluated yet (no `eval/*.json` in this folder)."
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    parts = []
     for suite, res in sorted(results.items()):
-        agent = next((v for k, v in res["learners"].items() if k.startswith("agent")), None)
-        if agent is None:
-            continue
-        steps = res["config"]["steps"]
-        metrics = []
-        if agent.get("auc", {}).get("mean") is not None:
-            metrics.append(("normalized_score_auc", agent["auc"]["mean"], f"AUC of the normalised score over {steps} steps"))
-        late = _window_mean(agent, int(steps * 0.75), steps)
-        if late is not None:
-            metrics.append(("normalized_score_last_quarter", late, f"normalised score, steps {int(steps * 0.75)}-{steps}"))
-        early = _window_mean(agent, 0, max(res["config"]["window"], 1))
-        if early is not None:
-            metrics.append(("normalized_score_first_window", early, f"normalised score, first {res['config']['window']} steps"))
-        sw = agent.get("success_windows")
-        if sw:
-            full = max(x["n"] for x in sw)
-            covered = [x for x in sw if x["n"] == full and x.get("mean") is not None]
-            if covered:
-                metrics.append(("success_rate_last_window", covered[-1]["mean"], "success rate, last fully covered "
-                                f"{agent['success_episode_window']}-episode window"))
-        if not metrics:
-            continue
-        lines += ["  - task:", "      type: reinforcement-learning", "      name: In-context reinforcement learning",
-                  "    dataset:", f"      type: {suite}", f"      name: {res['suite']['description']}",
-                  "    metrics:"]
-        for mtype, value, mname in metrics:
-            lines += [f"    - type: {mtype}", f"      value: {value:.4f}", f"      name: {mname}"]
-    return "\n".join(lines) + "\n" if len(lines) > 3 else ""
+        steps, window = res["config"]["steps"], res["config"]["window"]
+        parts.append(f"**{suite}** ({res['suite']['description']}; {res['suite']['instances']} instances, "
+                     f"{steps} steps, window {window}):\n")
+        parts.append("| learner | AUC [95% CI] | first window | last quarter |\n|---|---|---|---|")
+        for lname, e in res["learners"].items():
+            auc = e["auc"]
+            parts.append(f"| {lname} | {fmt(auc.get('mean'))} [{fmt(auc.get('ci_low'))}, {fmt(auc.get('ci_high'))}] "
+                         f"| {fmt(_window_mean(e, 0, window))} | {fmt(_window_mean(e, int(steps * 0.75), steps))} |")
+        png = folder / "eval" / f"eval-{suite}.png"
+        if png.is_file():
+            parts.append(f"\n![{suite} learning curves](eval/{png.name})\n")
+        parts.append("")
+    return "\n".join(parts).rstrip()
+
+
+def _parameters(folder: Path) -> int | None:
+    st = folder / "model.safetensors"
+    if not st.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(st), "pt") as fh:
+        total = 0
+        for k in fh.keys():
+            n = 1
+            for d in fh.get_slice(k).get_shape():
+                n *= int(d)
+            total += n
+    return total
 
 
 def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, extra_limitations: str = "",
-                      name: str | None = None) -> str:
-    """A model card from the artifacts in a checkpoint folder only.
+                      name: str | None = None, load_from: str | None = None, bundled_as: str | None = None) -> str:
+    """A model card (markdown with YAML metadata) from the artifacts of a checkpoint folder only.
 
-    Reads ``config.json``, ``train_config.json`` (if present), ``eval/*.json`` and ``eval/*.png``
-    (evaluation results written by :func:`anymdp_agent.evaluation.write_results`).
+    The snippet loads from ``repo_id`` if given, else ``load_from`` (a folder that outlives the checkpoint,
+    e.g. a run's ``best/``), else ``bundled_agent_path(bundled_as)`` for an agent bundled in the package
+    (found by itself for a folder of ``anymdp_agent/pretrained/``), else ``folder``. ``extra_limitations``
+    (markdown bullets) follow the generic ones.
     """
-    import json
-    from string import Template
+    from .cards import template
 
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     train = json.loads((folder / "train_config.json").read_text()) if (folder / "train_config.json").is_file() else None
-    results = {}
-    for path in sorted((folder / "eval").glob("eval-*.json")) if (folder / "eval").is_dir() else []:
-        results[path.stem[len("eval-"):]] = json.loads(path.read_text())  # e.g. anymdp-16, anymdp-16-long-context
-    name = name or (repo_id.split("/")[-1] if repo_id else folder.name)
-    if config["backbone"] == "planning":
-        backbone_text = ("Planning backbone: exact per-(observation, action) statistics held as a linear-attention "
-                         f"state with one-hot keys, read by {config['planning_steps']} learned differentiable "
-                         "value-iteration layers (learned discount, exploration bonus, optimism, temperature).")
-    else:
-        backbone_text = (f"Sequence backbone: {config['num_hidden_layers']} gated linear attention layers, width "
-                         f"{config['hidden_size']}, {config['num_heads']} heads (chunkwise-parallel training, "
-                         "recurrent stepping).")
-    params = None
-    st = folder / "model.safetensors"
-    if st.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(st), "pt") as fh:
-            params = sum(_prod(fh.get_slice(k).get_shape()) for k in fh.keys())
-    if train:
-        data = train.get("corpus") or "tasks generated on the fly (infinite-task training)"
-        training = (f"- Recipe: `{train.get('recipe', 'custom')}`; data: {data}; label: {train.get('label')}; "
-                    f"{train.get('max_steps')} optimiser steps of {train.get('batch_size')} sequences x "
-                    f"{train.get('seq_len')} rows per process; on-policy share {train.get('onpolicy_fraction')}.\n"
-                    f"- Checkpoint: step {train.get('step')} of {train.get('max_steps')}; compute to this checkpoint: "
-                    f"{train.get('compute', 'see train_config.json')}.\n"
-                    "- Every setting is in `train_config.json` beside the weights.")
-    else:
-        training = "No training record in this folder (`train_config.json` missing)."
-    if results:
-        parts = []
-        for suite, res in sorted(results.items()):
-            parts.append(f"**{suite}** ({res['suite']['description']}; {res['suite']['instances']} instances, "
-                         f"{res['config']['steps']} steps, window {res['config']['window']}):\n")
-            parts.append("| learner | AUC [95% CI] | first window | last quarter |\n|---|---|---|---|")
-            steps = res["config"]["steps"]
-            for lname, e in res["learners"].items():
-                auc = e["auc"]
-                first = _window_mean(e, 0, res["config"]["window"])
-                last = _window_mean(e, int(steps * 0.75), steps)
-                fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-                parts.append(f"| {lname} | {fmt(auc.get('mean'))} [{fmt(auc.get('ci_low'))}, {fmt(auc.get('ci_high'))}] "
-                             f"| {fmt(first)} | {fmt(last)} |")
-            png = folder / "eval" / f"eval-{suite}.png"
-            if png.is_file():
-                parts.append(f"\n![{suite} learning curves](eval/{png.name})\n")
-            parts.append("")
-        evaluation = "\n".join(parts)
-    else:
-        evaluation = "Not evaluated yet (no `eval/*.json` in this folder)."
-    datasets_yaml = ""
-    if train and train.get("corpus") and not Path(str(train["corpus"])).exists():
-        datasets_yaml = f"datasets:\n- {train['corpus']}\n"
-    return Template(MODEL_CARD_TEMPLATE.read_text()).substitute(
-        datasets_yaml=datasets_yaml, model_index=_model_index(name, results), name=name,
+    results = read_eval_results(folder)
+    if bundled_as is None and repo_id is None and load_from is None and folder.resolve().parent == pretrained_dir().resolve():
+        bundled_as = folder.name
+    name = name or (repo_id.split("/")[-1] if repo_id else bundled_as or folder.name)
+    params = _parameters(folder)
+    card = ModelCard.from_template(
+        model_card_data(name, results, train), template_str=template("model_card.md"), name=name,
         backbone=config["backbone"], parameters=f"{params:,}" if params is not None else "?",
         num_observations=config["num_observations"], num_actions=config["num_actions"],
-        backbone_text=backbone_text, training=training, evaluation=evaluation,
-        limitations=extra_limitations, repo_or_path=repo_id or str(folder))
-
-
-def _prod(shape) -> int:
-    out = 1
-    for d in shape:
-        out *= int(d)
-    return out
+        backbone_text=_backbone_text(config), training=_training_text(train),
+        evaluation=_evaluation_text(folder, results), limitations=extra_limitations.rstrip(),
+        load_lines=load_lines(repo_id or load_from or folder, None if (repo_id or load_from) else bundled_as))
+    return str(card).rstrip() + "\n"
 
 
 def write_model_card(folder: str | os.PathLike, repo_id: str | None = None, extra_limitations: str = "",
-                     name: str | None = None) -> Path:
-    """Render the card of a checkpoint folder into its ``README.md`` (atomically)."""
+                     name: str | None = None, load_from: str | None = None, bundled_as: str | None = None) -> Path:
+    """Render the card of a checkpoint folder into its ``README.md`` (atomically); see :func:`render_model_card`."""
     from .fileio import atomic_write
 
-    text = render_model_card(folder, repo_id, extra_limitations, name)
+    text = render_model_card(folder, repo_id, extra_limitations, name, load_from, bundled_as)
     return atomic_write(Path(folder) / "README.md", lambda fh: fh.write(text.encode()))
 
+
+# ---------------------------------------------------------------------- pushing checkpoints
 
 #: What a pushable checkpoint folder must hold.
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "configuration_anymdp_agent.py", "modeling_anymdp_agent.py",
                     "README.md")
+#: The only code a checkpoint carries: the two remote-code files save_pretrained copies from the package.
+CODE_FILES = ("configuration_anymdp_agent.py", "modeling_anymdp_agent.py")
+#: Everything the package writes into a checkpoint folder (save_pretrained, train.py, the harness, the card):
+#: push sends these and refuses a folder holding anything else.
+CHECKPOINT_PATTERNS = ("config.json", "model.safetensors", *CODE_FILES, "README.md", "train_config.json",
+                       "eval/eval-*.json", "eval/eval-*.png", ".eval_results/*.yaml")
 
 
-def push_checkpoint(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
-                    api: HfApi | None = None):
-    """Push a ``pretrained_model/`` folder in one commit, after checking it is complete and self-contained.
+def _allowed(rel: str) -> bool:
+    return any(rel.count("/") == pat.count("/") and fnmatch.fnmatchcase(rel, pat) for pat in CHECKPOINT_PATTERNS)
 
-    The card is re-rendered for ``repo_id`` (so its load snippet names the repository) in a staging
-    copy; the folder itself is left as it is.
-    """
-    import json
-    import shutil
-    import tempfile
 
+def check_checkpoint(folder: str | os.PathLike) -> list[str]:
+    """The files push would send from a checkpoint folder, after refusing an incomplete folder, files the
+    package does not write (any other code above all), and an ``auto_map`` naming code it does not write."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"nothing to push: {folder} is not a folder")
     missing = [name for name in CHECKPOINT_FILES[:-1] if not (folder / name).is_file()]
     if missing:
         raise ValueError(f"{folder} is not a pushable checkpoint: it lacks {', '.join(missing)} "
                          "(save_pretrained writes them)")
     config = json.loads((folder / "config.json").read_text())
-    if "AutoModel" not in config.get("auto_map", {}):
+    auto_map = config.get("auto_map", {})
+    if "AutoModel" not in auto_map:
         raise ValueError(f"{folder}/config.json has no auto_map: the Hub could not load it with trust_remote_code")
+    foreign = sorted({ref.split("--")[-1].rsplit(".", 1)[0] + ".py" for ref in auto_map.values()} - set(CODE_FILES))
+    if foreign:
+        raise ValueError(f"{folder}/config.json's auto_map names code the package does not write ({', '.join(foreign)}): "
+                         f"a checkpoint carries only {' and '.join(CODE_FILES)}")
+    sent = [op.path_in_repo for op in commit_operations(folder)]
+    unknown = [rel for rel in sent if not _allowed(rel)]
+    if unknown:
+        raise ValueError(f"{folder} holds files the package does not write: {', '.join(unknown)}; push sends only "
+                         f"{', '.join(CHECKPOINT_PATTERNS)}: move the others out")
+    return sent
+
+
+def push_checkpoint(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
+                    api: HfApi | None = None):
+    """Push a ``pretrained_model/`` folder in one commit, after checking it holds exactly what the package writes.
+
+    The folder's card is kept, section for section (the limitations of a bundled agent, say); in a staging copy
+    only its load snippet is pointed at ``repo_id``. A folder without a card gets one rendered for ``repo_id``.
+    The folder itself is left as it is.
+    """
+    import shutil
+    import tempfile
+
+    check_repo_id(repo_id)
+    folder = Path(folder)
+    sent = check_checkpoint(folder)
+    card_path = folder / "README.md"
+    text = None
+    if card_path.is_file():
+        try:
+            ModelCard.load(card_path)  # the metadata must parse, as the Hub will parse it
+        except Exception as e:
+            raise ValueError(f"{card_path} does not parse as a model card ({type(e).__name__}: {e}): re-render it "
+                             "with anymdp_agent.hub.write_model_card") from e
+        text = point_card_at(card_path.read_text(encoding="utf-8"), repo_id)
     with tempfile.TemporaryDirectory(prefix="anymdp-push-") as tmp:
         staged = Path(tmp) / folder.name
-        shutil.copytree(folder, staged, ignore=shutil.ignore_patterns(".*", "*.tmp", "__pycache__"))
-        write_model_card(staged, repo_id=repo_id)
+        for rel in sent:
+            (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(folder / rel, staged / rel)
+        if text is None:
+            write_model_card(staged, repo_id=repo_id)
+        else:
+            (staged / "README.md").write_text(text, encoding="utf-8")
         return push_folder(staged, repo_id, repo_type="model", token=token, private=private, required=CHECKPOINT_FILES,
                            commit_message=f"Upload {folder.name} (weights, config, modeling code, card, eval results)",
                            api=api)

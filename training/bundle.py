@@ -1,11 +1,17 @@
 """Make a trained checkpoint the package's bundled agent: copy, evaluate on held-out suites, render its card.
 
     python training/bundle.py --checkpoint runs/cpu-default/best --name anymdp-agent-planning-cpu
+    python training/bundle.py --card-only --name anymdp-agent-planning-cpu     # re-render the card only
 
 Writes ``anymdp_agent/pretrained/<name>/`` (config, safetensors, modeling code, ``train_config.json``,
 ``eval/*.json`` + ``eval/*.png`` from the evaluation harness on *test* seeds, and ``README.md``, the model
 card rendered from those artifacts). The suites compare the agent with every classic learner on the same
-tasks and seeds; nothing here is tuned to pass a bar.
+tasks and seeds; nothing here is tuned to pass a bar. ``--card-only`` renders the card of an existing
+folder from the eval JSONs it already holds (no evaluation, weights untouched).
+
+From Python, the same three steps work on any checkpoint folder: :func:`evaluate_checkpoint` (eval JSONs
+and PNGs into ``folder/eval``), :func:`render_card` (``README.md`` from them), :func:`bundle` (both, into
+the package's ``pretrained/`` folder, atomically).
 """
 
 from __future__ import annotations
@@ -17,20 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from anymdp_agent.evaluation import EvalConfig, evaluate, format_table, write_results
-from anymdp_agent.hub import write_model_card
-from anymdp_agent.rollout import load_agent
-
-ROOT = Path(__file__).resolve().parents[1]
-BASELINES = ["mbrl", "mbrl:lookahead=1", "ucbq", "tql", "random", "oracle"]
 #: (suite, instances, steps, window): the quality bar's suite first, then the rest of the picture.
 SUITES = [("anymdp-16", 128, 4000, 500), ("frozenlake", 32, 20000, 2000), ("cliffwalking", 16, 10000, 1000),
           ("anymdp-32", 64, 4000, 500), ("anymdp-64", 32, 4000, 500)]
 #: The same 16-state tasks at a context of 16,000 steps: 16x the final training sequence length.
 LONG = ("anymdp-16", 32, 16000, 2000)
+BASELINES = ["mbrl", "mbrl:lookahead=1", "ucbq", "tql", "random", "oracle"]
 
+#: What the card of the bundled planning agent says beyond the generic limitations (markdown bullets).
 LIMITATIONS = ("- Most of the planning backbone's ability is built in (exact statistics and value iteration); "
                "training tunes its discount, temperature, optimism and exploration bonus. It is a strong, "
                "cheap in-context learner, not evidence that a generic sequence model learns to plan.\n"
@@ -38,39 +38,97 @@ LIMITATIONS = ("- Most of the planning backbone's ability is built in (exact sta
                "count-based planner it imitates: what it tuned on AnyMDP's dense composite rewards does not transfer.")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="a pretrained_model/ folder (e.g. runs/cpu-default/best)")
-    p.add_argument("--name", default="anymdp-agent-planning-cpu", help="folder name under anymdp_agent/pretrained/")
-    p.add_argument("--quick", action="store_true", help="small suites (a smoke run)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+def quick_suites() -> tuple[list[tuple[str, int, int, int]], tuple[str, int, int, int]]:
+    """Small versions of :data:`SUITES` and :data:`LONG` (a smoke run)."""
+    def small(name, n, steps, window):
+        return name, max(2, n // 16), max(200, steps // 20), max(50, window // 20)
+
+    return [small(*s) for s in SUITES], small(*LONG)
+
+
+def evaluate_checkpoint(folder: str | os.PathLike, suites=SUITES, long_context=LONG, seed: int = 0,
+                        progress: bool = True) -> list[Path]:
+    """Run the harness on ``folder`` next to :data:`BASELINES`; write ``folder/eval/eval-<suite>.json|png``.
+
+    Each of ``suites`` and ``long_context`` is ``(suite, instances, steps, window)``; the long-context run's
+    files are named ``eval-<suite>-long-context`` (``None``: no such run). The agent is named ``agent``.
+    """
+    import torch
+
+    from anymdp_agent.evaluation import EvalConfig, evaluate, format_table, write_results
+
     torch.set_num_threads(1)
-    src = Path(args.checkpoint)
-    load_agent(src)  # refuses an incomplete or inconsistent checkpoint before anything is copied
-    dest = ROOT / "anymdp_agent" / "pretrained" / args.name
-    tmp = dest.with_name(f".{args.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("eval", "README.md", ".*"))
-    suites = SUITES + [LONG]
-    if args.quick:
-        suites = [(name, max(2, n // 16), max(200, steps // 20), max(50, window // 20)) for name, n, steps, window in suites]
-    t0 = time.perf_counter()
-    for name, n, steps, window in suites:
-        cfg = EvalConfig(suite=name, learners=[f"agent:{tmp}", *BASELINES], tasks=n, steps=steps, seed=args.seed,
+    folder = Path(folder)
+    runs = [(s, False) for s in suites] + ([(long_context, True)] if long_context else [])
+    written = []
+    for (name, n, steps, window), is_long in runs:
+        cfg = EvalConfig(suite=name, learners=[f"agent:{folder}", *BASELINES], tasks=n, steps=steps, seed=seed,
                          window=window)
-        result = evaluate(cfg, progress=True)
-        # Name the agent by its bundled name, not the temporary folder it was evaluated from.
+        result = evaluate(cfg, progress=progress)
+        # Name the agent by its role, not by the (possibly temporary) folder it was evaluated from.
         result["learners"] = {("agent" if k.startswith("agent:") else k): v for k, v in result["learners"].items()}
         result["config"]["learners"] = ["agent" if k.startswith("agent:") else k for k in cfg.learners]
-        long_context = (name, n, steps, window) == LONG or (args.quick and suites.index((name, n, steps, window)) == len(SUITES))
-        write_results(result, tmp / "eval", stem=f"eval-{name}" + ("-long-context" if long_context else ""),
-                      compact=True)
+        result["learners"]["agent"].get("hyperparameters", {}).pop("checkpoint", None)
+        paths = write_results(result, folder / "eval", stem=f"eval-{name}" + ("-long-context" if is_long else ""),
+                              compact=True)
+        written.append(Path(paths["json"]))
         print(format_table(result), flush=True)
-    write_model_card(tmp, extra_limitations=LIMITATIONS, name=args.name)
+    return written
+
+
+def render_card(folder: str | os.PathLike, name: str, limitations: str = LIMITATIONS) -> Path:
+    """Render ``folder/README.md`` from the folder's artifacts (config, train_config, weights, ``eval/*.json``),
+    as the card of the agent bundled under ``name`` (its snippet loads ``bundled_agent_path(name)``)."""
+    from anymdp_agent.hub import write_model_card
+
+    return write_model_card(folder, extra_limitations=limitations, name=name, bundled_as=name)
+
+
+def bundle(checkpoint: str | os.PathLike, name: str, quick: bool = False, seed: int = 0,
+           limitations: str = LIMITATIONS) -> Path:
+    """Copy ``checkpoint`` to ``anymdp_agent/pretrained/<name>``, evaluate it there and render its card.
+
+    Built under a temporary name and renamed at the end: an interrupted run leaves the old bundle intact.
+    """
+    from anymdp_agent.hub import pretrained_dir
+    from anymdp_agent.rollout import load_agent
+
+    src = Path(checkpoint)
+    load_agent(src)  # refuses an incomplete or inconsistent checkpoint before anything is copied
+    dest = pretrained_dir() / name
+    tmp = dest.with_name(f".{name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("eval", "README.md", ".*"))
+    t0 = time.perf_counter()
+    suites, long_context = quick_suites() if quick else (SUITES, LONG)
+    evaluate_checkpoint(tmp, suites, long_context, seed=seed)
+    render_card(tmp, name, limitations)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     print(f"bundled {src} as {dest} ({time.perf_counter() - t0:.0f} s of evaluation)")
+    return dest
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", help="a pretrained_model/ folder (e.g. runs/cpu-default/best)")
+    p.add_argument("--name", default="anymdp-agent-planning-cpu", help="folder name under anymdp_agent/pretrained/")
+    p.add_argument("--quick", action="store_true", help="small suites (a smoke run)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limitations", default=None,
+                   help="a markdown file of extra limitation bullets for the card (default: the planning agent's)")
+    p.add_argument("--card-only", action="store_true",
+                   help="only re-render the card of the bundled folder NAME from the eval JSONs it holds")
+    args = p.parse_args(argv)
+    limitations = Path(args.limitations).read_text() if args.limitations else LIMITATIONS
+    if args.card_only:
+        from anymdp_agent.rollout import bundled_agent_path
+
+        print(f"wrote {render_card(bundled_agent_path(args.name), args.name, limitations)}")
+        return 0
+    if not args.checkpoint:
+        p.error("--checkpoint is required (or --card-only)")
+    bundle(args.checkpoint, args.name, quick=args.quick, seed=args.seed, limitations=limitations)
     return 0
 
 

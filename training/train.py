@@ -40,6 +40,7 @@ from anymdp_agent.baselines import make_learner
 from anymdp_agent.fileio import atomic_write
 from anymdp_agent.hub import push_folder, write_model_card
 from anymdp_agent.rollout import AgentLearner
+from anymdp_agent.training.recipes import resolve_recipe
 
 #: Settings that must match to resume a run (the model's shape and the data it sees).
 _RESUME_KEYS = ("backbone", "num_observations", "num_actions", "hidden_size", "num_hidden_layers", "num_heads",
@@ -180,11 +181,10 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
     parser = HfArgumentParser(TrainArgs, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=None, help="YAML recipe in training/configs/ (its keys are the fields below)")
+    parser.add_argument("--config", default=None, help="a YAML recipe (its keys are the fields below): a file, or "
+                                                       "a bundled recipe by name: tiny, cpu-default, gpu-large")
     if known.config:
-        path = Path(known.config)
-        if not path.is_file():
-            raise ValueError(f"no recipe at {path}: see training/configs/")
+        path = resolve_recipe(known.config)
         values = yaml.safe_load(path.read_text()) or {}
         unknown = set(values) - {f.name for f in fields(TrainArgs)}
         if unknown:

@@ -1,18 +1,29 @@
-"""The dataset card of a corpus folder: rendered from ``cards/dataset_card.md`` by a plain function."""
+"""The dataset card of a corpus folder, rendered by huggingface_hub's ``DatasetCard`` into ``cards/dataset_card.md``.
+
+The metadata (licence, task, size category, and the ``configs`` that tell ``datasets.load_dataset`` and
+the Hub where each split's parquet shards are) is a ``DatasetCardData``; the body is filled from the
+corpus' saved settings (``corpus.json``) and its per-shard statistics.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from string import Template
 
 import numpy as np
+from huggingface_hub import DatasetCard, DatasetCardData
 
+from ..cards import template
 from ..envs import GENERATOR_VERSION
 from ..fileio import atomic_write
 from .behaviours import BEHAVIOURS, TAGS
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "cards" / "dataset_card.md"
+#: The template in ``cards/`` (shipped in the package as ``anymdp_agent.cards``).
+TEMPLATE = "dataset_card.md"
+#: The Hub's size categories, by number of examples (sequences).
+_SIZE_CATEGORIES = [(1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"), (1e7, "1M<n<10M"),
+                    (1e8, "10M<n<100M"), (1e9, "100M<n<1B"), (1e10, "1B<n<10B"), (1e11, "10B<n<100B"),
+                    (1e12, "100B<n<1T")]
 
 
 def aggregate_stats(folder: Path) -> dict:
@@ -48,14 +59,22 @@ def _quantile(hist: list[int], q: float) -> int:
     return int(np.searchsorted(c, q * c[-1])) if len(c) and c[-1] else 0
 
 
+def dataset_card_data(folder: Path, splits: list[str], examples: int) -> DatasetCardData:
+    """The card's metadata; ``configs`` maps each split to its shards (``data/<split>-*``) for ``load_dataset``."""
+    size = next((name for limit, name in _SIZE_CATEGORIES if examples < limit), "n>1T")
+    return DatasetCardData(
+        license="apache-2.0", task_categories=["reinforcement-learning"], size_categories=[size],
+        tags=["in-context-reinforcement-learning", "anymdp", "tabular-mdp", "synthetic"],
+        pretty_name=f"AnyMDP in-context RL corpus ({folder.name})",
+        configs=[{"config_name": "default",
+                  "data_files": [{"split": split, "path": f"data/{split}-*"} for split in splits]}])
+
+
 def render_dataset_card(folder: Path, meta: dict, stats: dict) -> str:
     """The card's markdown from the corpus' saved settings (``corpus.json``) and statistics."""
     splits = sorted(meta.get("splits", {}))
     labels = meta["splits"][splits[0]]["labels"] if splits else []
     examples = sum(s["sequences"] for s in stats.values())  # the Hub counts examples: sequences, not rows
-    buckets = [(1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"), (1e7, "1M<n<10M"),
-               (1e8, "10M<n<100M"), (1e9, "100M<n<1B"), (1e10, "1B<n<10B"), (1e11, "10B<n<100B")]
-    size = next((name for limit, name in buckets if examples < limit), "100B<n<1T")
     commands = meta.get("commands", {})
     cmd_text = "\n\n".join(f"{split}:\n\n```bash\n{commands[split]}\n```" for split in splits if split in commands) \
         or "Generated through the Python API (`anymdp_agent.data.generate_corpus`)."
@@ -69,7 +88,6 @@ def render_dataset_card(folder: Path, meta: dict, stats: dict) -> str:
                         + ", ".join(f"{k} {v:g}" for k, v in c["mixture"]["weights"].items()))
     sizes = "\n".join(f"- {split}: {s['sequences']} sequences, {s['rows']:,} rows, {s['steps']:,} environment steps, "
                       f"{s['shards']} shards" for split, s in stats.items()) or "- (no shards yet)"
-    data_files = "\n".join(f"  - split: {split}\n    path: data/{split}-*" for split in splits)
     label_rows = "\n".join(
         {"oracle": "| `label_oracle` | list of int8 | the value-iteration oracle's action in the true state (-1: none) |",
          "planner": "| `label_planner` | list of int8 | the count-based planner's action given the same history (-1: none) |"}[k]
@@ -93,12 +111,13 @@ def render_dataset_card(folder: Path, meta: dict, stats: dict) -> str:
             a = sum(s["label_agreement"].get(kind, {}).get(tag, {}).get("agree", 0) for s in stats.values())
             cells.append(f"{a / r:.2f} ({r:,} rows)" if r else "-")
         rows.append(f"| {kind} | " + " | ".join(cells) + " |")
-    return Template(TEMPLATE.read_text()).substitute(
-        pretty_name=f"AnyMDP in-context RL corpus ({folder.name})", size_category=size, data_files=data_files,
-        commands=cmd_text, sampler_version=GENERATOR_VERSION, corpus_format=meta.get("format"),
+    card = DatasetCard.from_template(
+        dataset_card_data(folder, splits, examples), template_str=template(TEMPLATE), commands=cmd_text,
+        sampler_version=GENERATOR_VERSION, corpus_format=meta.get("format"),
         settings="\n".join(settings), sizes=sizes, label_rows=label_rows, behaviour_mix=mix, episodes=f"{episodes:,}",
         mean_length=f"{mean_len:.1f}", median_length=_quantile(list(hist), 0.5), p90_length=_quantile(list(hist), 0.9),
         agreement="\n".join(rows))
+    return str(card).rstrip() + "\n"
 
 
 def write_dataset_card(folder: str | Path) -> dict:
