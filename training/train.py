@@ -1,8 +1,13 @@
 """Train the in-context RL agent with accelerate.
 
     accelerate launch training/train.py --config training/configs/tiny.yaml [--field value ...]
-    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 training/train.py --config ...
-    anymdp-agent train --config training/configs/cpu-default.yaml
+    ACCELERATE_USE_CPU=true accelerate launch --config_file training/accelerate/cpu-2proc.yaml training/train.py --config ...
+    anymdp-agent train --cpu -- --config training/configs/cpu-default.yaml
+
+Faults leave nothing half-written and lose nothing: a checkpoint is written under a hidden name, completed
+with its manifest (``checkpoint.json``, written last) and renamed; ``--resume`` skips an incomplete one;
+best/ is swapped by renames and repaired on the next start; one writer holds ``output_dir`` (``.lock``); a
+non-finite loss or gradient stops the run before the optimiser step.
 
 One training function (as accelerate's examples): data for optimiser step ``s`` on process ``r`` is a
 pure function of ``(seed, s, r)`` (and of the on-policy buffer, saved with the training state), so
@@ -192,6 +197,8 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     known, rest = pre.parse_known_args(argv)
     parser = HfArgumentParser(TrainArgs, description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="YAML recipe in training/configs/ (its keys are the fields below)")
+    bf16 = parser._option_string_actions["--bf16"]  # unset (None) by default, yet `--bf16` alone means true
+    bf16.nargs, bf16.const = "?", True
     if known.config:
         path = Path(known.config)
         if not path.is_file():
