@@ -163,21 +163,111 @@ TRAIN_MODULE = "anymdp_agent.training.train"
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    return _launch_training(args, ["-m", TRAIN_MODULE])
+
+
+def _launch_command(args: argparse.Namespace, target: list[str]) -> tuple[list[str], dict]:
+    """``accelerate launch`` for ``target`` (the trainer: a script path, or ``-m module``) and its environment.
+
+    Several CPU processes go through accelerate's torchrun launcher with the CPU forced (gloo): its ``--cpu``
+    launcher would start one process. An accelerate config file (``--config-file``) supplies the launch
+    settings, mixed precision included; ``use_cpu: true`` there with several processes is handled the same way.
+    """
     import os
     import subprocess
 
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes),
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--quiet"]
     env = dict(os.environ)
-    if args.num_processes > 1:
-        # accelerate's --cpu launcher starts a single process; several CPU processes go through the
-        # distributed launcher with the CPU forced (gloo backend).
+    processes, cpu = args.num_processes, args.cpu
+    if args.config_file:
+        import yaml
+
+        try:
+            config = yaml.safe_load(open(args.config_file)) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"cannot read the accelerate config {args.config_file}: {e}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{args.config_file} is not an accelerate config (a YAML mapping)")
+        launch += ["--config_file", args.config_file]
+        processes = int(config.get("num_processes", 1)) if args.num_processes is None else args.num_processes
+        cpu = cpu or bool(config.get("use_cpu")) or config.get("distributed_type") == "MULTI_CPU"
+        if args.num_processes is not None:
+            launch += ["--num_processes", str(processes)]
+    else:
+        processes = 1 if processes is None else processes
+        launch += ["--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+                   "--dynamo_backend", "no"]
+    if processes > 1:
         launch.append("--multi_gpu")
-        if args.cpu:
+        if cpu:
             env["ACCELERATE_USE_CPU"] = "true"
-    elif args.cpu:
+    elif cpu:
         launch.append("--cpu")
-    return subprocess.call(launch + ["-m", TRAIN_MODULE, *args.train_args], env=env)
+    return launch + [*target, *args.train_args], env
+
+
+def _check_train_args(target: list[str], train_args: list[str]) -> None:
+    """Parse the training arguments here, before any process starts: a bad recipe or setting is one line and
+    exit 2 (raised as ValueError), not a launcher's traceback per process."""
+    import importlib
+    import importlib.util
+
+    if any(a in ("-h", "--help") for a in train_args):
+        return
+    if target[0] == "-m":
+        trainer = importlib.import_module(target[1])
+    else:
+        spec = importlib.util.spec_from_file_location("_anymdp_trainer", target[0])
+        trainer = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(trainer)
+    trainer.parse_args(list(train_args))
+
+
+def _launch_training(args: argparse.Namespace, target: list[str]) -> int:
+    """Run the launcher in its own process group, forward SIGTERM/SIGINT to that whole group (launcher and
+    training processes) and return when it ends, with the training's own exit status (2 for a user error,
+    whose one-line message the trainer printed), which the launcher does not pass on."""
+    import os
+    import signal
+    import subprocess
+    import tempfile
+
+    _check_train_args(target, args.train_args)
+    cmd, env = _launch_command(args, target)
+    fd, status = tempfile.mkstemp(prefix="anymdp-train-status.")
+    os.close(fd)
+    env["ANYMDP_TRAIN_STATUS"] = status  # train.STATUS_ENV
+    try:
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+        def forward(signum, frame):
+            try:
+                os.killpg(proc.pid, signum)
+            except ProcessLookupError:
+                pass
+
+        old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while True:
+                try:
+                    rc = proc.wait()
+                    break
+                except InterruptedError:
+                    continue
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        text = open(status).read().strip()
+    finally:
+        os.unlink(status)
+    if text.isdigit():
+        return int(text)
+    if rc < 0:  # the launcher died of a signal
+        return 128 - rc
+    if rc:
+        print(f"anymdp-agent train: error: the accelerate launcher failed (exit {rc}); see its messages above",
+              file=sys.stderr)
+    return rc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,8 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the options, e.g. `anymdp-agent train --cpu -- --config tiny` (a bundled recipe: "
                                    "tiny, cpu-default, gpu-large; or a YAML file). `python -m "
                                    "anymdp_agent.training.train --help` lists every training setting.")
-    t.add_argument("--num-processes", type=int, default=1, help="processes (data parallel) (default: 1)")
+    t.add_argument("--num-processes", type=int, default=None,
+                   help="processes (data parallel) (default: 1, or the config file's num_processes)")
     t.add_argument("--cpu", action="store_true", help="force the CPU even where a GPU is present")
+    t.add_argument("--config-file", default=None,
+                   help="accelerate config file for the launch settings (processes, mixed precision), e.g. "
+                        "training/accelerate/cpu-2proc.yaml")
     t.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments for the trainer (after --)")
     t.set_defaults(func=_run_train)
     return parser

@@ -28,3 +28,41 @@ def atomic_write(path: str | os.PathLike, write: Callable) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def finite_json(obj):
+    """``obj`` made of standard JSON values: non-finite floats become ``None`` (null), numpy scalars and arrays
+    plain numbers and lists, tuples lists, anything else its ``str``.
+
+    Python's ``json`` writes ``NaN``/``Infinity`` by default, which strict readers (the Hub, ``jq``, browsers)
+    refuse; everything the package writes goes through here and is dumped with ``allow_nan=False``.
+    """
+    import math
+
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    tolist = getattr(obj, "tolist", None)  # numpy scalars and arrays, torch tensors
+    if callable(tolist):
+        return finite_json(tolist())
+    return str(obj)
+
+
+def dumps_json(obj, **kwargs) -> str:
+    """``json.dumps`` of :func:`finite_json` ``(obj)``: always standard JSON (no NaN or Infinity)."""
+    import json
+
+    return json.dumps(finite_json(obj), allow_nan=False, **kwargs)
+
+
+def write_json(path: str | os.PathLike, obj, **kwargs) -> Path:
+    """Write ``obj`` as standard JSON to ``path`` atomically (see :func:`atomic_write`)."""
+    text = dumps_json(obj, **kwargs)
+    return atomic_write(path, lambda fh: fh.write(text.encode()))

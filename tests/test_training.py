@@ -664,6 +664,15 @@ def test_two_process_resume_is_exact(two_process_runs, straight_run):
 
 
 @pytest.mark.slow
+def test_learning_rate_per_step_is_the_same_with_one_and_two_processes(two_process_runs, straight_run):
+    """The schedule counts optimiser steps: accelerate's prepared scheduler would step once per process."""
+    one = [x["lr"] for x in loss_lines(straight_run)]
+    for run in two_process_runs[:2]:
+        assert [x["lr"] for x in loss_lines(run)] == one
+    assert one[0] == 0.0 and max(one) == pytest.approx(0.01) and one[-1] > 0.001  # warm-up from 0, cosine not ended
+
+
+@pytest.mark.slow
 def test_tiny_recipe_end_to_end(two_process_runs):
     """Launched with two processes: checkpoints, logs, resume, then load the final model and roll it out."""
     from transformers import AutoModel
