@@ -170,10 +170,18 @@ def model_card_data(name: str, results: dict[str, dict], train: dict | None) -> 
     """The card's metadata: library, licence, task, tags, the training corpus (when it is a Hub dataset) and
     the model-index of the evaluation results."""
     corpus = (train or {}).get("corpus") or ""
+    if not corpus and (train or {}).get("imitation"):
+        # A two-stage agent names the corpus of its imitation stage: its Hub id, or the name of the local
+        # corpus folder (the card's text gives the command that regenerates it).
+        first = train["imitation"].get("corpus") or ""
+        corpus = first if _is_hub_id(first) else Path(first).name
+        hub = bool(corpus)
+    else:
+        hub = bool(corpus) and _is_hub_id(corpus)
     entries = eval_results(results)
     return ModelCardData(library_name="transformers", license="apache-2.0", pipeline_tag=TASK_TYPE,
                          tags=["in-context-reinforcement-learning", "anymdp", "tabular-mdp", "custom_code"],
-                         datasets=[corpus] if corpus and _is_hub_id(corpus) else None,
+                         datasets=[corpus] if hub else None,
                          model_name=name if entries else None, eval_results=entries or None)
 
 
@@ -214,6 +222,8 @@ def _backbone_text(config: dict) -> str:
 def _training_text(train: dict | None) -> str:
     if not train:
         return "No training record in this folder (`train_config.json` missing)."
+    if "imitation" in train:  # two stages: imitation from a corpus, then return-driven meta-training
+        return _two_stage_text(train)
     data = train.get("corpus") or "tasks generated on the fly (infinite-task training)"
     return (f"- Recipe: `{train.get('recipe', 'custom')}`; data: {data}; label: {train.get('label')}; "
             f"{train.get('max_steps')} optimiser steps of {train.get('batch_size')} sequences x "
@@ -221,6 +231,26 @@ def _training_text(train: dict | None) -> str:
             f"- Checkpoint: step {train.get('step')} of {train.get('max_steps')}; compute to this checkpoint: "
             f"{train.get('compute', 'see train_config.json')}.\n"
             "- Every setting is in `train_config.json` beside the weights.")
+
+
+def _two_stage_text(train: dict) -> str:
+    """The training section of an agent made by ``training/meta_rl.py`` on top of an imitation checkpoint."""
+    first, args = train["imitation"], train.get("args", {})
+    corpus = first.get("corpus") or "tasks generated on the fly"
+    command = train.get("corpus_command")
+    made = f", made with `{command}`" if command else ""
+    return (f"1. **Imitation from a trajectory corpus** (recipe `{first.get('recipe', 'custom')}`): the corpus "
+            f"`{corpus}`{made}, read with `datasets`; label: the {first.get('label')} action given the same "
+            f"history; {first.get('max_steps')} optimiser steps of {first.get('batch_size')} sequences x "
+            f"{first.get('seq_len')} rows; checkpoint of step {first.get('step')} (picked on validation seeds).\n"
+            f"2. **Return-driven meta-training** (recipe `{args.get('recipe', 'custom')}`, `training/meta_rl.py`): "
+            f"policy gradient on the agent's own normalised in-context return, {args.get('rollouts')} runs of "
+            f"{args.get('seq_len')} rows on each of {args.get('tasks')} fresh tasks per step (families "
+            f"{args.get('families')}; {args.get('n_states')} states, {args.get('n_actions')} actions; train seeds), a "
+            f"leave-one-out baseline; context head: {args.get('context_adaptation')}. Checkpoint of step "
+            f"{train.get('step')} of {args.get('max_steps')}, picked on validation seeds by the paired AUC "
+            f"difference to the count-based planner; compute: {train.get('compute', 'see train_config.json')}.\n\n"
+            "Every setting of both stages is in `train_config.json` beside the weights.")
 
 
 def _evaluation_text(folder: Path, results: dict[str, dict]) -> str:
