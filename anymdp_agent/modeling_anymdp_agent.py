@@ -750,6 +750,7 @@ def _ids(x, name: str) -> torch.Tensor:
 
 
 def _rows_named(bad: torch.Tensor, limit: int = 8) -> str:
+    """The batch rows (histories) where ``bad [B, ...]`` holds anything, for an error message."""
     idx = torch.nonzero(bad.reshape(bad.shape[0], -1).any(-1))[:, 0].tolist()
     return ", ".join(map(str, idx[:limit])) + (f" (+{len(idx) - limit} more)" if len(idx) > limit else "")
 
@@ -759,7 +760,7 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
 
     Both backbones have one interface -- ``initial_cache``, ``state_observations``, ``forward`` (rows to
     policy logits, world-model outputs, reward scale and cache), ``begin_row`` and ``end_row`` (stepping)
-    -- so the model has one path for each. ``forward`` processes ``[B, T]`` rows (teacher forcing,
+    -- so the model has one path for either. ``forward`` processes ``[B, T]`` rows (teacher forcing,
     chunkwise-parallel) and returns the loss when ``labels`` are given; :meth:`initial_state`,
     :meth:`act` and :meth:`observe` step it one environment step at a time for deployment.
     """
