@@ -40,7 +40,7 @@ NUM_PROMPTS = 5
 def label_kinds(target: str) -> tuple[str, ...]:
     """The label kinds a training target draws from: every kind for ``mix``, else the one it names."""
     if target not in LABEL_TARGETS:
-        raise ValueError(f"label must be one of {', '.join(LABEL_TARGETS)}, got {target!r}")
+        raise ValueError(f"label must be {', '.join(LABEL_TARGETS[:-1])} or {LABEL_TARGETS[-1]}, got {target!r}")
     return LABEL_KINDS if target == "mix" else (target,)
 
 

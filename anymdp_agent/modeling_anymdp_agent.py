@@ -9,15 +9,18 @@ Data interface (``[B, T]`` rows, one row per environment step; two tokens per ro
 - ``observations``: the observation id at the row; ``rewards``: the reward received *after* the row's
   action (0 on an episode-end row); ``actions``: the action taken, or :data:`END_TERMINATED` /
   :data:`END_TRUNCATED` on the extra row that closes an episode (its observation is the final one);
-  ``tags`` (behaviour tag, ``num_tags - 1`` = unknown), ``prompts [B]``, ``labels`` (the target action,
-  ``-100`` where none).
+  ``tags`` (behaviour tag, ``UNKNOWN_TAG`` = unknown), ``prompts [B]``, ``labels`` (the target action,
+  :data:`IGNORE_INDEX` where none). Ids may have any integer dtype; rewards must be finite. These ids
+  are the corpus/model contract, defined once in ``configuration_anymdp_agent``.
 - observation token: observation + the reward received on arriving (0 at an episode start) + prompt;
   the **policy head** reads it. Action token: action + tag; the **world-model heads** read it and
   predict the next observation (cross-entropy) and the reward (squared error in units of the
   sequence's running reward scale).
 
 Backbones (``config.backbone``), both with an explicit constant-size recurrent state
-(:class:`AnyMDPAgentCache`):
+(:class:`AnyMDPAgentCache`) and one interface -- ``initial_cache``, ``state_observations``, ``forward``
+(rows to policy logits, world-model outputs, reward scale and cache), ``begin_row`` / ``end_row``
+(stepping) -- so the model has one path for either:
 
 - ``planning``: exact per-(observation, action) statistics -- counts, reward sums, next-observation
   counts, terminal observations: a linear-attention state with one-hot keys and no decay, O(1) per
@@ -31,7 +34,8 @@ Backbones (``config.backbone``), both with an explicit constant-size recurrent s
 - ``sequence``: a stack of gated linear attention layers (scalar data-dependent decay per head, the
   Mamba-2 / gated-retention member of the GLA family: every decay factor in the chunkwise form is
   ``exp`` of a non-positive number, so it is stable in float32 at any chunk size) with a
-  chunkwise-parallel form for training and a recurrent form for stepping.
+  chunkwise-parallel form for training and a recurrent form for stepping, then the policy head on
+  the observation tokens and the world-model heads on the action tokens.
 """
 
 from __future__ import annotations
@@ -805,6 +809,7 @@ def _ids(x, name: str) -> torch.Tensor:
 
 
 def _rows_named(bad: torch.Tensor, limit: int = 8) -> str:
+    """The batch rows (histories) where ``bad [B, ...]`` holds anything, for an error message."""
     idx = torch.nonzero(bad.reshape(bad.shape[0], -1).any(-1))[:, 0].tolist()
     return ", ".join(map(str, idx[:limit])) + (f" (+{len(idx) - limit} more)" if len(idx) > limit else "")
 
@@ -814,7 +819,7 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
 
     Both backbones have one interface -- ``initial_cache``, ``state_observations``, ``forward`` (rows to
     policy logits, world-model outputs, reward scale and cache), ``begin_row`` and ``end_row`` (stepping)
-    -- so the model has one path for each. ``forward`` processes ``[B, T]`` rows (teacher forcing,
+    -- so the model has one path for either. ``forward`` processes ``[B, T]`` rows (teacher forcing,
     chunkwise-parallel) and returns the loss when ``labels`` are given; :meth:`initial_state`,
     :meth:`act` and :meth:`observe` step it one environment step at a time for deployment.
     """

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from anymdp_agent.configuration_anymdp_agent import END_TERMINATED, END_TRUNCATED  # noqa: F401 (re-exported)
 from anymdp_agent.envs.solvers import oracle_q
-
-END_TERMINATED, END_TRUNCATED = -1, -2
 
 
 def greedy_sets(tasks, gamma: float) -> list[np.ndarray]:

@@ -37,7 +37,8 @@ import yaml
 
 from anymdp_agent import AnyMDPAgentConfig, AnyMDPAgentModel
 from anymdp_agent.data import CorpusConfig, MixtureConfig, check_corpus_features, roll_sequences
-from anymdp_agent.data.corpus import PLANNER_PROMPT
+from anymdp_agent.configuration_anymdp_agent import (END_TRUNCATED, IGNORE_INDEX, LABEL_TARGETS, NO_LABEL, NUM_PROMPTS,
+                                                     UNKNOWN_TAG, label_kinds, label_prompt)
 from anymdp_agent.data.onpolicy import roll_learner
 from anymdp_agent.envs import sample_anymdp_task
 from anymdp_agent.envs.seeds import TRAIN
@@ -127,8 +128,8 @@ class TrainArgs:
         "help": "Stop after this step as an interruption would (the schedule still spans max_steps); 0: never."})
 
     def __post_init__(self):
-        if self.label not in ("oracle", "planner", "mix"):
-            raise ValueError(f"label must be oracle, planner or mix, got {self.label!r}")
+        if self.label not in LABEL_TARGETS:
+            raise ValueError(f"label must be {', '.join(LABEL_TARGETS[:-1])} or {LABEL_TARGETS[-1]}, got {self.label!r}")
         for name in ("seq_len", "segment_len", "batch_size", "max_steps", "save_every", "eval_tasks", "eval_steps",
                      "onpolicy_every", "onpolicy_sequences", "gradient_accumulation_steps", "keep_checkpoints"):
             if getattr(self, name) < 1:
@@ -161,7 +162,7 @@ class TrainArgs:
             hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers, num_heads=self.num_heads,
             chunk_size=self.chunk_size, planning_steps=self.planning_steps, planning_gamma=self.planning_gamma,
             bonus_hidden=self.bonus_hidden, carry_values=self.carry_values, memory_decay=self.memory_decay,
-            context_warmup=self.context_warmup, num_prompts=PLANNER_PROMPT + 1)
+            context_warmup=self.context_warmup, num_prompts=NUM_PROMPTS)
 
     def stages(self) -> list[tuple[int, tuple[int, int], tuple[int, int], int]]:
         """The curriculum: ``(until_step, states, actions, seq_len)`` per stage, the last open-ended."""
@@ -343,7 +344,7 @@ class CorpusSource:
             out["rewards"].append(np.asarray(rows["rewards"][i])[sl])
             out["tags"].append(np.asarray(rows["tags"][i])[sl])
             out["labels"].append(np.asarray(rows[f"label_{kinds[i]}"][i])[sl])
-            out["prompts"].append(PLANNER_PROMPT if kinds[i] == "planner" else int(rows["prompt"][i]))
+            out["prompts"].append(label_prompt(kinds[i], rows["prompt"][i]))
             out["n_actions"].append(int(rows["n_actions"][i]))
         return {k: np.asarray(v) if k in ("prompts", "n_actions") else np.stack(v) for k, v in out.items()}
 
@@ -369,7 +370,7 @@ class TaskStream:
                 name, _, value = item.partition("=")
                 weights[name.strip()] = float(value)
         self.mixture = MixtureConfig(weights=weights)
-        self.labels = ("oracle", "planner") if args.label == "mix" else (args.label,)
+        self.labels = label_kinds(args.label)
 
     def tasks(self, step: int, rank: int, count: int, salt: int):
         _, states, actions, _ = self.args.stage(step)
@@ -393,7 +394,7 @@ def _pick_labels(rows: dict, kinds, rng, oracle_prompts, n_actions) -> dict:
     """A training batch from rolled rows: one label kind per sequence (with its prompt), the action counts."""
     choice = rng.choice(kinds, size=len(rows["observations"]))
     labels = np.stack([rows[f"label_{k}"][i] for i, k in enumerate(choice)])
-    prompts = np.asarray([PLANNER_PROMPT if k == "planner" else p for k, p in zip(choice, oracle_prompts)])
+    prompts = np.asarray([label_prompt(k, p) for k, p in zip(choice, oracle_prompts)])
     return {"observations": rows["observations"], "actions": rows["actions"], "rewards": rows["rewards"],
             "tags": rows["tags"], "labels": labels, "prompts": prompts, "n_actions": np.asarray(n_actions)}
 
@@ -404,7 +405,7 @@ def _pad_to(batch: dict, length: int) -> dict:
     for key in ("observations", "actions", "rewards", "tags", "labels"):
         x = batch[key][:, :length]
         if x.shape[1] < length:
-            fill = {"observations": 0, "actions": -2, "rewards": 0.0, "tags": 4, "labels": -1}[key]
+            fill = {"observations": 0, "actions": END_TRUNCATED, "rewards": 0.0, "tags": UNKNOWN_TAG, "labels": NO_LABEL}[key]
             x = np.concatenate([x, np.full((x.shape[0], length - x.shape[1]), fill, dtype=x.dtype)], 1)
         out[key] = x
     out["prompts"] = batch["prompts"]
@@ -830,7 +831,7 @@ def _train(args: TrainArgs, run: Path) -> Path:
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     source = CorpusSource(args, rank, world) if args.corpus else TaskStream(args)
-    onpolicy_labels = ("oracle", "planner") if args.label == "mix" else (args.label,)
+    onpolicy_labels = label_kinds(args.label)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, num_warmup_steps=args.warmup_steps,
                                                             num_training_steps=args.max_steps, min_lr_rate=0.1)

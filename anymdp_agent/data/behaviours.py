@@ -43,11 +43,11 @@ import numpy as np
 
 from ..baselines.model_based import ModelBasedPlanner, PlannerState, optimism, q_value
 from ..baselines.protocol import EnvSpec, Transition
+from ..configuration_anymdp_agent import TAGS
 
 BEHAVIOURS = ("random", "explore", "qlearn", "mixed_a", "mixed_b", "mixed_c", "mixed_d", "distill_a", "distill_b",
               "oracle")
 DEFAULT_WEIGHTS = {name: 0.1 for name in BEHAVIOURS}
-TAGS = ("opt", "explore", "qlearn", "random", "unknown")
 TAG = {name: i for i, name in enumerate(TAGS)}
 # Oracle hand-off schedules of the mixed explorers: (steps until the oracle always acts, steps until
 # random actions stop, initial random share), as fractions of the sequence length.

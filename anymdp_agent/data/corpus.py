@@ -41,13 +41,10 @@ from ..envs.solvers import oracle_q
 from ..fileio import atomic_write
 from .behaviours import BEHAVIOURS, TAGS, BehaviourMixture, MixtureConfig
 
+from ..configuration_anymdp_agent import (END_TERMINATED, END_TRUNCATED, LABEL_KINDS, NO_LABEL,  # noqa: F401
+                                          NUM_PROMPTS, ORACLE_PROMPTS, PLANNER_PROMPT)
+
 CORPUS_FORMAT = 1
-LABEL_KINDS = ("oracle", "planner")
-#: Prompt id of each oracle discount (the reference's earlier data mixed these); the planner label has its own.
-ORACLE_PROMPTS = {0.994: 0, 0.93: 1, 0.5: 2, 0.0: 3}
-PLANNER_PROMPT = 4
-NUM_PROMPTS = 5
-END_TERMINATED, END_TRUNCATED, NO_LABEL = -1, -2, -1
 MAX_OBSERVATIONS = 32767  # int16 observation ids
 
 
