@@ -50,7 +50,7 @@ from anymdp_agent.rollout import AgentLearner
 #: Settings that must match to resume a run (the model's shape and the data it sees).
 _RESUME_KEYS = ("backbone", "num_observations", "num_actions", "hidden_size", "num_hidden_layers", "num_heads",
                 "chunk_size", "planning_steps", "bonus_hidden", "carry_values", "memory_decay", "corpus", "label", "seed",
-                "batch_size")
+                "batch_size", "gradient_accumulation_steps")
 
 
 @dataclass
