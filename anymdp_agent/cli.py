@@ -223,6 +223,17 @@ def _check_train_args(target: list[str], train_args: list[str]) -> None:
     trainer.parse_args(list(train_args))
 
 
+def _become_subreaper() -> bool:
+    """Linux: processes orphaned below this one (training processes whose launcher died of the signal first)
+    become its children, so that it can wait for them; elsewhere only the launcher is waited for."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
 def _launch_training(args: argparse.Namespace, target: list[str]) -> int:
     """Run the launcher in its own process group, forward SIGTERM/SIGINT to that whole group (launcher and
     training processes) and return when it ends, with the training's own exit status (2 for a user error,
@@ -238,6 +249,7 @@ def _launch_training(args: argparse.Namespace, target: list[str]) -> int:
     os.close(fd)
     env["ANYMDP_TRAIN_STATUS"] = status  # train.STATUS_ENV
     try:
+        reaper = _become_subreaper()
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)
 
         def forward(signum, frame):
@@ -248,12 +260,12 @@ def _launch_training(args: argparse.Namespace, target: list[str]) -> int:
 
         old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            while True:
+            rc = proc.wait()
+            while reaper:  # training processes the launcher left behind are ours now: wait for its whole group
                 try:
-                    rc = proc.wait()
+                    os.waitpid(-proc.pid, 0)
+                except ChildProcessError:
                     break
-                except InterruptedError:
-                    continue
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)

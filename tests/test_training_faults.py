@@ -477,3 +477,22 @@ def test_cli_forwards_sigterm_to_the_training_processes(tmp_path):
                                                                     "--eval_every", 0, "--resume")],
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert rc.returncode == 0, rc.stderr[-3000:]
+
+
+def test_accumulated_batches_are_the_data_of_more_processes(tmp_path):
+    """Batch m of process r under --gradient_accumulation_steps K is data rank r*K+m of world*K, streamed or not."""
+    import dataclasses
+
+    from anymdp_agent.data import CorpusConfig, generate_corpus
+
+    corpus = tmp_path / "corpus-accumulation"
+    generate_corpus(corpus, CorpusConfig(tasks=4, seq_len=40, labels=("oracle",)), progress=False)
+    base = train.TrainArgs(corpus=str(corpus), output_dir=str(tmp_path / "run"), num_observations=16, seq_len=24,
+                           batch_size=1, label="oracle", streaming=True)
+    accumulated = train.CorpusSource(dataclasses.replace(base, gradient_accumulation_steps=2), rank=0, world=1)
+    for rank in (0, 1):
+        alone = train.CorpusSource(base, rank=rank, world=2)
+        for step in range(3):
+            a, b = accumulated.batch(step, rank, 1), alone.batch(step, rank, 1)
+            for key in a:
+                assert np.array_equal(a[key], b[key]), (rank, step, key)

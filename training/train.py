@@ -52,7 +52,7 @@ from anymdp_agent.training.recipes import resolve_recipe
 #: Settings that must match to resume a run (the model's shape and the data it sees).
 _RESUME_KEYS = ("backbone", "num_observations", "num_actions", "hidden_size", "num_hidden_layers", "num_heads",
                 "chunk_size", "planning_steps", "bonus_hidden", "carry_values", "memory_decay", "corpus", "label", "seed",
-                "batch_size")
+                "batch_size", "gradient_accumulation_steps")
 
 
 @dataclass
@@ -960,8 +960,8 @@ class Interrupted(BaseException):
 
 
 def _stop_on_signals():
-    """SIGTERM/SIGINT raise :class:`Interrupted` once (a second signal while stopping is ignored); returns the
-    function restoring the previous handlers."""
+    """SIGTERM/SIGINT raise :class:`Interrupted` (a second one while stopping ends the process at once); returns
+    the function restoring the previous handlers."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -969,9 +969,11 @@ def _stop_on_signals():
     fired = []
 
     def handler(signum, frame):
-        if not fired:
-            fired.append(signum)
-            raise Interrupted(signum)
+        if fired:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        fired.append(signum)
+        raise Interrupted(signum)
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     return lambda: [signal.signal(sig, h) for sig, h in old.items()]
