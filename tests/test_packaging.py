@@ -125,3 +125,17 @@ def test_unknown_top_level_names_raise_attribute_error():
 
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         anymdp_agent.nothing_here  # noqa: B018
+
+
+def test_nothing_in_the_repository_points_outside_it():
+    """Users have the repository (or the wheel) only: no reference to the developers' shared specs."""
+    outside = ("shared" + "/spec", "../" + "shared")
+    skip = {".git", ".venv", "runs", "results", "build", "dist", "__pycache__", ".pytest_cache", ".hypothesis"}
+    hits = []
+    for path in ROOT.rglob("*"):
+        rel = path.relative_to(ROOT)
+        if skip & set(rel.parts) or any(p.endswith(".egg-info") for p in rel.parts) or not path.is_file() or path.suffix not in (".py", ".md", ".yaml", ".toml", ".sh", ".txt", ""):
+            continue
+        text = path.read_text(errors="ignore")
+        hits += [f"{rel}: {needle}" for needle in outside if needle in text]
+    assert hits == []
