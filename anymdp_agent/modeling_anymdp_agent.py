@@ -179,7 +179,8 @@ class InContextPlanner(nn.Module):
     NUM_FEATURES = 6
     #: Summary features of the whole history read by the context head (see :meth:`context_features`).
     NUM_CONTEXT = 6
-    #: What the context head adjusts per row: discount logit, optimism scale, optimism offset, log temperature.
+    #: What the context head adjusts per row: discount logit, optimism scale (log-like), extra optimism for
+    #: untried pairs (in normalised reward units), log temperature.
     NUM_ADJUST = 4
     MIN_COUNT = 1e-3
 
@@ -344,10 +345,10 @@ class InContextPlanner(nn.Module):
         # learned factor. Tied to the fixed initial horizon, not to the learned discount, so the discount's
         # gradient comes from value propagation alone (tying them let imitation trade horizon for optimism).
         horizon = 1.0 / (1.0 - self.config.planning_gamma)
-        opt_scale, opt_offset = self.optimism[0], self.optimism[1]
-        if adjust is not None:
-            opt_scale, opt_offset = opt_scale + adjust[..., 1], opt_offset + adjust[..., 2]
-        u = (F.softplus(opt_scale + math.log(math.e - 1.0)) * r_max.clamp(min=0.0) + opt_offset) * horizon
+        opt_scale = self.optimism[0] if adjust is None else self.optimism[0] + adjust[..., 1]
+        u = (F.softplus(opt_scale + math.log(math.e - 1.0)) * r_max.clamp(min=0.0) + self.optimism[1]) * horizon
+        if adjust is not None:  # the context's extra optimism is in reward units (not times the horizon)
+            u = u + adjust[..., 2]
         u = u[..., None, None]
         hidden = torch.tanh(self.bonus_in(self.features(n_sa, r_mean, scale, visited)))
         bonus = self.bonus_out(hidden)[..., 0]

@@ -117,7 +117,7 @@ def test_tiny_run_trains_the_context_head_and_reproduces(tmp_path):
     assert last_a.planner.context.weight.abs().sum() > 0  # it moved from its zero start
     for (name, x), (_, y) in zip(last_a.state_dict().items(), last_b.state_dict().items()):
         torch.testing.assert_close(x, y, msg=name)  # the same seed gives the same weights
-    record = json.loads((tmp_path / "a" / "best" / "meta_rl_config.json").read_text())
+    record = json.loads((tmp_path / "a" / "best" / "train_config.json").read_text())
     assert record["best"]["step"] in (0, 2)
     log = [json.loads(line) for line in (tmp_path / "a" / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2]

@@ -59,7 +59,7 @@ FAMILIES = ("anymdp", "anymdp_sparse", "garnet", "bandit")
 
 @dataclass
 class MetaRLArgs:
-    """Every setting of a return-driven run; saved as ``meta_rl_config.json`` beside each checkpoint."""
+    """Every setting of a return-driven run; saved in ``train_config.json`` beside each checkpoint."""
 
     output_dir: str = field(default="runs/meta-rl", metadata={"help": "Run folder: checkpoints/, best/, logs/."})
     recipe: str = field(default="custom", metadata={"help": "Name of the recipe (set by the YAML file)."})
@@ -78,7 +78,9 @@ class MetaRLArgs:
     temperature_end: float = field(default=0.1, metadata={"help": "Sampling temperature after decay_steps."})
     decay_steps: int = field(default=10_000, metadata={"help": "Environment steps of the temperature decay."})
     max_steps: int = field(default=60, metadata={"help": "Optimiser steps."})
-    learning_rate: float = field(default=0.01, metadata={"help": "Adam learning rate (constant after warm-up)."})
+    learning_rate: float = field(default=0.003, metadata={"help": "Adam learning rate (constant after warm-up)."})
+    bonus_lr_scale: float = field(default=0.3, metadata={
+        "help": "Learning rate of the exploration-bonus network relative to the rest (its output is in reward units)."})
     warmup_steps: int = field(default=5, metadata={"help": "Linear warm-up steps."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     seed: int = field(default=0, metadata={"help": "Seed of tasks and action draws."})
@@ -95,7 +97,7 @@ class MetaRLArgs:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.rollouts < 2:
             raise ValueError(f"rollouts must be >= 2 (the leave-one-out baseline needs another run), got {self.rollouts}")
-        for name in ("learning_rate", "temperature_start", "temperature_end", "max_grad_norm"):
+        for name in ("learning_rate", "bonus_lr_scale", "temperature_start", "temperature_end", "max_grad_norm"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
@@ -311,14 +313,32 @@ def load_start(args: MetaRLArgs) -> AnyMDPAgentModel:
     return model
 
 
-def save(model, run: Path, name: str, args: MetaRLArgs, record: dict) -> Path:
-    """``save_pretrained`` into a temporary folder, then rename over ``run/name`` (never half-written)."""
+def training_record(args: MetaRLArgs, step: int, extra: dict) -> dict:
+    """``train_config.json`` of a checkpoint of this stage: its settings, the step, and the record of the
+    imitation stage it started from (with the corpus and the command that generated it, where known)."""
+    record = {"recipe": args.recipe, "step": step, "args": asdict(args), **extra}
+    first = Path(args.init_from) / "train_config.json"
+    if first.is_file():
+        imitation = json.loads(first.read_text())
+        record["imitation"] = imitation
+        corpus = Path(imitation.get("corpus") or "")
+        if imitation.get("corpus") and (corpus / "corpus.json").is_file():
+            commands = json.loads((corpus / "corpus.json").read_text()).get("commands", {})
+            if commands.get("train"):
+                record["corpus_command"] = commands["train"]
+    return record
+
+
+def save(model, run: Path, name: str, args: MetaRLArgs, step: int, extra: dict) -> Path:
+    """``save_pretrained`` plus ``train_config.json`` into a temporary folder, then renamed over ``run/name``
+    (never half-written)."""
     final = run / name
     tmp = run / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    atomic_write(tmp / "meta_rl_config.json",
-                 lambda fh: fh.write(json.dumps({"args": asdict(args), **record}, indent=1, allow_nan=False).encode()))
+    record = training_record(args, step, extra)
+    atomic_write(tmp / "train_config.json",
+                 lambda fh: fh.write(json.dumps(record, indent=1, allow_nan=False, default=str).encode()))
     old = run / f".{name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -340,7 +360,10 @@ def train(args: MetaRLArgs) -> Path:
     (run / "logs").mkdir(exist_ok=True)
     model = load_start(args)
     model.train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
+    bonus = [p for n, p in model.named_parameters() if n.startswith("planner.bonus_")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("planner.bonus_")]
+    opt = torch.optim.Adam([{"params": rest}, {"params": bonus, "lr": args.learning_rate * args.bonus_lr_scale}],
+                           lr=args.learning_rate)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(args.warmup_steps, 1)))
     model, opt = accelerator.prepare(model, opt)
     validator = Validator(args)
@@ -360,7 +383,8 @@ def train(args: MetaRLArgs) -> Path:
         print(json.dumps(res), flush=True)
         if res["score"] > best["score"]:
             best = {"score": res["score"], "step": step}
-            save(accelerator.unwrap_model(model), run, "best", args, {"best": best, "validation": res})
+            save(accelerator.unwrap_model(model), run, "best", args, step,
+                 {"best": best, "validation": res, "compute": f"1 process, {res['seconds']:.0f} s of this stage"})
         return res
 
     validate(0)
@@ -388,7 +412,9 @@ def train(args: MetaRLArgs) -> Path:
         opt.step()
         sched.step()
         real = rows["actions"] >= 0
-        ret = float((np.where(real, rows["rewards"], 0.0).sum(1) / np.tile(gap, args.rollouts)).mean())
+        episodes = np.maximum((rows["actions"] < 0).sum(1), 1)
+        ret = float(np.nanmean(np.where(np.isfinite(np.tile(gap, args.rollouts)), np.where(real, rows["rewards"], 0.0).sum(1)
+                                        / np.tile(gap, args.rollouts) / episodes, np.nan)))
         rec = {"step": step + 1, "loss": loss, "entropy": ent, "grad_norm": float(norm), "normalised_return": ret,
                "n_states": int(batch.n_states), "seconds": round(time.perf_counter() - t0, 1)}
         with open(log, "a") as fh:
@@ -396,7 +422,8 @@ def train(args: MetaRLArgs) -> Path:
         print(json.dumps(rec), flush=True)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.max_steps:
             validate(step + 1)
-            save(accelerator.unwrap_model(model), run, "last", args, {"best": best})
+            save(accelerator.unwrap_model(model), run, "last", args, step + 1,
+                 {"best": best, "compute": f"1 process, {time.perf_counter() - t0:.0f} s of this stage"})
     return run / "best"
 
 
