@@ -41,6 +41,11 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             applied to the counts, reward sums and next-observation counts, as in gated linear attention).
             Initialised to a decay of exactly 1.0, where the model is the exact-statistics planner. Off by
             default (no extra parameter; checkpoints without it load unchanged).
+        context_adaptation: a small learned head reads a summary of the whole history (steps and
+            episodes so far, reward sparsity, mean episode length, share of tried pairs, largest reward)
+            and adjusts the discount, the optimism for untried pairs and the temperature per row, so one
+            agent can choose its horizon and exploration per task. Zero-initialised: at first it is the
+            fixed-setting planner. Off by default (checkpoints without it load unchanged).
 
     Loss (``L = w_pi CE(policy) + w_s CE(next observation) + w_r MSE(reward)``):
         policy_loss_weight, observation_loss_weight, reward_loss_weight: the weights (0.8/0.1/0.1).
@@ -67,6 +72,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         bonus_hidden: int = 16,
         carry_values: bool = False,
         memory_decay: bool = False,
+        context_adaptation: bool = False,
         use_flash_linear_attention: bool = True,
         policy_loss_weight: float = 0.8,
         observation_loss_weight: float = 0.1,
@@ -92,6 +98,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.bonus_hidden = bonus_hidden
         self.carry_values = carry_values
         self.memory_decay = memory_decay
+        self.context_adaptation = context_adaptation
         self.use_flash_linear_attention = use_flash_linear_attention
         self.policy_loss_weight = policy_loss_weight
         self.observation_loss_weight = observation_loss_weight
@@ -113,7 +120,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be a positive integer, got {value!r}")
         if self.num_actions < 2:
             raise ValueError(f"AnyMDPAgentConfig.num_actions must be >= 2, got {self.num_actions}")
-        for name in ("carry_values", "memory_decay", "use_flash_linear_attention"):
+        for name in ("carry_values", "memory_decay", "context_adaptation", "use_flash_linear_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.backbone not in BACKBONES:

@@ -177,6 +177,11 @@ class InContextPlanner(nn.Module):
     """
 
     NUM_FEATURES = 6
+    #: Summary features of the whole history read by the context head (see :meth:`context_features`).
+    NUM_CONTEXT = 6
+    #: What the context head adjusts per row: discount logit, optimism scale (log-like), extra optimism for
+    #: untried pairs (in normalised reward units), log temperature.
+    NUM_ADJUST = 4
     MIN_COUNT = 1e-3
 
     def __init__(self, config: AnyMDPAgentConfig):
@@ -191,6 +196,9 @@ class InContextPlanner(nn.Module):
         self.world_smoothing = nn.Parameter(torch.zeros(2))  # log alpha (next obs), log beta (reward)
         if config.memory_decay:
             self.memory_log_decay = nn.Parameter(torch.zeros(()))  # 0: decay exactly 1, the exact statistics
+        if config.context_adaptation:
+            # Zero-initialised: the adjustments start at 0, i.e. the fixed discount/optimism/temperature above.
+            self.context = nn.Linear(self.NUM_CONTEXT, self.NUM_ADJUST)
 
     # -- state ---------------------------------------------------------------------------------
     def initial_tensors(self, batch: int, n_obs: int, device) -> dict[str, torch.Tensor]:
@@ -198,7 +206,7 @@ class InContextPlanner(nn.Module):
         z = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
         return {"n_sa": z(batch, n_obs, a), "r_sum": z(batch, n_obs, a), "n_ss": z(batch, n_obs, a, n_obs),
                 "terminal": z(batch, n_obs), "r_count": z(batch), "r_sq": z(batch), "r_max": z(batch),
-                "values": z(batch, n_obs), "anchor": z(batch, n_obs)}
+                "r_nonzero": z(batch), "episodes": z(batch), "values": z(batch, n_obs), "anchor": z(batch, n_obs)}
 
     @property
     def gamma(self) -> torch.Tensor:
@@ -261,11 +269,14 @@ class InContextPlanner(nn.Module):
         terminal = (cache.terminal[:, None] + hot_t.cumsum(1)).clamp(max=1.0)
         rr = prev_rew * w
         r_count = cache.r_count[:, None] + w.cumsum(1)
+        r_nonzero = cache.r_nonzero[:, None] + (rr != 0).float().cumsum(1)
+        episodes = cache.episodes[:, None] + ((prev_act == END_TERMINATED) | (prev_act == END_TRUNCATED)).float().cumsum(1)
         r_sq = cache.r_sq[:, None] + (rr * rr).cumsum(1)
         r_max = torch.maximum(cache.r_max[:, None],
                               torch.where(real, prev_rew, torch.full_like(prev_rew, -torch.inf)).cummax(1).values)
         mem = {"n_sa": n_sa.view(b, c, n, a), "r_sum": r_sum.view(b, c, n, a), "terminal": terminal,
-               "r_count": r_count, "r_sq": r_sq, "r_max": r_max, "sa": sa, "next_obs": observations,
+               "r_count": r_count, "r_sq": r_sq, "r_max": r_max, "r_nonzero": r_nonzero, "episodes": episodes,
+               "sa": sa, "next_obs": observations,
                "weight": weight, "carry": carry, "n_ss0": n_ss0, "n_ss_end": n_ss_end.view(b, n, a, n)}
         if c == 1:  # one row (stepping): its memory is the memory after the chunk, read directly
             mem.update(n_ss0=n_ss_end.view(b, n * a, n), weight=None, carry=None)
@@ -280,7 +291,33 @@ class InContextPlanner(nn.Module):
         ], -1)
         return feats
 
-    def plan(self, mem: dict, values: torch.Tensor, action_mask: torch.Tensor | None):
+    def context_features(self, mem: dict) -> torch.Tensor:
+        """``[B, C, NUM_CONTEXT]`` summary of each row's whole history, each feature in about [0, 1]:
+        steps so far, share of rewarded steps (reward sparsity), episodes so far, mean episode length,
+        share of tried pairs among the seen observations, and the largest reward in units of the RMS."""
+        n_sa = mem["n_sa"]
+        steps, eps = mem["r_count"], mem["episodes"]
+        seen_obs = (n_sa.sum(-1) > 0).float()
+        tried = ((n_sa >= self.MIN_COUNT).float().sum(-1) * seen_obs).sum(-1)
+        scale = reward_scale(mem["r_sq"], mem["r_count"])
+        r_max = torch.where(mem["r_count"] > 0, mem["r_max"], torch.zeros_like(mem["r_max"])).clamp(min=0.0) / scale
+        return torch.stack([
+            torch.log1p(steps) / math.log(1e4),
+            mem["r_nonzero"] / (steps + 1.0),
+            torch.log1p(eps) / math.log(1e3),
+            torch.log1p(steps / (eps + 1.0)) / math.log(1e3),
+            tried / (seen_obs.sum(-1) * n_sa.shape[-1]).clamp(min=1.0),
+            torch.log1p(r_max) / math.log(100.0),
+        ], -1)
+
+    def adjustments(self, mem: dict) -> torch.Tensor | None:
+        """``[B, C, NUM_ADJUST]`` per-row changes to the discount logit, optimism and temperature read from
+        the context, or ``None`` without ``config.context_adaptation``."""
+        if not self.config.context_adaptation:
+            return None
+        return self.context(self.context_features(mem))
+
+    def plan(self, mem: dict, values: torch.Tensor, action_mask: torch.Tensor | None, adjust: torch.Tensor | None = None):
         """``planning_steps`` Bellman backups on each row's empirical model from ``values [B, C, S]``;
         returns (Q ``[B, C, S, A]``, V ``[B, C, S]``).
 
@@ -299,13 +336,19 @@ class InContextPlanner(nn.Module):
         r_hat = r_mean / scale[..., None, None]
         # Row-normalised empirical transitions times the discount, as a per-(row, pair) factor on the raw
         # counts' backup: the counts themselves never carry a gradient-bearing copy per row.
-        step_scale = (self.gamma * (visited / safe)).reshape(b, c, s * a)
+        gamma_logit = self.gamma_logit if adjust is None else self.gamma_logit + adjust[..., 0]
+        gamma = torch.sigmoid(gamma_logit)
+        gamma = gamma[..., None, None] if gamma.dim() else gamma
+        step_scale = (gamma * (visited / safe)).reshape(b, c, s * a)
         r_max = torch.where(mem["r_count"] > 0, mem["r_max"], torch.zeros_like(mem["r_max"])) / scale
         # Optimism for untried pairs: r_max over the *initial* horizon 1/(1 - planning_gamma), scaled by a
         # learned factor. Tied to the fixed initial horizon, not to the learned discount, so the discount's
         # gradient comes from value propagation alone (tying them let imitation trade horizon for optimism).
         horizon = 1.0 / (1.0 - self.config.planning_gamma)
-        u = (F.softplus(self.optimism[0] + math.log(math.e - 1.0)) * r_max.clamp(min=0.0) + self.optimism[1]) * horizon
+        opt_scale = self.optimism[0] if adjust is None else self.optimism[0] + adjust[..., 1]
+        u = (F.softplus(opt_scale + math.log(math.e - 1.0)) * r_max.clamp(min=0.0) + self.optimism[1]) * horizon
+        if adjust is not None:  # the context's extra optimism is in reward units (not times the horizon)
+            u = u + adjust[..., 2]
         u = u[..., None, None]
         hidden = torch.tanh(self.bonus_in(self.features(n_sa, r_mean, scale, visited)))
         bonus = self.bonus_out(hidden)[..., 0]
@@ -332,9 +375,12 @@ class InContextPlanner(nn.Module):
             v = q.view(b, c, s, a).max(-1).values * alive
         return q.view(b, c, s, a), v
 
-    def temperature(self) -> torch.Tensor:
-        """Softmax temperature of the policy over normalised Q values (1 at initialisation)."""
-        return torch.exp(self.log_temperature)
+    def temperature(self, adjust: torch.Tensor | None = None) -> torch.Tensor:
+        """Softmax temperature of the policy over normalised Q values (1 at initialisation); per row
+        (``[B, C, 1]``) with the context's adjustments."""
+        if adjust is None:
+            return torch.exp(self.log_temperature)
+        return torch.exp(self.log_temperature + adjust[..., 3:4])
 
     def world_model(self, mem, observations, actions):
         """Next-observation logits and reward prediction at each row from its statistics."""
@@ -359,8 +405,11 @@ class InContextPlanner(nn.Module):
         return obs_logits, reward
 
     # -- forward over rows ------------------------------------------------------------------------
-    def forward(self, observations, actions, rewards, cache: AnyMDPAgentCache, action_mask=None):
-        """Policy logits, world-model outputs and the updated cache for ``[B, T]`` rows."""
+    def forward(self, observations, actions, rewards, cache: AnyMDPAgentCache, action_mask=None, policy: bool = True):
+        """Policy logits, world-model outputs and the updated cache for ``[B, T]`` rows.
+
+        ``policy=False`` skips the planning (the policy logits come back as zeros): for rows whose policy
+        nobody reads, such as the row that closes an episode, only the memory is updated."""
         b, t = observations.shape
         chunk = self.config.chunk_size
         outs_pi, outs_obs, outs_rew, outs_scale = [], [], [], []
@@ -381,16 +430,22 @@ class InContextPlanner(nn.Module):
             mem = self.memory(cache, prev_obs, prev_act, prev_rew, o)
             start_values = anchor if self.config.carry_values else torch.zeros_like(anchor)
             c = o.shape[1]
-            q, v = self.plan(mem, start_values[:, None].expand(b, c, -1), action_mask)
-            q_now = torch.gather(q, 2, o.clamp(min=0)[..., None, None].expand(b, c, 1, q.shape[-1]))[:, :, 0]
-            outs_pi.append(q_now / self.temperature())
+            if policy:
+                adjust = self.adjustments(mem)
+                q, v = self.plan(mem, start_values[:, None].expand(b, c, -1), action_mask, adjust)
+                q_now = torch.gather(q, 2, o.clamp(min=0)[..., None, None].expand(b, c, 1, q.shape[-1]))[:, :, 0]
+                outs_pi.append(q_now / self.temperature(adjust))
+            else:
+                v = cache.values[:, None].expand(b, c, -1)
+                outs_pi.append(torch.zeros(b, c, self.config.num_actions, device=o.device))
             obs_logits, rew_pred = self.world_model(mem, o, a_)
             outs_obs.append(obs_logits)
             outs_rew.append(rew_pred)
             outs_scale.append(reward_scale(mem["r_sq"], mem["r_count"]))
             # The state after the chunk: statistics of all its rows, the last row pending.
             new = dict(cache.tensors)
-            new.update({k: mem[k][:, -1] for k in ("n_sa", "r_sum", "terminal", "r_count", "r_sq", "r_max")})
+            new.update({k: mem[k][:, -1] for k in ("n_sa", "r_sum", "terminal", "r_count", "r_sq", "r_max", "r_nonzero",
+                                                   "episodes")})
             new["n_ss"] = mem["n_ss_end"]
             new["values"] = v[:, -1]
             new["anchor"] = anchor
@@ -618,6 +673,9 @@ class AnyMDPAgentPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bonus_out.weight)
             init.zeros_(module.bonus_out.bias)
             init.normal_(module.bonus_in.weight, mean=0.0, std=0.5)
+            if self.config.context_adaptation:
+                init.zeros_(module.context.weight)
+                init.zeros_(module.context.bias)
 
 
 class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
@@ -723,7 +781,8 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
         rewards = rewards.float()
         start_step = cache.step
         if cfg.backbone == "planning":
-            pi, obs_logits, rew_pred, scale, new_cache = self.planner(observations, actions, rewards, cache, action_mask)
+            pi, obs_logits, rew_pred, scale, new_cache = self.planner(observations, actions, rewards, cache, action_mask,
+                                                                      policy=kwargs.get("policy", True))
         else:
             prev_obs, prev_act, prev_rew = previous_rows(observations, actions, rewards, cache)
             prev_rewards = torch.where(prev_act >= 0, prev_rew, torch.zeros_like(prev_rew))
@@ -780,13 +839,13 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
 
     # -- stepping (deployment) --------------------------------------------------------------------
     @torch.no_grad()
-    def _begin_row(self, state: AnyMDPAgentCache, observations: torch.LongTensor, action_mask):
+    def _begin_row(self, state: AnyMDPAgentCache, observations: torch.LongTensor, action_mask, policy: bool = True):
         """Feed the observation token of a new row; returns the policy logits and the state."""
         obs = observations.view(-1, 1)
         if self.config.backbone == "planning":
             # A row's policy never depends on its own action: run the row with a placeholder action,
             # which _end_row replaces before the next row reads it.
-            out = self.forward(obs, torch.zeros_like(obs), torch.zeros(obs.shape, device=obs.device),
+            out = self.forward(obs, torch.zeros_like(obs), torch.zeros(obs.shape, device=obs.device), policy=policy,
                                action_mask=action_mask, cache=state)
             return out.policy_logits[:, 0], out.cache
         self._check_observations(obs, self.config.num_observations)
@@ -846,7 +905,9 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
         idx = torch.nonzero(done)[:, 0]
         end = torch.where(terminated.view(-1).bool(), END_TERMINATED, END_TRUNCATED)[idx]
         sub = state.index(idx)
-        _, sub = self._begin_row(sub, next_observations.view(-1)[idx], None if action_mask is None else action_mask[idx])
+        # The closing row's policy is never read: the planning backbone only updates its memory there.
+        _, sub = self._begin_row(sub, next_observations.view(-1)[idx], None if action_mask is None else action_mask[idx],
+                                 policy=False)
         sub = self._end_row(sub, end, torch.zeros(len(idx), device=end.device))
         merged = {k: v.clone() for k, v in state.tensors.items()}
         for k, v in sub.tensors.items():

@@ -1,0 +1,53 @@
+"""Learner-steps/s of the bundled agent next to the count-based planner (``mbrl``), through the harness.
+
+    python -m benchmarks.learner_speed            # B = 1, 64, 1024 on anymdp-16 (about 2 minutes)
+    python -m benchmarks.learner_speed --quick    # B = 1 and 64, fewer steps (~30 s)
+
+One process pinned to one core, 1 thread. A timed call is ``run_learner(learner, suite, steps)``: the whole
+in-context loop the evaluation runs (act, env step, observe, episode-end rows), from a fresh state, on
+``B`` AnyMDP-16 validation tasks. The agent and ``mbrl`` are timed round-robin (1 warm-up round, then
+``--repeats`` timed rounds), so the ratio agent / mbrl is measured side by side under the same load.
+Return-driven meta-training (``training/meta_rl.py``) pays this cost for every step of every run it learns from.
+"""
+
+from __future__ import annotations
+
+from benchmarks._common import pin_one_core
+
+CORE = pin_one_core()
+
+import argparse  # noqa: E402  (numpy must come after the pinning)
+
+import torch  # noqa: E402
+
+from benchmarks._common import Contender, fmt_rate, machine_line, med, run_alternating, table  # noqa: E402
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    from anymdp_agent.baselines import make_learner
+    from anymdp_agent.evaluation import load_suite, run_learner
+    from anymdp_agent.rollout import AgentLearner, bundled_agent_path
+
+    print(machine_line())
+    batches = (1, 64) if args.quick else (1, 64, 1024)
+    rows = []
+    for b in batches:
+        steps = {1: 300, 64: 300, 1024: 100}[b] // (3 if args.quick else 1)
+        suite = load_suite("anymdp-16", b, split="validation")
+        agent = AgentLearner(bundled_agent_path())
+        mbrl = make_learner("mbrl")
+        contenders = [Contender(name, (lambda rep, lr=lr: (lambda: run_learner(lr, suite, steps, seed=rep))), b * steps)
+                      for name, lr in (("agent", agent), ("mbrl", mbrl))]
+        run_alternating(contenders, args.repeats)
+        a, m = contenders
+        rows.append([str(b), fmt_rate(a.rates), fmt_rate(m.rates), f"{med(a.rates) / med(m.rates):.3f}"])
+    print(table(["B", "agent learner-steps/s", "mbrl learner-steps/s", "agent / mbrl"], rows))
+
+
+if __name__ == "__main__":
+    main()
