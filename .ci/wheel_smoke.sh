@@ -74,6 +74,17 @@ assert card.data.library_name == "transformers" and card.data.eval_results, card
 print(f"trained checkpoint card: {len(card.data.eval_results)} eval results, {card.data.eval_results[0].dataset_type}")
 PY
 
+step "push and push-dataset accept what the package wrote (offline, so the one commit fails cleanly: exit 1)"
+for cmd in "push --checkpoint $CKPT --repo-id someone/tiny-agent" "push-dataset --folder corpus --repo-id someone/corpus"; do
+    set +e
+    "$V/anymdp-agent" $cmd --token hf_offline 2> push.err
+    rc=$?
+    set -e
+    if [ "$rc" != 1 ] || ! grep -q "nothing was committed" push.err; then
+        echo "anymdp-agent $cmd: exit $rc, expected 1 (checks passed, network refused):"; cat push.err; exit 1
+    fi
+done
+
 step "load the bundled and the trained agent with remote code in a clean interpreter"
 "$V/python" -I - "$PKG/pretrained/anymdp-agent-planning-cpu" "$CKPT" <<'PY'
 import sys

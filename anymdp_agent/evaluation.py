@@ -1,6 +1,6 @@
 """How learning in context is measured: suites, the harness, normalised scores, confidence intervals, plots.
 
-Every learner (baselines and the pretrained agent alike) runs
+Documented in ``docs/evaluation.md``. Every learner (baselines and the pretrained agent alike) runs
 through :func:`run_learner` on the same tasks, with the same environment seeds, for a fixed budget
 of steps, episode after episode, learning as it goes. An episode's normalised score is
 ``(R - R_random) / (R_oracle - R_random)`` with the *exact* expected returns of the oracle and of

@@ -8,6 +8,11 @@ package writes (:data:`CHECKPOINT_PATTERNS`).
 The model card is rendered by huggingface_hub's own classes (``ModelCardData`` + ``EvalResult`` for the
 metadata, ``ModelCard.from_template`` into ``cards/model_card.md``), from the folder's artifacts alone:
 ``config.json``, ``train_config.json``, ``model.safetensors`` and the harness' ``eval/eval-*.json``.
+
+The Hub's newer ``.eval_results/*.yaml`` files name a *benchmark dataset on the Hub* per result
+(``dataset.id``, a registered Benchmark); no suite here is one (the tasks are generated from seeds), so
+the card's ``model-index`` carries the results. A folder's ``.eval_results/`` is pushed all the same,
+for whoever adds results against a Hub benchmark.
 """
 
 from __future__ import annotations

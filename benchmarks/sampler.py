@@ -57,7 +57,7 @@ OURS_TASKS = {16: 50, 32: 50, 64: 50, 128: 25}
 #: Seeds for the acceptance rate and the task statistics.
 OURS_ACCEPT_SEEDS = 200
 PEER_ACCEPT_SEEDS = {16: 40, 32: 40, 64: 20, 128: 10}
-#: The spec's acceptance rates, measured on the reference (shared/spec/anymdp.md, section 5).
+#: Acceptance rates measured on the reference generator (docs/anymdp.md, section 5).
 SPEC_ACCEPT = {16: 0.25, 32: 0.50, 64: 0.53, 128: 0.75}
 TIMING_SEED_BASE = 10_000
 

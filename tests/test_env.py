@@ -1,4 +1,4 @@
-"""``AnyMDPEnv``: the Gymnasium 1.x face of one task (spec section 6)."""
+"""``AnyMDPEnv``: the Gymnasium 1.x face of one task (docs/anymdp.md section 6)."""
 
 from __future__ import annotations
 

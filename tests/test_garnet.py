@@ -1,4 +1,4 @@
-"""Contrast samplers (spec section 7): Garnet MDPs and one-state bandits."""
+"""Contrast samplers (docs/anymdp.md section 7): Garnet MDPs and one-state bandits."""
 
 from __future__ import annotations
 

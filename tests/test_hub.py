@@ -241,7 +241,7 @@ def test_push_keeps_every_section_of_the_bundled_card():
     changed_before = [line for line in before.splitlines() if line not in api.readme.splitlines()]
     changed_after = [line for line in api.readme.splitlines() if line not in before.splitlines()]
     assert changed_before == ["from anymdp_agent.rollout import bundled_agent_path",
-                              'model = AutoModel.from_pretrained(bundled_agent_path("anymdp-agent-planning-cpu"), '
+                              f'model = AutoModel.from_pretrained(bundled_agent_path("{folder.name}"), '
                               "trust_remote_code=True)"]
     assert changed_after == ['model = AutoModel.from_pretrained("someone/anymdp-agent", trust_remote_code=True)']
 
@@ -365,7 +365,7 @@ def test_push_checkpoint_through_huggingface_hub_sends_exactly_the_staged_folder
     card = files["README.md"].decode()
     assert card == (folder / "README.md").read_text().replace(
         'from anymdp_agent.rollout import bundled_agent_path\n'
-        'model = AutoModel.from_pretrained(bundled_agent_path("anymdp-agent-planning-cpu"), trust_remote_code=True)',
+        f'model = AutoModel.from_pretrained(bundled_agent_path("{folder.name}"), trust_remote_code=True)',
         'model = AutoModel.from_pretrained("someone/anymdp-agent", trust_remote_code=True)')
 
 

@@ -1,4 +1,4 @@
-"""The AnyMDP sampler (spec sections 1-5): structure, calibration, quality filter, determinism, errors."""
+"""The AnyMDP sampler (docs/anymdp.md sections 1-5): structure, calibration, quality filter, determinism, errors."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def last_chain_state(task) -> int:
 
 
 def check_structure(task, n_actions: int, forward_reach: int | None = None, backward_reach: int | None = None):
-    """Every structural fact of spec sections 1-3 that an accepted task must satisfy."""
+    """Every structural fact of docs/anymdp.md sections 1-3 that an accepted task must satisfy."""
     n, na, ns = task.n_active, task.n_actions, task.n_states
     T = task.transition
     assert T.shape == (n, n_actions, n) and task.reward.shape == T.shape and task.reward_std.shape == T.shape
@@ -326,7 +326,7 @@ def test_different_seeds_different_tasks():
         assert not np.array_equal(a.reward, b.reward)
 
 
-# ---------------------------------------------------------------------- acceptance rates (spec section 5)
+# ---------------------------------------------------------------------- acceptance rates (docs/anymdp.md section 5)
 
 SPEC_ACCEPTANCE = {16: 0.25, 32: 0.50, 64: 0.53, 128: 0.75}
 

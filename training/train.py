@@ -736,10 +736,10 @@ class Validator:
 def model_inputs(batch: dict, device) -> dict:
     """A batch as the model's tensors: ids (observations, actions, tags, prompts, labels, action counts) as
     int64 whatever integer dtype the data came in (``roll_sequences`` gives int16), rewards as float32, and
-    ``-100`` (ignored) where a row has no label."""
+    ``IGNORE_INDEX`` where a row has no label."""
     out = {k: torch.as_tensor(np.asarray(v), device=device) for k, v in batch.items()}
     out = {k: v.float() if k == "rewards" else v.long() for k, v in out.items()}
-    out["labels"] = torch.where(out["labels"] < 0, -100, out["labels"])
+    out["labels"] = torch.where(out["labels"] < 0, IGNORE_INDEX, out["labels"])
     return out
 
 

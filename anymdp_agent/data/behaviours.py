@@ -1,4 +1,4 @@
-"""Behaviour policies of the corpus (``shared/spec/corpus.md`` section 3), batched over many tasks at once.
+"""Behaviour policies of the corpus (``docs/corpus.md``), batched over many tasks at once.
 
 Every environment of a batch runs one behaviour at a time, drawn from a weighted mixture and
 re-drawn at episode ends (for switching sequences). All learning behaviours keep learning from
@@ -60,7 +60,7 @@ _T_OPT, _T_EXPLORE, _T_QLEARN, _T_RANDOM, _T_UNKNOWN = (TAG[k] for k in TAGS)
 
 @dataclass
 class MixtureConfig:
-    """How behaviours are drawn and tags masked (spec defaults)."""
+    """How behaviours are drawn and tags masked (defaults as in ``docs/corpus.md``)."""
 
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     switching_share: float = 0.85   # sequences whose behaviour may change at episode ends

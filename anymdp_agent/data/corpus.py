@@ -1,6 +1,6 @@
 """The meta-training corpus: sequences of behaviour on AnyMDP tasks, step-wise labels, a ``datasets`` corpus.
 
-Spec: ``shared/spec/corpus.md``. One row of the dataset is one *sequence*: one task, episodes
+Documented in ``docs/corpus.md``. One row of the dataset is one *sequence*: one task, episodes
 concatenated until ``seq_len`` rows. Per-row list columns (``[seq_len]`` each):
 
 - ``observations`` (int16), ``actions`` (int8: the behaviour's action, or ``-1`` / ``-2`` on the extra

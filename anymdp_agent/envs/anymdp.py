@@ -1,6 +1,6 @@
 """The AnyMDP task sampler: banded transitions, composite rewards, value-iteration calibration, quality filter.
 
-Written from ``shared/spec/anymdp.md`` (after Wang et al., arXiv 2502.02869; the reference is the
+Documented formula by formula in ``docs/anymdp.md`` (after Wang et al., arXiv 2502.02869; the reference is the
 ``xenoverse`` package). Every random number comes from one ``numpy.random.default_rng(seed)``, and
 rejected draws are redrawn from the same stream, so one seed names exactly one accepted task, bit
 for bit, in every process. Differences from the reference, on purpose:
@@ -199,7 +199,7 @@ def _draws(n_states, n_actions, seed, min_states, forward_reach, backward_reach,
 
 
 def _sample_structure(rng: np.random.Generator, n: int, na: int, bp: int, bm: int) -> dict:
-    """Start distribution, pitfalls, goal and the banded transition tensor (spec sections 2-3)."""
+    """Start distribution, pitfalls, goal and the banded transition tensor (``docs/anymdp.md`` sections 2-3)."""
     p0 = np.zeros(3)
     while p0.sum() <= 0:
         p0 = np.maximum(rng.normal(size=3), 0.0)
@@ -278,7 +278,7 @@ def _fourier_potential(rng: np.random.Generator, n: int, amplitude: float) -> np
 
 
 def _sample_rewards(rng: np.random.Generator, st: dict, na: int, parts: frozenset) -> tuple[np.ndarray, np.ndarray]:
-    """The composite reward without terminal rewards, and its noise std, both ``[n, na, n]`` (spec 4.1-4.4)."""
+    """The composite reward without terminal rewards, and its noise std, both ``[n, na, n]`` (``docs/anymdp.md`` 4.1-4.4)."""
     n, terminal = st["n"], st["terminal"]
     reward = np.zeros((n, na, n))
     std = np.zeros((n, na, n))
@@ -315,7 +315,7 @@ def _sample_rewards(rng: np.random.Generator, st: dict, na: int, parts: frozense
 
 
 def _calibrate_terminal_rewards(rng: np.random.Generator, st: dict, raw_reward: np.ndarray) -> Generator:
-    """Raise the goal and sink the pitfalls until values are ordered (spec 4.5); returns the reward, or
+    """Raise the goal and sink the pitfalls until values are ordered (``docs/anymdp.md`` 4.5); returns the reward, or
     ``None`` if 5 rounds fail. Yields its solve requests (see :func:`_solve_in_lockstep`)."""
     n = st["n"]
     pit, terminal, goal = st["pitfall"], st["terminal"], st["goal"]
@@ -349,7 +349,7 @@ def quality_gamma(n: int) -> float:
 
 
 def _quality(st: dict, reward: np.ndarray, max_steps: int) -> Generator:
-    """Spec section 5: the oracle must beat random by 2 per episode from every start state, and its
+    """``docs/anymdp.md`` section 5: the oracle must beat random by 2 per episode from every start state, and its
     state-visit distribution must be spread out (Gini > 0.70, normalised entropy > 0.35). Returns the
     quality record or ``None``; yields its solve requests."""
     n = st["n"]

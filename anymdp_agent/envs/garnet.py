@@ -1,4 +1,4 @@
-"""Contrast samplers: Garnet MDPs and multi-armed bandits (spec section 7), as :class:`Task` objects."""
+"""Contrast samplers: Garnet MDPs and multi-armed bandits (``docs/anymdp.md`` section 7), as :class:`Task` objects."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def sample_bandit_task(n_actions: int = 5, *, seed: int) -> Task:
     Arm means ``U(base/2, base)`` with ``base = clip(Exp(1), 0.05, 2)`` (redrawn until the arms
     differ, std > 0.01), noise std ``max(U(-0.3, 0.3), 0) * mean``. The pull moves from the start
     state (observation 0) into a terminal state (observation 1), so the episode *terminates* after
-    one step, as a bandit's does (the spec's one-state bandit plus the state that marks the end).
+    one step, as a bandit's does (the documented one-state bandit plus the state that marks the end).
     """
     check_sizes(8, n_actions)
     seed = check_seed(seed)
