@@ -52,6 +52,7 @@ from anymdp_agent.envs import BatchedAnyMDPEnv
 from anymdp_agent.fileio import atomic_write
 from anymdp_agent.modeling_anymdp_agent import END_TERMINATED, END_TRUNCATED
 from anymdp_agent.rollout import AgentLearner, load_agent
+from anymdp_agent.training.recipes import resolve_recipe
 
 #: Task families of the training distribution (all from the package's own samplers).
 FAMILIES = ("anymdp", "anymdp_sparse", "garnet", "bandit")
@@ -437,11 +438,10 @@ def parse_args(argv: list[str] | None = None) -> MetaRLArgs:
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
     parser = HfArgumentParser(MetaRLArgs, description=__doc__.split("\n\n")[1])
-    parser.add_argument("--config", default=None, help="YAML recipe (its keys are the fields below)")
+    parser.add_argument("--config", default=None, help="a YAML recipe (its keys are the fields below): a file, or a "
+                                                       "bundled recipe by name, e.g. cpu-meta-rl")
     if known.config:
-        path = Path(known.config)
-        if not path.is_file():
-            raise ValueError(f"no recipe at {path}: see training/configs/")
+        path = resolve_recipe(known.config)
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
