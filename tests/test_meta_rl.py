@@ -110,6 +110,11 @@ def _tiny(tmp: Path, start: Path, out: str) -> list[str]:
 def test_tiny_run_trains_the_context_head_and_reproduces(tmp_path):
     start = tmp_path / "start"
     _model(False, num_actions=5, num_observations=16).save_pretrained(start)  # the validation suites have 5 actions
+    corpus = tmp_path / "my-corpus"  # stage 1's record names its corpus; the corpus records its command
+    corpus.mkdir()
+    (corpus / "corpus.json").write_text(json.dumps({"commands": {"train": "anymdp-agent generate --out my-corpus"}}))
+    (start / "train_config.json").write_text(json.dumps({"recipe": "cpu-meta-imitation", "corpus": str(corpus),
+                                                         "label": "planner", "step": 100, "max_steps": 100}))
     assert meta_rl.main(_tiny(tmp_path, start, "a")) == 0
     assert meta_rl.main(_tiny(tmp_path, start, "b")) == 0
     last_a, last_b = load_agent(tmp_path / "a" / "last"), load_agent(tmp_path / "b" / "last")
@@ -119,5 +124,15 @@ def test_tiny_run_trains_the_context_head_and_reproduces(tmp_path):
         torch.testing.assert_close(x, y, msg=name)  # the same seed gives the same weights
     record = json.loads((tmp_path / "a" / "best" / "train_config.json").read_text())
     assert record["best"]["step"] in (0, 2)
+    assert record["imitation"]["recipe"] == "cpu-meta-imitation"
+    assert record["corpus_command"] == "anymdp-agent generate --out my-corpus"
+    # its card names both stages and the corpus, and parses
+    from huggingface_hub import ModelCard
+
+    from anymdp_agent.hub import write_model_card
+
+    card = ModelCard.load(write_model_card(tmp_path / "a" / "best"))
+    assert card.data.datasets == ["my-corpus"]
+    assert "Return-driven meta-training" in card.text and "`anymdp-agent generate --out my-corpus`" in card.text
     log = [json.loads(line) for line in (tmp_path / "a" / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2]

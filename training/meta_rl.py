@@ -80,6 +80,10 @@ class MetaRLArgs:
     decay_steps: int = field(default=10_000, metadata={"help": "Environment steps of the temperature decay."})
     max_steps: int = field(default=60, metadata={"help": "Optimiser steps."})
     learning_rate: float = field(default=0.003, metadata={"help": "Adam learning rate (constant after warm-up)."})
+    trainable: str = field(default="planner.context.", metadata={
+        "help": "Name prefixes of the parameters this stage trains, comma-separated (empty: all). By default only the "
+                "context head: the fixed discount, optimism and bonus of stage 1 stay, and what is learned is how "
+                "to change them per row from the context."})
     bonus_lr_scale: float = field(default=0.3, metadata={
         "help": "Learning rate of the exploration-bonus network relative to the rest (its output is in reward units)."})
     warmup_steps: int = field(default=5, metadata={"help": "Linear warm-up steps."})
@@ -361,10 +365,16 @@ def train(args: MetaRLArgs) -> Path:
     (run / "logs").mkdir(exist_ok=True)
     model = load_start(args)
     model.train()
-    bonus = [p for n, p in model.named_parameters() if n.startswith("planner.bonus_")]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("planner.bonus_")]
-    opt = torch.optim.Adam([{"params": rest}, {"params": bonus, "lr": args.learning_rate * args.bonus_lr_scale}],
-                           lr=args.learning_rate)
+    prefixes = tuple(x.strip() for x in args.trainable.split(",") if x.strip())
+    for name, p in model.named_parameters():
+        p.requires_grad_(not prefixes or name.startswith(prefixes))
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"--trainable {args.trainable!r} names no parameter of the model "
+                         f"(e.g. planner.context., planner.bonus_, planner.gamma_logit)")
+    bonus = [p for n, p in model.named_parameters() if n.startswith("planner.bonus_") and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("planner.bonus_") and p.requires_grad]
+    groups = [{"params": rest}] + ([{"params": bonus, "lr": args.learning_rate * args.bonus_lr_scale}] if bonus else [])
+    opt = torch.optim.Adam([g for g in groups if g["params"]], lr=args.learning_rate)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(args.warmup_steps, 1)))
     model, opt = accelerator.prepare(model, opt)
     validator = Validator(args)
@@ -407,7 +417,7 @@ def train(args: MetaRLArgs) -> Path:
         opt.zero_grad()
         loss, ent = policy_loss(accelerator.unwrap_model(model), rows, adv, keep, mask, learner, args.segment_len,
                                 int(batch.n_states))
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.max_grad_norm)
         if not torch.isfinite(norm):
             raise RuntimeError(f"non-finite gradient at step {step + 1}; nothing saved from this step")
         opt.step()
