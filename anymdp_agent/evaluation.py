@@ -290,9 +290,12 @@ class SuiteReference:
 
     @classmethod
     def of(cls, suite: Suite) -> "SuiteReference | None":
-        if suite.tasks is None:
-            return None
-        hi, lo = oracle_return(suite.tasks), random_return(suite.tasks)
+        return None if suite.tasks is None else cls.of_tasks(suite.tasks)
+
+    @classmethod
+    def of_tasks(cls, tasks) -> "SuiteReference":
+        """The reference of a batch of tasks with a transition table (a ``TaskBatch`` or a list of tasks)."""
+        hi, lo = oracle_return(tasks), random_return(tasks)
         gap = hi - lo
         scale = np.maximum(np.abs(hi), np.abs(lo))
         return cls(oracle=hi, random=lo, scored=(gap >= MIN_GAP) & (gap >= MIN_RELATIVE_GAP * scale))

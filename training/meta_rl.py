@@ -46,7 +46,6 @@ from anymdp_agent.data.onpolicy import roll_learner
 from anymdp_agent.envs import sample_anymdp_task, stack_tasks
 from anymdp_agent.envs.garnet import sample_bandit_task, sample_garnet_task
 from anymdp_agent.envs.seeds import TRAIN, VALIDATION
-from anymdp_agent.envs.solvers import oracle_return, random_return
 from anymdp_agent.evaluation import Suite, SuiteReference, analyse, run_learner
 from anymdp_agent.envs import BatchedAnyMDPEnv
 from anymdp_agent.fileio import atomic_write
@@ -402,8 +401,10 @@ def train(args: MetaRLArgs) -> Path:
     for step in range(args.max_steps):
         tasks = draw_tasks(args, step)
         batch = stack_tasks(tasks)
-        gap = oracle_return(batch) - random_return(batch)
-        gap = np.where(np.abs(gap) > 1e-6, np.abs(gap), np.inf)  # a task without a gap teaches nothing
+        # A task counts as the evaluation scores it: where its oracle-random gap is large enough to normalise
+        # by; the others (e.g. a goal-only task without goal or pitfalls) teach nothing and get no weight.
+        ref = SuiteReference.of_tasks(batch)
+        gap = np.where(ref.scored, ref.oracle - ref.random, np.inf)
         learner = AgentLearner(accelerator.unwrap_model(model), args.temperature_start, args.temperature_end,
                                args.decay_steps)
         model.eval()
