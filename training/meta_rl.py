@@ -260,7 +260,7 @@ def policy_loss(model, rows: dict, adv: np.ndarray, keep: np.ndarray, mask: np.n
         probs = logp.exp()
         ent = -(probs * torch.where(probs > 0, logp, torch.zeros_like(logp))).sum(-1)
         total_loss += float(loss.detach())
-        total_ent += float((ent * k).sum()) / count
+        total_ent += float((ent * k).sum().detach()) / count
     return total_loss, total_ent
 
 
