@@ -48,9 +48,22 @@ def _add_eval_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _check_flags(args: argparse.Namespace, positive: tuple[str, ...] = (), seeds: tuple[str, ...] = ()) -> None:
+    """Integer options checked by name, so the error names the flag (``--frozenlake-steps must be ...``)."""
+    from .envs.seeds import check_seed
+
+    for name in positive:
+        value = getattr(args, name)
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    for name in seeds:
+        check_seed(getattr(args, name), f"--{name.replace('_', '-')}")
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     from .evaluation import EvalConfig, check_config, check_output_dir, evaluate, format_table, write_results
 
+    _check_flags(args, positive=("tasks", "steps", "window"), seeds=("seed", "seed_offset"))
     learners = [x.strip() for x in args.learners.split(",") if x.strip()]
     paired = None if args.paired is None else ([] if args.paired.strip().lower() == "none" else
                                                [x.strip() for x in args.paired.split(",") if x.strip()])
@@ -72,6 +85,7 @@ def _run_demo(args: argparse.Namespace) -> int:
                              write_results)
     from .rollout import bundled_agent_path
 
+    _check_flags(args, positive=("tasks", "steps", "frozenlake_runs", "frozenlake_steps"), seeds=("seed",))
     try:
         agent = f"agent:{bundled_agent_path()}"
     except FileNotFoundError as e:
