@@ -13,6 +13,7 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .baselines import LEARNERS
@@ -140,6 +141,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
     from .data import CorpusConfig, MixtureConfig, generate_corpus
 
+    _check_flags(args, positive=("tasks", "seq_len", "tasks_per_shard", "num_proc"), seeds=("seed", "seed_offset"))
     weights = None
     if args.weights:
         weights = {}
@@ -147,7 +149,10 @@ def _run_generate(args: argparse.Namespace) -> int:
             name, eq, value = item.partition("=")
             if not eq:
                 raise ValueError(f"--weights takes NAME=WEIGHT,..., got {item!r}")
-            weights[name.strip()] = float(value)
+            try:
+                weights[name.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"--weights: the weight of {name.strip()!r} must be a number, got {value!r}") from None
     mixture = MixtureConfig() if weights is None else MixtureConfig(weights={**MixtureConfig().weights, **weights})
     cfg = CorpusConfig(tasks=args.tasks, seq_len=args.seq_len, n_states=args.n_states, n_actions=args.n_actions,
                        labels=tuple(x.strip() for x in args.labels.split(",") if x.strip()),
@@ -281,6 +286,20 @@ def _one_thread_per_process() -> None:
         torch.set_num_threads(1)
 
 
+#: Commands whose SIGTERM is handled as Ctrl-C: stop cleanly (a generate's workers with it), one line, no traceback.
+_INTERRUPTIBLE = ("eval", "demo", "generate")
+
+
+class _Interrupted(KeyboardInterrupt):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupt(signum, frame):
+    raise _Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -290,12 +309,20 @@ def main(argv: list[str] | None = None) -> int:
         _one_thread_per_process()
     if getattr(args, "train_args", None) and args.train_args[0] == "--":
         args.train_args = args.train_args[1:]
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if args.command in _INTERRUPTIBLE else None
     try:
         return args.func(args)
+    except KeyboardInterrupt as e:
+        code = getattr(e, "signum", signal.SIGINT)
+        hint = "; finished shards are kept: rerun the same command to resume" if args.command == "generate" else ""
+        parser.exit(128 + code, f"anymdp-agent {args.command}: stopped by {signal.Signals(code).name}{hint}\n")
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"anymdp-agent {args.command}: error: {e}\n")
     except RuntimeError as e:  # e.g. a push that could not happen
         parser.exit(1, f"anymdp-agent {args.command}: error: {e}\n")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
