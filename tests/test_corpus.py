@@ -693,3 +693,33 @@ def test_a_shard_that_does_not_fit_in_memory_is_refused_before_writing(tmp_path,
     assert "generating 2 shard(s) of 1 sequences x 100000000 rows at once needs about 5.0 GiB of memory and 1.0 GiB" \
         in err and "lower --seq-len, --tasks-per-shard or --num-proc" in err
     assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_num_proc_workers_stop_with_the_parent(tmp_path, signame):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "c"
+    p = subprocess.Popen([sys.executable, "-m", "anymdp_agent.cli", "generate", "--out", str(out), "--tasks", "40",
+                          "--seq-len", "3000", "--tasks-per-shard", "2", "--num-proc", "2", "--no-progress"],
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("data/*.parquet")):  # stop it once it has finished a shard
+        time.sleep(0.1)
+    sig = getattr(signal, signame)
+    if sig == signal.SIGINT:
+        os.killpg(p.pid, sig)  # Ctrl-C reaches the whole foreground process group
+    else:
+        os.kill(p.pid, sig)  # SIGTERM to the parent alone
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + sig
+    assert err == f"anymdp-agent generate: stopped by {signame}; finished shards are kept: rerun the same command " \
+                  "to resume\n"
+    shards = sorted(os.listdir(out / "data"))
+    time.sleep(3)
+    assert sorted(os.listdir(out / "data")) == shards  # no orphan worker goes on writing
+    assert subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True).stdout == b""

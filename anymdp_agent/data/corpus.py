@@ -322,9 +322,10 @@ def check_shard(path: str | os.PathLike, expected_rows: int | None = None) -> in
 
     path = Path(path)
     try:
-        meta = pq.ParquetFile(path).metadata
-        rows = meta.num_rows
-        rewards = pq.read_table(path, columns=["rewards"]).column("rewards") if rows else None
+        file = pq.ParquetFile(path)
+        rows = file.metadata.num_rows
+        has_rewards = "rewards" in file.schema_arrow.names  # (a missing column is check_corpus_features' to name)
+        rewards = pq.read_table(path, columns=["rewards"]).column("rewards") if rows and has_rewards else None
     except Exception as e:  # noqa: BLE001  (pyarrow raises ArrowInvalid, OSError, KeyError, ... for a bad file)
         raise ValueError(f"corpus shard {path} is not a readable parquet file ({type(e).__name__}: {e}): "
                          "it is truncated or corrupt; regenerate it (rerun anymdp-agent generate)") from None
@@ -332,6 +333,8 @@ def check_shard(path: str | os.PathLike, expected_rows: int | None = None) -> in
         raise ValueError(f"corpus shard {path} holds no rows: regenerate it (rerun anymdp-agent generate) or remove it")
     if expected_rows is not None and rows != expected_rows:
         raise ValueError(f"corpus shard {path} holds {rows} sequences, {expected_rows} expected: regenerate it")
+    if rewards is None:
+        return rows
     values = pc.list_flatten(rewards.combine_chunks())
     bad = len(values) - pc.sum(pc.is_finite(values)).as_py() if len(values) else 0
     if bad:
