@@ -22,7 +22,7 @@ def available_memory() -> int | None:
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**30:,.1f} GiB"
 
 
 def check_memory(needed: float, what: str, fix: str) -> None:
