@@ -13,6 +13,7 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .baselines import LEARNERS
@@ -48,9 +49,22 @@ def _add_eval_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _check_flags(args: argparse.Namespace, positive: tuple[str, ...] = (), seeds: tuple[str, ...] = ()) -> None:
+    """Integer options checked by name, so the error names the flag (``--frozenlake-steps must be ...``)."""
+    from .envs.seeds import check_seed
+
+    for name in positive:
+        value = getattr(args, name)
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    for name in seeds:
+        check_seed(getattr(args, name), f"--{name.replace('_', '-')}")
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     from .evaluation import EvalConfig, check_config, check_output_dir, evaluate, format_table, write_results
 
+    _check_flags(args, positive=("tasks", "steps", "window"), seeds=("seed", "seed_offset"))
     learners = [x.strip() for x in args.learners.split(",") if x.strip()]
     paired = None if args.paired is None else ([] if args.paired.strip().lower() == "none" else
                                                [x.strip() for x in args.paired.split(",") if x.strip()])
@@ -72,6 +86,7 @@ def _run_demo(args: argparse.Namespace) -> int:
                              write_results)
     from .rollout import bundled_agent_path
 
+    _check_flags(args, positive=("tasks", "steps", "frozenlake_runs", "frozenlake_steps"), seeds=("seed",))
     try:
         agent = f"agent:{bundled_agent_path()}"
     except FileNotFoundError as e:
@@ -126,6 +141,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
     from .data import CorpusConfig, MixtureConfig, generate_corpus
 
+    _check_flags(args, positive=("tasks", "seq_len", "tasks_per_shard", "num_proc"), seeds=("seed", "seed_offset"))
     weights = None
     if args.weights:
         weights = {}
@@ -133,7 +149,10 @@ def _run_generate(args: argparse.Namespace) -> int:
             name, eq, value = item.partition("=")
             if not eq:
                 raise ValueError(f"--weights takes NAME=WEIGHT,..., got {item!r}")
-            weights[name.strip()] = float(value)
+            try:
+                weights[name.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"--weights: the weight of {name.strip()!r} must be a number, got {value!r}") from None
     mixture = MixtureConfig() if weights is None else MixtureConfig(weights={**MixtureConfig().weights, **weights})
     cfg = CorpusConfig(tasks=args.tasks, seq_len=args.seq_len, n_states=args.n_states, n_actions=args.n_actions,
                        labels=tuple(x.strip() for x in args.labels.split(",") if x.strip()),
@@ -372,6 +391,20 @@ def _one_thread_per_process() -> None:
         torch.set_num_threads(1)
 
 
+#: Commands whose SIGTERM is handled as Ctrl-C: stop cleanly (a generate's workers with it), one line, no traceback.
+_INTERRUPTIBLE = ("eval", "demo", "generate")
+
+
+class _Interrupted(KeyboardInterrupt):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupt(signum, frame):
+    raise _Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -381,12 +414,20 @@ def main(argv: list[str] | None = None) -> int:
         _one_thread_per_process()
     if getattr(args, "train_args", None) and args.train_args[0] == "--":
         args.train_args = args.train_args[1:]
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if args.command in _INTERRUPTIBLE else None
     try:
         return args.func(args)
+    except KeyboardInterrupt as e:
+        code = getattr(e, "signum", signal.SIGINT)
+        hint = "; finished shards are kept: rerun the same command to resume" if args.command == "generate" else ""
+        parser.exit(128 + code, f"anymdp-agent {args.command}: stopped by {signal.Signals(code).name}{hint}\n")
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"anymdp-agent {args.command}: error: {e}\n")
     except RuntimeError as e:  # e.g. a push that could not happen
         parser.exit(1, f"anymdp-agent {args.command}: error: {e}\n")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

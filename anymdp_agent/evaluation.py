@@ -33,7 +33,8 @@ from .baselines import LEARNERS, make_learner
 from .baselines.protocol import EnvSpec, InContextLearner
 from .envs import BatchedAnyMDPEnv, sample_anymdp_task, sample_garnet_task, stack_tasks
 from .envs.gym_adapter import check_discrete, make_gym_vector_env, task_from_gym
-from .envs.seeds import SEED_RANGES, TEST
+from .envs.memory import check_memory, task_table_bytes
+from .envs.seeds import SEED_RANGES, TEST, check_seed
 from .envs.solvers import oracle_return, random_return
 from .envs.task import TaskBatch
 from .fileio import atomic_write
@@ -96,8 +97,8 @@ def check_suite_name(name: str) -> None:
             raise ValueError(f"unknown Gymnasium environment {env_id!r} in suite {name!r}")
         try:
             env = gym.make(env_id)
-        except ImportError as e:
-            raise ValueError(f"suite {name!r} needs a package that is not installed: {e}") from e
+        except (ImportError, gym.error.DependencyNotInstalled) as e:
+            raise ValueError(f"suite {name!r} needs a package that is not installed: {e}") from None
         try:
             check_discrete(env, env_id)
         finally:
@@ -107,7 +108,12 @@ def check_suite_name(name: str) -> None:
                      "(sized suites take any state count >= 8, e.g. anymdp-24)")
 
 
-def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int = 5, split: str = "test") -> Suite:
+#: Actions of every task of a sized suite (``anymdp-N``, ``garnet-N``).
+SUITE_ACTIONS = 5
+
+
+def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int = SUITE_ACTIONS,
+               split: str = "test") -> Suite:
     """Build a suite by name.
 
     - ``anymdp-N`` / ``garnet-N``: ``num_tasks`` tasks with ``N`` states and ``n_actions`` actions,
@@ -439,23 +445,34 @@ def versions() -> dict:
     return out
 
 
-def check_output_dir(out: str | os.PathLike) -> Path:
-    """Create (if needed) and probe an output folder, so an unwritable one fails before any work."""
+def check_output_dir(out: str | os.PathLike, create: bool = False) -> Path:
+    """Probe that an output folder can be written, so an unwritable one fails before any work.
+
+    Folders the probe had to create are removed again unless ``create``: a check, or an evaluation that
+    fails later, leaves no empty folder behind (:func:`write_results` creates it with the results).
+    """
     path = Path(out)
+    missing = [p for p in [path, *path.parents] if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as e:
         raise ValueError(f"cannot write to output folder {path}: {e.strerror or e}; choose another --out") from e
+    finally:
+        if not create:
+            for p in missing:  # deepest first
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
     return path
 
 
 def build_learner(spec: str, dry_run: bool = False) -> InContextLearner | None:
     """A baseline (``tql``, ``mbrl:sweeps=10``, ...) or the pretrained agent (``agent:PATH[:key=value]``)."""
     if spec.partition(":")[0] == "agent":
-        learner = parse_agent_spec(spec)
-        return None if dry_run else learner
+        return parse_agent_spec(spec, load=not dry_run)
     return make_learner(spec, dry_run=dry_run)
 
 
@@ -472,10 +489,31 @@ def check_config(cfg: EvalConfig) -> None:
         value = getattr(cfg, key)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
-    if cfg.seed < 0 or cfg.seed_offset < 0:
-        raise ValueError("seed and seed offset must be >= 0")
-    if _SIZED.match(cfg.suite) and cfg.seed_offset + cfg.tasks > len(TEST):
+    check_seed(cfg.seed, "seed", count=cfg.tasks)
+    if isinstance(cfg.seed_offset, bool) or not isinstance(cfg.seed_offset, int) or cfg.seed_offset < 0:
+        raise ValueError(f"seed offset must be an integer >= 0, got {cfg.seed_offset!r}")
+    m = _SIZED.match(cfg.suite)
+    if m and cfg.seed_offset + cfg.tasks > len(TEST):
         raise ValueError(f"seed offset {cfg.seed_offset} + {cfg.tasks} tasks runs past the {len(TEST)} test seeds")
+    if m:
+        check_memory(task_table_bytes(cfg.tasks, int(m.group(2)), SUITE_ACTIONS),
+                     f"suite {cfg.suite} with {cfg.tasks} tasks ({m.group(2)} states each)",
+                     "choose fewer states or fewer --tasks")
+
+
+def check_learners(learners: dict[str, InContextLearner], suite: Suite) -> None:
+    """Every learner checked against the suite's environments (vocabulary, action count, true model) before
+    any runs, so a learner that cannot run fails at once and not after the others' work."""
+    envs = suite.make_env()
+    try:
+        spec = suite_spec(suite, envs)
+    finally:
+        envs.close()
+    for name, learner in learners.items():
+        try:
+            learner.check_spec(spec)
+        except ValueError as e:
+            raise ValueError(f"learner {name!r} cannot run on suite {suite.name}: {e}") from None
 
 
 def evaluate(cfg: EvalConfig, learners: dict[str, InContextLearner] | None = None, progress: bool = False) -> dict:
@@ -483,9 +521,8 @@ def evaluate(cfg: EvalConfig, learners: dict[str, InContextLearner] | None = Non
     check_config(cfg)
     learners = learners or {name: build_learner(name) for name in cfg.learners}
     suite = load_suite(cfg.suite, cfg.tasks, cfg.seed_offset)
+    check_learners(learners, suite)
     ref = SuiteReference.of(suite)
-    if ref is None and any(getattr(l, "name", "") == "oracle" for l in learners.values()):
-        raise ValueError(f"suite {cfg.suite} has no transition table, so there is no oracle: drop 'oracle'")
     result = {
         "config": vars(cfg).copy(),
         "versions": versions(),
@@ -604,7 +641,7 @@ def compact_result(result: dict) -> dict:
 
 def write_results(result: dict, out: str | os.PathLike, stem: str | None = None, compact: bool = False) -> dict[str, Path]:
     """Write ``<stem>.json`` (every number, or :func:`compact_result`) and ``<stem>.png`` (curves) atomically."""
-    folder = check_output_dir(out)
+    folder = check_output_dir(out, create=True)
     result = compact_result(result) if compact else result
     stem = stem or f"eval-{result['suite']['name'].replace(':', '_').replace('/', '_')}"
     json_path = folder / f"{stem}.json"
@@ -630,6 +667,6 @@ def _json_safe(obj):
 
 
 __all__ = ["EvalConfig", "LEARNERS", "Run", "Suite", "SuiteReference", "analyse", "bootstrap_ci", "bootstrap_cis",
-           "build_learner", "check_config", "default_pairs", "paired_difference", "parse_pairs",
+           "build_learner", "check_config", "check_learners", "check_output_dir", "default_pairs", "paired_difference", "parse_pairs",
            "evaluate", "format_table", "iqm", "load_suite", "plot_curves", "run_learner", "suite_names",
            "summarise", "window_scores", "write_results"]

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -106,8 +107,24 @@ def bundled_agent_path(name: str = DEFAULT_AGENT) -> Path:
     return path
 
 
-def load_agent(path: str | os.PathLike, device: str | torch.device = "cpu") -> AnyMDPAgentModel:
-    """Load a checkpoint folder (``config.json`` + ``model.safetensors``) with clear errors."""
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that this machine has, or a clear ``ValueError``."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a torch device ({e}): use cpu, cuda, cuda:1, mps, ...") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine has no CUDA device (or torch was built without CUDA); "
+                         "use device=cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use device=cpu")
+    return dev
+
+
+def check_checkpoint_folder(path: str | os.PathLike) -> Path:
+    """The cheap checks of a checkpoint folder (it exists, a JSON ``config.json``, ``*.safetensors``), clear errors."""
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"no checkpoint folder at {folder}: pass a folder written by save_pretrained")
@@ -116,13 +133,30 @@ def load_agent(path: str | os.PathLike, device: str | torch.device = "cpu") -> A
     if not any(folder.glob("*.safetensors")):
         raise FileNotFoundError(f"{folder} holds no *.safetensors weights: the checkpoint is incomplete")
     try:
+        json.loads((folder / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{folder / 'config.json'} is not valid JSON ({e}): the checkpoint is corrupt; "
+                         "re-save it with save_pretrained") from None
+    return folder
+
+
+def load_agent(path: str | os.PathLike, device: str | torch.device = "cpu") -> AnyMDPAgentModel:
+    """Load a checkpoint folder (``config.json`` + ``model.safetensors``) with clear errors."""
+    folder = check_checkpoint_folder(path)
+    device = check_device(device)
+    try:
         config = AnyMDPAgentConfig.from_pretrained(folder)
-    except ValueError as e:
+    except (ValueError, OSError, TypeError) as e:
         raise ValueError(f"{folder}/config.json is not a valid AnyMDPAgentConfig: {e}") from e
+    from safetensors import SafetensorError
+
     try:  # from_pretrained itself refuses weights that do not cover the config (WeightsDoNotMatchConfig)
         model = AnyMDPAgentModel.from_pretrained(folder, config=config)
     except WeightsDoNotMatchConfig:
         raise
+    except SafetensorError as e:
+        raise ValueError(f"the weights in {folder} are corrupt or truncated ({e}): re-save or re-download "
+                         "the checkpoint") from None
     except (RuntimeError, ValueError, OSError) as e:
         raise ValueError(f"the weights in {folder} do not match its config.json ({type(e).__name__}: {e}); "
                          "the checkpoint was written by another configuration: re-save it") from e
@@ -173,7 +207,7 @@ class AgentLearner(InContextLearner):
             return self.temperature_start * (self.temperature_end / self.temperature_start) ** frac
         return self.temperature_start + (self.temperature_end - self.temperature_start) * frac
 
-    def initial_state(self, spec: EnvSpec, seed: int) -> _AgentState:
+    def check_spec(self, spec: EnvSpec) -> None:
         cfg = self._model.config
         if spec.n_actions > cfg.num_actions:
             raise ValueError(f"the environments have {spec.n_actions} actions but the agent knows {cfg.num_actions}: "
@@ -181,6 +215,10 @@ class AgentLearner(InContextLearner):
         if spec.n_observations > cfg.num_observations:
             raise ValueError(f"the environments have {spec.n_observations} observations but the agent's vocabulary "
                              f"holds {cfg.num_observations}: use an agent with a larger vocabulary")
+
+    def initial_state(self, spec: EnvSpec, seed: int) -> _AgentState:
+        cfg = self._model.config
+        self.check_spec(spec)
         mask = np.zeros((spec.num_envs, cfg.num_actions), dtype=bool)
         mask[:, :spec.n_actions] = spec.action_mask
         device = self._model.device
@@ -213,8 +251,12 @@ class AgentLearner(InContextLearner):
                 "decay_steps": self.decay_steps}
 
 
-def parse_agent_spec(spec: str) -> AgentLearner:
-    """``agent`` (the bundled agent), ``agent:PATH`` or ``agent:PATH:temperature_end=0.1:decay_steps=2000``."""
+def parse_agent_spec(spec: str, load: bool = True) -> AgentLearner | None:
+    """``agent`` (the bundled agent), ``agent:PATH`` or ``agent:PATH:temperature_end=0.1:decay_steps=2000``.
+
+    With ``load=False`` only the spec is checked (options, device, that the folder is a checkpoint), cheaply
+    and before any work; loading checks the weights.
+    """
     _, _, rest = spec.partition(":")
     parts = rest.split(":") if rest else []
     if not parts or "=" in parts[0]:
@@ -227,5 +269,13 @@ def parse_agent_spec(spec: str) -> AgentLearner:
         if not eq or key not in ("temperature_start", "temperature_end", "decay_steps", "device"):
             raise ValueError(f"learner {spec!r}: unknown option {item!r} (temperature_start, temperature_end, "
                              "decay_steps, device)")
-        kwargs[key] = value if key == "device" else (int(value) if key == "decay_steps" else float(value))
+        try:
+            kwargs[key] = value if key == "device" else (int(value) if key == "decay_steps" else float(value))
+        except ValueError:
+            raise ValueError(f"learner {spec!r}: {key} must be {'an integer' if key == 'decay_steps' else 'a number'}"
+                             f", got {value!r}") from None
+    check_device(kwargs.get("device", "cpu"))
+    if not load:
+        check_checkpoint_folder(parts[0])
+        return None
     return AgentLearner(parts[0], **kwargs)

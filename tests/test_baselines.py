@@ -388,9 +388,15 @@ def test_make_learner_parses_options():
 @pytest.mark.parametrize("spec, message", [
     ("nope", r"unknown learner 'nope'; choose from oracle, random, tql, ucbq, mbrl"),
     ("", r"unknown learner ''"),
-    ("mbrl:bogus=1", r"bad options for learner 'mbrl'.*bogus"),
+    ("mbrl:bogus=1", r"learner 'mbrl:bogus=1': unknown option 'bogus'; mbrl takes gamma, sweeps, lookahead"),
     ("mbrl:sweeps", r"learner option 'sweeps' in 'mbrl:sweeps' is not of the form key=value"),
-    ("tql:gamma=abc", r"bad options for learner 'tql'"),
+    ("tql:gamma=abc", r"learner 'tql:gamma=abc': gamma must be a number, got 'abc'"),
+    ("tql:alpha=abc", r"learner 'tql:alpha=abc': alpha must be a number, got 'abc'"),  # was "'<' not supported"
+    ("tql:horizon=2.5", r"horizon must be an integer, got '2.5'"),
+    ("ucbq:c=inf", r"c must be a finite number, got 'inf'"),
+    ("oracle:gamma=nan", r"gamma must be a finite number"),
+    ("oracle:gamma=1.5", r"OracleLearner needs 0 <= gamma < 1"),
+    ("random:x=1", r"unknown option 'x'; random takes no options"),
     ("mbrl:sweeps=0", r"ModelBasedPlanner needs .*sweeps=0"),
     ("ucbq:c=-1", r"UCBQLearner needs"),
 ])

@@ -97,6 +97,68 @@ def test_eval_paired_prints_and_stores_the_difference(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_an_agent_that_cannot_run_fails_before_the_baselines_and_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "a" / "b"
+    with pytest.raises(SystemExit) as exc:  # Taxi has 6 actions, the bundled agent knows 5
+        main(["eval", "--suite", "gym:Taxi-v4", "--learners", "random,agent", "--tasks", "1", "--steps", "100000",
+              "--no-progress", "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "learner 'agent' cannot run on suite gym:Taxi-v4: the environments have 6 actions but the agent knows 5" in err
+    assert os.listdir(tmp_path) == []  # no empty --out folder (nor its parent)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", str(2**63)], "--seed must be in 0..2**63 - 1, got 9223372036854775808"),
+    (["--suite", "anymdp-999999999"], "suite anymdp-999999999 with 2 tasks (999999999 states each) needs about"),
+    (["--suite", "gym:LunarLander-v3"], "needs a package that is not installed"),
+    (["--learners", "tql:alpha=abc"], "learner 'tql:alpha=abc': alpha must be a number, got 'abc'"),
+    (["--learners", "agent:NOPE"], "no checkpoint folder at NOPE"),
+])
+@pytest.mark.slow
+def test_more_bad_input_exits_2_in_one_line(tmp_path, args, message):
+    base = ["eval", "--suite", "anymdp-16", "--learners", "random", "--tasks", "2", "--steps", "50", "--no-progress"]
+    r = run_cli([*base, *args, "--out", str(tmp_path / "o")], cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_broken_agent_checkpoints_exit_2_in_one_line(tmp_path):
+    import shutil
+
+    from anymdp_agent.rollout import bundled_agent_path
+
+    src = bundled_agent_path()
+    weights, config = tmp_path / "weights", tmp_path / "config"
+    for d in (weights, config):
+        shutil.copytree(src, d)
+    (weights / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes()[:1000])
+    (config / "config.json").write_text("{not json")
+    base = ["eval", "--suite", "anymdp-16", "--tasks", "2", "--steps", "50", "--no-progress", "--out", str(tmp_path / "o")]
+    for spec, message in [(f"agent:{weights}", "are corrupt or truncated"),
+                          (f"agent:{config}", f"{config / 'config.json'} is not valid JSON"),
+                          (f"agent:{src}:device=cuda", "has no CUDA device"),
+                          (f"agent:{src}:device=gpu7", "is not a torch device"),
+                          (f"agent:{src}:decay_steps=abc", "decay_steps must be an integer, got 'abc'")]:
+        if "cuda" in spec and __import__("torch").cuda.is_available():
+            continue
+        r = run_cli([*base, "--learners", f"random,{spec}"], cwd=tmp_path)
+        assert r.returncode == 2, (spec, r.stderr)
+        assert message in r.stderr and "Traceback" not in r.stderr, (spec, r.stderr)
+    assert not (tmp_path / "o").exists()
+
+
+def test_demo_names_the_flag(tmp_path, capsys):
+    for flag in ("--frozenlake-steps", "--frozenlake-runs", "--tasks", "--steps"):
+        with pytest.raises(SystemExit) as exc:
+            main(["demo", flag, "0", "--out", str(tmp_path / "d"), "--no-progress"])
+        assert exc.value.code == 2
+        assert f"anymdp-agent demo: error: {flag} must be a positive integer, got 0" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
 def test_unwritable_out_exits_2(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

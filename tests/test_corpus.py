@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -520,7 +521,14 @@ def test_cli_generate_weights(tmp_path, capsys):
     (["--weights", "nope=1"], "unknown behaviours"),
     (["--weights", "oracle"], "--weights takes NAME=WEIGHT"),
     (["--split", "dev"], "split must be one of"),
-    (["--num-proc", "0"], "num_proc must be >= 1"),
+    (["--num-proc", "0"], "--num-proc must be a positive integer, got 0"),
+    (["--weights", "random=abc"], "--weights: the weight of 'random' must be a number, got 'abc'"),
+    (["--weights", "random=nan"], "the weight of behaviour 'random' must be a finite number >= 0, got nan"),
+    (["--weights", "random=inf"], "the weight of behaviour 'random' must be a finite number >= 0, got inf"),
+    (["--weights", "random=-1"], "must be a finite number >= 0"),
+    (["--seq-len", "2000000000"], "lower --seq-len or --tasks-per-shard"),  # was a MemoryError traceback
+    (["--seed", str(2**63)], "--seed must be in 0..2**63 - 1"),
+    (["--seq-len", "0"], "--seq-len must be a positive integer"),
 ])
 def test_cli_generate_bad_input_exits_2_before_writing(tmp_path, capsys, args, message):
     out = tmp_path / "corpus"
@@ -565,3 +573,153 @@ def test_copied_corpus_resumes_elsewhere(tmp_path, corpus):
     assert stats["train"]["sequences"] == 6
     assert before == {p: (dst / p).stat().st_mtime_ns for p in before}
     assert folder_bytes(dst) == folder_bytes(corpus)
+
+
+# ---------------------------------------------------------------------- faults: damaged shards, failed runs, bad metadata
+
+
+def test_rerun_regenerates_a_truncated_shard_and_removes_stale_temporaries(tmp_path, corpus, capsys):
+    folder = tmp_path / corpus.name  # the card names the folder
+    shutil.copytree(corpus, folder)
+    cfg = small_cfg()
+    shard = folder / cfg.shard_name(0)
+    good = shard.read_bytes()
+    shard.write_bytes(good[:300])  # a finished shard truncated after the fact (a bad copy, a full disk)
+    stale = [folder / "data" / f".{Path(cfg.shard_name(1)).name}.x1y2.tmp", folder / "stats" / ".train-00001.json.ab.tmp",
+             folder / ".corpus.json.zz.tmp"]
+    for f in stale:
+        f.write_bytes(b"half")
+    untouched = folder / cfg.shard_name(1)
+    before = untouched.stat()
+    generate_corpus(folder, cfg, command=COMMAND)
+    assert "is damaged (its bytes do not match the checksum in corpus.json): regenerating it" in capsys.readouterr().err
+    assert shard.read_bytes() == good
+    assert not any(f.exists() for f in stale)
+    assert (untouched.stat().st_ino, untouched.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert folder_bytes(folder) == folder_bytes(corpus)
+
+
+def test_a_shard_without_a_recorded_checksum_is_regenerated(tmp_path, corpus, capsys):
+    folder = tmp_path / corpus.name
+    shutil.copytree(corpus, folder)
+    meta = json.loads((folder / "corpus.json").read_text())
+    cfg = small_cfg()
+    assert set(meta["shards"]) == {cfg.shard_name(0), cfg.shard_name(1)}
+    assert meta["shards"][cfg.shard_name(0)] == {"rows": 3, "sha256": corpus_mod.file_sha256(folder / cfg.shard_name(0))}
+    del meta["shards"][cfg.shard_name(1)]  # killed between the rename and the record
+    (folder / "corpus.json").write_text(json.dumps(meta))
+    generate_corpus(folder, cfg, command=COMMAND)
+    assert "no checksum was recorded" in capsys.readouterr().err
+    assert folder_bytes(folder) == folder_bytes(corpus)
+
+
+def test_check_shard_refuses_what_training_cannot_use(tmp_path, corpus):
+    cfg = small_cfg()
+    good = corpus / cfg.shard_name(0)
+    assert corpus_mod.check_shard(good, expected_rows=3) == 3
+    assert corpus_mod.check_corpus_files([corpus / cfg.shard_name(k) for k in range(2)]) == cfg.tasks
+    table = pq.read_table(good)
+    cases = {}
+    rewards = table.column("rewards").to_pylist()
+    for name, value in (("nan", float("nan")), ("inf", float("inf"))):
+        bad = [list(r) for r in rewards]
+        bad[1][2] = value
+        cases[name] = table.set_column(table.schema.get_field_index("rewards"), "rewards",
+                                       pa.array(bad, type=table.schema.field("rewards").type))
+    cases["empty"] = table.slice(0, 0)
+    for name, t in cases.items():
+        pq.write_table(t, tmp_path / f"{name}.parquet")
+    with pytest.raises(ValueError, match=r"nan.parquet holds 1 NaN or infinite rewards"):
+        corpus_mod.check_shard(tmp_path / "nan.parquet")
+    with pytest.raises(ValueError, match=r"inf.parquet holds 1 NaN or infinite rewards"):
+        corpus_mod.check_shard(tmp_path / "inf.parquet")
+    with pytest.raises(ValueError, match=r"empty.parquet holds no rows"):
+        corpus_mod.check_shard(tmp_path / "empty.parquet")
+    (tmp_path / "cut.parquet").write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"cut.parquet is not a readable parquet file"):
+        corpus_mod.check_shard(tmp_path / "cut.parquet")
+    with pytest.raises(ValueError, match=r"holds 3 sequences, 2 expected"):
+        corpus_mod.check_shard(good, expected_rows=2)
+
+
+def test_settings_that_never_produced_a_shard_can_be_replaced(tmp_path, monkeypatch):
+    folder = tmp_path / "c"
+    real = corpus_mod.generate_shard
+    monkeypatch.setattr(corpus_mod, "generate_shard", lambda c, k: (_ for _ in ()).throw(MemoryError()))
+    with pytest.raises(MemoryError):
+        generate_corpus(folder, small_cfg(seq_len=30, tasks=2, tasks_per_shard=2))
+    assert json.loads((folder / "corpus.json").read_text())["splits"]["train"]["seq_len"] == 30
+    monkeypatch.setattr(corpus_mod, "generate_shard", real)
+    generate_corpus(folder, small_cfg(seq_len=31, tasks=2, tasks_per_shard=2))  # the corrected rerun
+    assert json.loads((folder / "corpus.json").read_text())["splits"]["train"]["seq_len"] == 31
+    with pytest.raises(ValueError, match="other settings.*seq_len"):  # now a shard exists: refused
+        generate_corpus(folder, small_cfg(seq_len=30, tasks=2, tasks_per_shard=2))
+
+
+def test_corpus_json_is_standard_json(corpus):
+    text = (corpus / "corpus.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"corpus.json holds {c}"))
+    with pytest.raises(ValueError, match="must be a finite number"):
+        MixtureConfig(weights={"random": float("nan")})
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "is not an anymdp-agent corpus.json (a JSON object with a 'splits' object, got list)"),
+    ('{"format": 1, "spl', "is corrupt (not JSON"),
+    ('{"format": 1, "splits": [1]}', "is not an anymdp-agent corpus.json"),
+])
+def test_bad_corpus_json_is_named(tmp_path, capsys, content, message):
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "corpus.json").write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--out", str(out), "--tasks", "2", "--seq-len", "20", "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'corpus.json'} {message}" in err and len(err.strip().splitlines()) == 1
+    assert os.listdir(out) == ["corpus.json"]
+
+
+def test_a_shard_that_does_not_fit_in_memory_is_refused_before_writing(tmp_path, monkeypatch, capsys):
+    import anymdp_agent.envs.memory as memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 2**30)
+    out = tmp_path / "c"
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--out", str(out), "--tasks", "4", "--seq-len", "100000000", "--tasks-per-shard", "1",
+              "--num-proc", "2", "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "generating 2 shard(s) of 1 sequences x 100000000 rows at once needs about 5.0 GiB of memory and 1.0 GiB" \
+        in err and "lower --seq-len, --tasks-per-shard or --num-proc" in err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_num_proc_workers_stop_with_the_parent(tmp_path, signame):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "c"
+    p = subprocess.Popen([sys.executable, "-m", "anymdp_agent.cli", "generate", "--out", str(out), "--tasks", "40",
+                          "--seq-len", "3000", "--tasks-per-shard", "2", "--num-proc", "2", "--no-progress"],
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("data/*.parquet")):  # stop it once it has finished a shard
+        time.sleep(0.1)
+    sig = getattr(signal, signame)
+    if sig == signal.SIGINT:
+        os.killpg(p.pid, sig)  # Ctrl-C reaches the whole foreground process group
+    else:
+        os.kill(p.pid, sig)  # SIGTERM to the parent alone
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + sig
+    assert err == f"anymdp-agent generate: stopped by {signame}; finished shards are kept: rerun the same command " \
+                  "to resume\n"
+    shards = sorted(os.listdir(out / "data"))
+    time.sleep(3)
+    assert sorted(os.listdir(out / "data")) == shards  # no orphan worker goes on writing
+    assert subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True).stdout == b""

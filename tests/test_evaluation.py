@@ -276,12 +276,16 @@ def test_check_config_rejects_bad_settings():
     check_config(EvalConfig(**good))
     for change, message in [({"suite": "nope"}, "unknown suite"), ({"learners": []}, "at least one learner"),
                             ({"learners": ["random", "bogus"]}, "unknown learner 'bogus'"),
-                            ({"learners": ["mbrl:x=1"]}, "bad options"),
+                            ({"learners": ["mbrl:x=1"]}, "unknown option 'x'"),
                             ({"tasks": 0}, "tasks must be a positive integer"),
                             ({"steps": -5}, "steps must be a positive integer"),
                             ({"steps": 2.5}, "steps must be a positive integer"),
                             ({"window": 0}, "window must be a positive integer"),
-                            ({"seed": -1}, "seed"), ({"seed_offset": -1}, "seed")]:
+                            ({"seed": -1}, "seed"), ({"seed_offset": -1}, "seed"),
+                            ({"seed": 2**63}, r"seed must be in 0..2\*\*63 - 2"),  # was an OverflowError
+                            ({"seed": 2.0}, "seed must be an integer"),
+                            ({"suite": "anymdp-999999999"}, "needs about .* of memory"),  # was a hang
+                            ({"suite": "garnet-30000", "tasks": 64}, "choose fewer states or fewer --tasks")]:
         with pytest.raises(ValueError, match=message):
             check_config(EvalConfig(**{**good, **change}))
 
@@ -329,11 +333,33 @@ def test_evaluate_oracle_needs_a_table(monkeypatch):
     suite = custom_suite([sample_anymdp_task(16, seed=1)])
     suite.tasks = None
     monkeypatch.setattr(evaluation, "load_suite", lambda name, num_tasks, seed_offset=0: suite)
-    with pytest.raises(ValueError, match="no oracle"):
+    with pytest.raises(ValueError, match="learner 'oracle' cannot run on suite custom: the oracle needs the true model"):
         evaluate(EvalConfig(suite="anymdp-16", learners=["oracle"], tasks=1, steps=10, window=5))
     result = evaluate(EvalConfig(suite="anymdp-16", learners=["random"], tasks=1, steps=300, window=100))
     assert result["suite"]["oracle_return"] is None and result["suite"]["skipped_degenerate"] == 0
     assert result["learners"]["random"]["score_kind"] == "return"
+
+
+def test_every_learner_is_checked_against_the_suite_before_any_runs():
+    ran = []
+
+    class Counting(evaluation.InContextLearner):
+        name = "counting"
+
+        def initial_state(self, spec, seed):
+            ran.append(self.name)
+            raise AssertionError("no learner may run before every learner is checked")
+
+    class TooSmall(evaluation.InContextLearner):
+        name = "small"
+
+        def check_spec(self, spec):
+            raise ValueError(f"knows 4 actions, the suite has {spec.n_actions}")
+
+    cfg = EvalConfig(suite="anymdp-16", learners=["random", "oracle"], tasks=2, steps=50, window=10)
+    with pytest.raises(ValueError, match=r"learner 'small' cannot run on suite anymdp-16: knows 4 actions, the suite has 5"):
+        evaluate(cfg, learners={"first": Counting(), "small": TooSmall()})
+    assert ran == []
 
 
 def test_write_results_files(small_result, tmp_path):

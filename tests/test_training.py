@@ -466,6 +466,21 @@ def test_error_corpus_without_the_chosen_label(tmp_path, capsys):
     assert_no_training(tmp_path / "run")
 
 
+def test_error_corpus_shards_training_cannot_use(tmp_path, capsys):
+    """NaN/inf rewards, a 0-row shard, a truncated shard: refused at load, the file named (check_corpus_files)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name, change in [("nan", lambda t: t.set_column(2, "rewards", pa.array([[float("nan")] * 32], t.schema.field(2).type))),
+                         ("empty", lambda t: t.slice(0, 0))]:
+        corpus = write_parquet_corpus(tmp_path / f"corpus-{name}")
+        shard = corpus / "data" / "train-00000-of-00001.parquet"
+        pq.write_table(change(pq.read_table(shard)), shard)
+        expect_error(capsys, tiny(tmp_path / f"run-{name}", "--corpus", corpus, "--label", "oracle"), str(shard),
+                     "NaN or infinite rewards" if name == "nan" else "holds no rows")
+        assert_no_training(tmp_path / f"run-{name}")
+
+
 def test_error_no_corpus_there(tmp_path, capsys):
     expect_error(capsys, tiny(tmp_path / "run", "--corpus", tmp_path / "missing"), "no corpus at")
 

@@ -198,7 +198,7 @@ def test_bad_reset_arguments_raise(small_tasks):
         benv.reset(options={"reset_mask": [True, False]})
     with pytest.raises(ValueError, match=r"seed must be an int or a list of 3 ints, got 2"):
         benv.reset(seed=[1, 2])
-    with pytest.raises(ValueError, match=r"seeds must be non-negative integers"):
+    with pytest.raises(ValueError, match=r"seed\[1\] must be in 0..2\*\*63 - 1, got -2"):
         benv.reset(seed=[1, -2, 3])
     with pytest.raises(ValueError, match=r"autoreset_mode must be a gymnasium AutoresetMode"):
         BatchedAnyMDPEnv(list(small_tasks[:3]), autoreset_mode=3)
@@ -215,3 +215,46 @@ def test_many_envs_step_fast_and_stay_in_bounds():
         assert np.all(np.isfinite(reward))
         assert not (terminated & truncated).any()
     assert np.all(benv.elapsed_steps <= np.array([t.max_steps for t in benv.tasks]))
+
+
+@pytest.mark.parametrize("seed, match", [
+    (1.5, r"seed must be an integer, got float 1.5"),  # was silently seed 1, as 1.9 was
+    (1.0, r"seed must be an integer, got float 1.0"),
+    ("3", r"seed must be an integer, got str '3'"),
+    (True, r"seed must be an integer, got bool True"),
+    (-1, r"seed must be in 0..2\*\*63 - 3 \(with 3 environments"),
+    (2**63, r"seed must be in 0..2\*\*63 - 3"),  # was an OverflowError
+    (2**63 - 2, r"seed must be in 0..2\*\*63 - 3"),  # env 2 would get 2**63
+    ([0, 1.5, 2], r"seed\[1\] must be an integer, got float 1.5"),
+    ([0, 2**64, 2], r"seed\[1\] must be in 0..2\*\*63 - 1"),  # was a wrapped array
+])
+def test_bad_seeds_are_refused_like_the_single_env(small_tasks, seed, match):
+    benv = BatchedAnyMDPEnv(list(small_tasks[:3]))
+    with pytest.raises(ValueError, match=match):
+        benv.reset(seed=seed)
+    single = AnyMDPEnv(small_tasks[0])
+    if seed == 2**63 - 2:  # fine for one env
+        single.reset(seed=seed)
+        return
+    with pytest.raises(ValueError, match=r"seed"):
+        single.reset(seed=seed if np.ndim(seed) == 0 else seed[1])
+
+
+def test_largest_seeds_match_the_single_env(small_tasks):
+    top = 2**63 - 3
+    benv = BatchedAnyMDPEnv(list(small_tasks[:3]))
+    obs, _ = benv.reset(seed=top)
+    assert obs.tolist() == [AnyMDPEnv(t).reset(seed=top + i)[0] for i, t in enumerate(small_tasks[:3])]
+    assert benv.reset(seed=np.int64(5))[0].tolist() == benv.reset(seed=5)[0].tolist()  # numpy integers are integers
+
+
+@pytest.mark.parametrize("mode", ["NextStep", "SameStep", "Disabled"])
+def test_step_before_reset_is_refused(small_tasks, mode):
+    benv = BatchedAnyMDPEnv(list(small_tasks[:3]), autoreset_mode=mode)
+    with pytest.raises(RuntimeError, match=r"call reset\(\) before step\(\): environments \[0, 1, 2\] were never reset"):
+        benv.step(np.zeros(3, dtype=np.int64))
+    benv.reset(seed=0, options={"reset_mask": np.array([True, False, True])})
+    with pytest.raises(RuntimeError, match=r"environments \[1\] were never reset"):
+        benv.step(np.zeros(3, dtype=np.int64))
+    benv.reset(seed=0)
+    benv.step(np.zeros(3, dtype=np.int64))

@@ -255,6 +255,9 @@ class CorpusSource:
                 files = sorted(str(p) for p in (local / "data").glob(f"{args.corpus_split}-*.parquet"))
                 if not files:
                     raise ValueError(f"{local} holds no {args.corpus_split} shards (data/{args.corpus_split}-*.parquet)")
+                from anymdp_agent.data.corpus import check_corpus_files
+
+                check_corpus_files(files)  # truncated, 0-row or NaN/inf-reward shards refused, the file named
                 ds = load_dataset("parquet", data_files={args.corpus_split: files}, split=args.corpus_split,
                                   streaming=args.streaming)
             else:

@@ -15,6 +15,9 @@ A learner is named ``name`` or ``name:key=value:key=value`` (e.g. ``mbrl:sweeps=
 
 from __future__ import annotations
 
+import inspect
+import math
+
 from .model_based import ModelBasedPlanner
 from .protocol import EnvSpec, InContextLearner, Transition
 from .qlearning import TabularQLearner, UCBQLearner
@@ -23,26 +26,38 @@ from .reference import OracleLearner, RandomLearner
 LEARNERS = {cls.name: cls for cls in (OracleLearner, RandomLearner, TabularQLearner, UCBQLearner, ModelBasedPlanner)}
 
 
-def _parse_value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+def _parse_option(spec: str, key: str, text: str, default):
+    """An option's text as the type of the constructor's default (``int`` or ``float``), or a clear error."""
+    kind = type(default)
+    try:
+        value = kind(text) if kind in (int, float) else text
+    except ValueError:
+        raise ValueError(f"learner {spec!r}: {key} must be {'an integer' if kind is int else 'a number'}, "
+                         f"got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise ValueError(f"learner {spec!r}: {key} must be a finite number, got {text!r}")
+    return value
 
 
 def make_learner(spec: str, dry_run: bool = False) -> InContextLearner | None:
-    """Build a learner from ``name`` or ``name:key=value:...``; a clear ``ValueError`` for anything unknown."""
+    """Build a learner from ``name`` or ``name:key=value:...``; a clear ``ValueError`` for anything unknown.
+
+    Each value is read as the type of the option's default (``sweeps=2`` an int, ``alpha=0.3`` a float)."""
     name, _, args = spec.partition(":")
     if name not in LEARNERS:
         raise ValueError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS)}")
+    params = {k: p.default for k, p in inspect.signature(LEARNERS[name]).parameters.items()
+              if p.default is not inspect.Parameter.empty}
     kwargs = {}
     for item in filter(None, args.split(":")):
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"learner option {item!r} in {spec!r} is not of the form key=value")
-        kwargs[key.strip()] = _parse_value(value.strip())
+        key = key.strip()
+        if key not in params:
+            raise ValueError(f"learner {spec!r}: unknown option {key!r}; {name} takes "
+                             f"{', '.join(params) or 'no options'}")
+        kwargs[key] = _parse_option(spec, key, value.strip(), params[key])
     try:
         learner = LEARNERS[name](**kwargs)
     except TypeError as e:

@@ -65,6 +65,10 @@ class InContextLearner:
 
     name: str = "learner"
 
+    def check_spec(self, spec: EnvSpec) -> None:
+        """A clear ``ValueError`` if the learner cannot run in environments described by ``spec`` (an agent
+        whose vocabulary is too small, an oracle without a true model); called before any learner runs."""
+
     def initial_state(self, spec: EnvSpec, seed: int) -> Any:
         """Fresh per-environment state: nothing known about any task. Same seed, same behaviour."""
         raise NotImplementedError

@@ -46,12 +46,17 @@ class OracleLearner(InContextLearner):
     name = "oracle"
 
     def __init__(self, gamma: float = ORACLE_GAMMA):
+        if not 0 <= gamma < 1:
+            raise ValueError(f"OracleLearner needs 0 <= gamma < 1, got gamma={gamma}")
         self.gamma = gamma
 
-    def initial_state(self, spec: EnvSpec, seed: int) -> _OracleState:
+    def check_spec(self, spec: EnvSpec) -> None:
         if spec.tasks is None:
             raise ValueError("the oracle needs the true model: this environment has no transition table "
                              "(drop 'oracle' from the learners)")
+
+    def initial_state(self, spec: EnvSpec, seed: int) -> _OracleState:
+        self.check_spec(spec)
         tasks = spec.tasks
         q = oracle_q(tasks, self.gamma)
         best = np.where(tasks.action_mask[:, None, :], q, -np.inf).argmax(-1)  # [B, n] chain space

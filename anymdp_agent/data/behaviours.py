@@ -36,6 +36,8 @@ backup, :func:`anymdp_agent.baselines.model_based.q_value`.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import numba
@@ -73,12 +75,18 @@ class MixtureConfig:
         unknown = set(self.weights) - set(BEHAVIOURS)
         if unknown:
             raise ValueError(f"unknown behaviours {sorted(unknown)} in the mixture; choose from {list(BEHAVIOURS)}")
+        for name, value in self.weights.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"the weight of behaviour {name!r} must be a finite number >= 0, got {value!r}")
         w = np.array([self.weights.get(name, 0.0) for name in BEHAVIOURS], dtype=np.float64)
-        if np.any(w < 0) or w.sum() <= 0:
+        if w.sum() <= 0:
             raise ValueError("behaviour weights must be >= 0 and not all zero")
         for name in ("switching_share", "switch_prob", "unknown_sequence_prob", "unknown_episode_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) or not 0.0 <= self.gamma < 1.0:
+            raise ValueError(f"gamma must lie in [0, 1), got {self.gamma!r}")
 
     @property
     def probabilities(self) -> np.ndarray:

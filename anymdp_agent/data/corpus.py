@@ -23,9 +23,12 @@ renamed, so an interrupted run leaves only finished shards; a rerun skips them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import signal
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,7 +39,8 @@ from ..baselines.protocol import EnvSpec, Transition
 from ..envs import BatchedAnyMDPEnv, GENERATOR_VERSION, stack_tasks
 from ..envs.anymdp import sample_anymdp_tasks
 from ..envs.anymdp import MIN_ACTIONS, MIN_STATES
-from ..envs.seeds import SEED_RANGES
+from ..envs.memory import check_memory, task_table_bytes
+from ..envs.seeds import SEED_RANGES, check_seed
 from ..envs.solvers import oracle_q
 from ..fileio import atomic_write
 from .behaviours import BEHAVIOURS, TAGS, BehaviourMixture, MixtureConfig
@@ -46,6 +50,8 @@ from ..configuration_anymdp_agent import (END_TERMINATED, END_TRUNCATED, LABEL_K
 
 CORPUS_FORMAT = 1
 MAX_OBSERVATIONS = 32767  # int16 observation ids
+#: Rows (values of one list column) a shard may hold: arrow list arrays have int32 offsets.
+MAX_SHARD_ROWS = 2**31 - 1
 
 
 def corpus_features(labels: tuple[str, ...]):
@@ -132,12 +138,24 @@ class CorpusConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.seed < 0 or self.seed_offset < 0:
-            raise ValueError("seed and seed_offset must be >= 0")
+        check_seed(self.seed, "seed")
+        check_seed(self.seed_offset, "seed_offset")
         if self.seed_offset + self.tasks > len(SEED_RANGES[self.split]):
             raise ValueError(f"{self.tasks} tasks from offset {self.seed_offset} run past the {self.split} seed range")
         if isinstance(self.mixture, dict):
             self.mixture = MixtureConfig(**self.mixture)
+        rows = min(self.tasks, self.tasks_per_shard) * self.seq_len
+        if rows > MAX_SHARD_ROWS:
+            raise ValueError(f"a shard of {min(self.tasks, self.tasks_per_shard)} sequences of {self.seq_len} rows holds "
+                             f"{rows:,} rows, more than a parquet list column holds ({MAX_SHARD_ROWS:,}): lower "
+                             "--seq-len or --tasks-per-shard")
+
+    def shard_bytes(self) -> int:
+        """Memory one process needs for one shard: the row arrays (about 3 copies: numpy, arrow, the parquet
+        writer's buffers) and the tasks' tables."""
+        b = min(self.tasks, self.tasks_per_shard)
+        per_row = 2 + 1 + 4 + 1 + len(self.labels)  # observations, actions, rewards, tags, labels
+        return 3 * b * self.seq_len * per_row + task_table_bytes(b, self.n_states[1], self.n_actions[1])
 
     @property
     def num_shards(self) -> int:
@@ -281,6 +299,52 @@ def _statistics(out: dict, cfg: CorpusConfig, kinds_drawn: np.ndarray) -> dict:
     }
 
 
+# ---------------------------------------------------------------------- checking shards
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_shard(path: str | os.PathLike, expected_rows: int | None = None) -> int:
+    """Refuse a shard file that cannot be trained on, naming it: not parquet (a truncated file has no footer),
+    no rows (or not ``expected_rows``), or a NaN or infinite reward. Returns its number of sequences."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        file = pq.ParquetFile(path)
+        rows = file.metadata.num_rows
+        has_rewards = "rewards" in file.schema_arrow.names  # (a missing column is check_corpus_features' to name)
+        rewards = pq.read_table(path, columns=["rewards"]).column("rewards") if rows and has_rewards else None
+    except Exception as e:  # noqa: BLE001  (pyarrow raises ArrowInvalid, OSError, KeyError, ... for a bad file)
+        raise ValueError(f"corpus shard {path} is not a readable parquet file ({type(e).__name__}: {e}): "
+                         "it is truncated or corrupt; regenerate it (rerun anymdp-agent generate)") from None
+    if rows == 0:
+        raise ValueError(f"corpus shard {path} holds no rows: regenerate it (rerun anymdp-agent generate) or remove it")
+    if expected_rows is not None and rows != expected_rows:
+        raise ValueError(f"corpus shard {path} holds {rows} sequences, {expected_rows} expected: regenerate it")
+    if rewards is None:
+        return rows
+    values = pc.list_flatten(rewards.combine_chunks())
+    bad = len(values) - pc.sum(pc.is_finite(values)).as_py() if len(values) else 0
+    if bad:
+        raise ValueError(f"corpus shard {path} holds {bad} NaN or infinite rewards: the data is corrupt; "
+                         "regenerate the corpus")
+    return rows
+
+
+def check_corpus_files(files) -> int:
+    """:func:`check_shard` on every shard file of a corpus before training reads any; returns the sequences."""
+    return sum(check_shard(f) for f in files)
+
+
 # ---------------------------------------------------------------------- the folder
 
 
@@ -291,14 +355,28 @@ def _write_shard(folder: Path, cfg: CorpusConfig, k: int) -> dict:
     table, stats = generate_shard(cfg, k)
     # Data first: a stats file vouches for a shard that exists.
     atomic_write(folder / cfg.shard_name(k), lambda fh: pq.write_table(table, fh, compression="zstd", use_dictionary=False))
-    atomic_write(folder / "stats" / f"{cfg.split}-{k:05d}.json", lambda fh: fh.write(json.dumps(stats).encode()))
-    return stats
+    atomic_write(folder / "stats" / f"{cfg.split}-{k:05d}.json",
+                 lambda fh: fh.write(json.dumps(stats, allow_nan=False).encode()))
+    return {"rows": int(table.num_rows), "sha256": file_sha256(folder / cfg.shard_name(k))}
 
 
 def _load_compiled_loops() -> None:
     """Roll one tiny sequence: numba loads the compiled loops from its cache on first use (~0.3 s)."""
     cfg = CorpusConfig(tasks=1, seq_len=2, labels=LABEL_KINDS, tasks_per_shard=1)
     roll_sequences([sample_anymdp_tasks([0], 16, 5)[0]], cfg, np.random.default_rng(0))
+
+
+def _worker_init() -> None:
+    """A worker leaves Ctrl-C to the parent (which stops the pool) and dies with it, even on SIGKILL."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 def _shard_worker(args):
@@ -308,29 +386,62 @@ def _shard_worker(args):
     return k, _write_shard(Path(folder), cfg, k)
 
 
+def read_corpus_meta(path: str | os.PathLike) -> dict:
+    """A folder's ``corpus.json``, or a ``ValueError`` naming the file if it is not one (corrupt JSON, a list)."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is corrupt (not JSON: {e}): restore it, or generate into a new --out") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("splits", {}), dict) \
+            or not all(isinstance(v, dict) for v in meta.get("splits", {}).values()) \
+            or not isinstance(meta.get("shards", {}), dict):
+        raise ValueError(f"{path} is not an anymdp-agent corpus.json (a JSON object with a 'splits' object, got "
+                         f"{type(meta).__name__}): restore it, or generate into a new --out")
+    return meta
+
+
+def _write_meta(folder: Path, meta: dict) -> None:
+    """``corpus.json``, atomically, in standard JSON (no NaN or Infinity), keys sorted (the same bytes every run)."""
+    text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=False)
+    atomic_write(folder / "corpus.json", lambda fh: fh.write(text.encode()))
+
+
+def _split_files(folder: Path, split: str) -> list[Path]:
+    return sorted((folder / "data").glob(f"{split}-*.parquet"))
+
+
 def prepare_folder(folder: str | os.PathLike, cfg: CorpusConfig, command: str | None = None) -> Path:
     """Create or reopen a corpus folder for ``cfg``; a clear error before any work if it cannot be used.
 
     A folder may be reused only if it is a corpus of this format whose saved configuration for the
-    split equals ``cfg`` (then finished shards are kept: the run resumes).
+    split equals ``cfg`` (then finished shards are kept: the run resumes), or whose saved configuration
+    for the split never produced a shard (a failed run's settings are replaced).
     """
     folder = Path(folder)
     meta_path = folder / "corpus.json"
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} exists and is not a folder: choose another --out")
+    wanted = _jsonable(cfg.to_dict())
     if folder.is_dir() and any(folder.iterdir()):
         if not meta_path.is_file():
             raise ValueError(f"{folder} is not empty and holds no corpus.json: it is not a resumable corpus; "
                              "choose an empty or new --out")
-        meta = json.loads(meta_path.read_text())
+        meta = read_corpus_meta(meta_path)
         if meta.get("format") != CORPUS_FORMAT:
             raise ValueError(f"{folder} holds a corpus of format {meta.get('format')}; this version writes "
                              f"format {CORPUS_FORMAT}: choose a new --out")
         saved = meta.get("splits", {}).get(cfg.split)
-        if saved is not None and saved != _jsonable(cfg.to_dict()):
-            diff = sorted(k for k in set(saved) | set(cfg.to_dict()) if saved.get(k) != _jsonable(cfg.to_dict()).get(k))
-            raise ValueError(f"{folder} holds a {cfg.split} split generated with other settings ({', '.join(diff)}): "
-                             "rerun with the same settings to resume, or choose a new --out")
+        if saved is not None and saved != wanted:
+            if _split_files(folder, cfg.split):
+                diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+                raise ValueError(f"{folder} holds a {cfg.split} split generated with other settings ({', '.join(diff)}): "
+                                 "rerun with the same settings to resume, or choose a new --out")
+            # Those settings never produced a shard: nothing is lost by replacing them.
+            meta["shards"] = {k: v for k, v in meta.get("shards", {}).items()
+                              if not Path(k).name.startswith(f"{cfg.split}-")}
+            for stale in (folder / "stats").glob(f"{cfg.split}-*.json"):
+                stale.unlink()
         other = [s for s, c in meta.get("splits", {}).items() if s != cfg.split and c.get("labels") != list(cfg.labels)]
         if other:
             raise ValueError(f"the {other[0]} split in {folder} has other label columns; one corpus has one schema")
@@ -344,15 +455,50 @@ def prepare_folder(folder: str | os.PathLike, cfg: CorpusConfig, command: str | 
         probe.unlink()
     except OSError as e:
         raise ValueError(f"cannot write to {folder}: {e.strerror or e}; choose a writable --out") from e
-    meta["splits"][cfg.split] = _jsonable(cfg.to_dict())
+    meta["splits"][cfg.split] = wanted
+    meta.setdefault("shards", {})
     if command:
         meta.setdefault("commands", {})[cfg.split] = command
-    atomic_write(meta_path, lambda fh: fh.write(json.dumps(meta, indent=1, sort_keys=True).encode()))
+    _write_meta(folder, meta)
     return folder
 
 
 def _jsonable(d):
-    return json.loads(json.dumps(d))
+    return json.loads(json.dumps(d, allow_nan=False))
+
+
+def _remove_stale_temporaries(folder: Path, cfg: CorpusConfig, shards: range) -> None:
+    """Delete the hidden temporary files a killed run left (``atomic_write``'s ``.<name>.*.tmp``) for the shards
+    of this run's range and the folder's own files; other ranges' may belong to another live machine."""
+    names = [("data", Path(cfg.shard_name(k)).name) for k in shards]
+    names += [("stats", f"{cfg.split}-{k:05d}.json") for k in shards]
+    names += [(".", "corpus.json"), (".", "README.md")]
+    for sub, name in names:
+        for tmp in (folder / sub).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _verified(folder: Path, cfg: CorpusConfig, k: int, meta: dict) -> bool:
+    """Whether finished shard ``k`` is intact: its statistics exist, its bytes have the checksum recorded when
+    it was written, and it is a readable parquet file with the expected number of sequences."""
+    path = folder / cfg.shard_name(k)
+    if not path.is_file() or not (folder / "stats" / f"{cfg.split}-{k:05d}.json").is_file():
+        return False
+    record = meta.get("shards", {}).get(cfg.shard_name(k))
+    why = None
+    if not isinstance(record, dict) or "sha256" not in record:
+        why = "no checksum was recorded for it"
+    elif file_sha256(path) != record["sha256"]:
+        why = "its bytes do not match the checksum in corpus.json"
+    else:
+        try:
+            check_shard(path, expected_rows=len(cfg.task_seeds(k)))
+        except ValueError as e:
+            why = str(e)
+    if why:
+        print(f"anymdp-agent generate: shard {path} is damaged ({why}): regenerating it", file=sys.stderr)
+        return False
+    return True
 
 
 def generate_corpus(folder: str | os.PathLike, cfg: CorpusConfig, num_proc: int = 1,
@@ -361,39 +507,51 @@ def generate_corpus(folder: str | os.PathLike, cfg: CorpusConfig, num_proc: int 
     """Generate (or resume) a corpus split in ``folder``; returns the aggregated statistics.
 
     ``shard_range = (lo, hi)`` generates shards ``lo..hi-1`` only (several machines share one corpus
-    by taking disjoint ranges); finished shards are skipped. The dataset card is rendered at the end
-    from the statistics of every shard present.
+    by taking disjoint ranges). Finished shards are verified (checksum recorded in ``corpus.json``,
+    parquet footer, row count) and skipped; damaged ones are regenerated. The dataset card is rendered at
+    the end from the statistics of every shard present.
     """
     lo, hi = shard_range or (0, cfg.num_shards)
     if not 0 <= lo < hi <= cfg.num_shards:
         raise ValueError(f"shard range {lo}:{hi} is outside 0:{cfg.num_shards} ({cfg.num_shards} shards of "
                          f"{cfg.tasks_per_shard} sequences)")
-    if num_proc < 1:
+    if isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1:
         raise ValueError(f"num_proc must be >= 1, got {num_proc}")
+    procs = min(num_proc, hi - lo)
+    check_memory(cfg.shard_bytes() * procs, f"generating {procs} shard(s) of {min(cfg.tasks, cfg.tasks_per_shard)} "
+                 f"sequences x {cfg.seq_len} rows at once", "lower --seq-len, --tasks-per-shard or --num-proc")
     folder = prepare_folder(folder, cfg, command)
-    todo = [k for k in range(lo, hi) if not (folder / cfg.shard_name(k)).is_file()
-            or not (folder / "stats" / f"{cfg.split}-{k:05d}.json").is_file()]
+    _remove_stale_temporaries(folder, cfg, range(lo, hi))
+    meta = read_corpus_meta(folder / "corpus.json")
+    todo = [k for k in range(lo, hi) if not _verified(folder, cfg, k, meta)]
+
+    def finished(k: int, record: dict) -> None:
+        meta["shards"][cfg.shard_name(k)] = record
+        _write_meta(folder, meta)
+        if bar is not None:
+            bar.update(1)
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=hi - lo, initial=hi - lo - len(todo), desc=f"{cfg.split} shards", unit="shard")
-    if num_proc == 1 or len(todo) <= 1:
-        for k in todo:
-            _write_shard(folder, cfg, k)
-            if bar is not None:
-                bar.update(1)
-    else:
-        import multiprocessing as mp
+    try:
+        if num_proc == 1 or len(todo) <= 1:
+            for k in todo:
+                finished(k, _write_shard(folder, cfg, k))
+        else:
+            import multiprocessing as mp
 
-        _load_compiled_loops()  # once here, not once per forked worker
-        ctx = mp.get_context("fork")
-        with ctx.Pool(min(num_proc, len(todo))) as pool:
-            for _ in pool.imap_unordered(_shard_worker, [(str(folder), cfg.to_dict(), k) for k in todo]):
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
+            _load_compiled_loops()  # once here, not once per forked worker
+            ctx = mp.get_context("fork")
+            # Leaving the block (an error, Ctrl-C, SIGTERM turned into KeyboardInterrupt) terminates the workers.
+            with ctx.Pool(min(num_proc, len(todo)), initializer=_worker_init) as pool:
+                for k, record in pool.imap_unordered(_shard_worker, [(str(folder), cfg.to_dict(), k) for k in todo]):
+                    finished(k, record)
+    finally:
+        if bar is not None:
+            bar.close()
     from .card import write_dataset_card
 
     return write_dataset_card(folder)

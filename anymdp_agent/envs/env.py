@@ -7,6 +7,7 @@ import numpy as np
 from gymnasium import spaces
 
 from .dynamics import TabularDynamics
+from .seeds import check_seed
 from .task import Task
 
 
@@ -42,6 +43,8 @@ class AnyMDPEnv(gym.Env):
         self._last = None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            seed = check_seed(seed)
         super().reset(seed=seed)
         if seed is not None:
             self._dyn.seed([seed])

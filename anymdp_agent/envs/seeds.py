@@ -7,7 +7,23 @@ number (suites, the demo, the model card) uses :data:`TEST`.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
+
+#: Environment and learner seeds lie in ``[0, MAX_SEED)``: they become 64-bit stream keys through int64 arrays.
+MAX_SEED = 2**63
+
+
+def check_seed(seed, name: str = "seed", count: int = 1) -> int:
+    """``seed`` as a Python int, or a clear ``ValueError``: an integer (not a bool, float or string) with
+    ``0 <= seed`` and ``seed + count - 1 < 2**63`` (``count`` environments take ``seed, seed + 1, ...``)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {type(seed).__name__} {seed!r}")
+    seed = int(seed)
+    if seed < 0 or seed + count - 1 >= MAX_SEED:
+        span = f" (with {count} environments seeded {name}, {name} + 1, ...)" if count > 1 else ""
+        raise ValueError(f"{name} must be in 0..2**63 - {count}{span}, got {seed}")
+    return seed
 
 
 @dataclass(frozen=True)

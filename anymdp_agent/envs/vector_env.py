@@ -17,6 +17,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from .dynamics import TabularDynamics
+from .seeds import check_seed
 from .task import Task, TaskBatch
 
 
@@ -55,6 +56,7 @@ class BatchedAnyMDPEnv(VectorEnv):
         self._all = np.arange(self.num_envs)
         self._ended = np.ones(self.num_envs, dtype=bool)
         self._obs = np.zeros(self.num_envs, dtype=np.int64)
+        self._never_reset = np.ones(self.num_envs, dtype=bool)  # step() refuses these, as AnyMDPEnv does
         self._seeded = False
 
     @property
@@ -77,11 +79,13 @@ class BatchedAnyMDPEnv(VectorEnv):
             raise ValueError(f"options['reset_mask'] must be a bool array of shape ({self.num_envs},)")
         idx = self._all if mask is None else np.flatnonzero(mask)
         if seed is not None:
-            seeds = np.asarray(seed, dtype=np.int64)
-            if seeds.ndim == 0:
-                seeds = seeds + np.arange(self.num_envs)
-            if seeds.shape != (self.num_envs,):
-                raise ValueError(f"seed must be an int or a list of {self.num_envs} ints, got {len(seeds)}")
+            if isinstance(seed, (str, bytes)) or np.ndim(seed) == 0:
+                first = check_seed(seed, count=self.num_envs)
+                seeds = np.arange(first, first + self.num_envs, dtype=np.int64)
+            else:
+                if len(seed) != self.num_envs:
+                    raise ValueError(f"seed must be an int or a list of {self.num_envs} ints, got {len(seed)}")
+                seeds = np.array([check_seed(s, name=f"seed[{i}]") for i, s in enumerate(seed)], dtype=np.int64)
             self._np_random_seed = int(seeds[0])
             self._dyn.seed(seeds[idx], idx)
             self._seeded = True
@@ -90,9 +94,13 @@ class BatchedAnyMDPEnv(VectorEnv):
             self._seeded = True
         self._obs[idx] = self._dyn.reset(idx)
         self._ended[idx] = False
+        self._never_reset[idx] = False
         return self._obs.copy(), {"state": self._dyn.state.copy()}
 
     def step(self, actions):
+        if self._never_reset.any():
+            raise RuntimeError(f"call reset() before step(): environments {np.flatnonzero(self._never_reset)[:8].tolist()} "
+                               "were never reset")
         b = self.num_envs
         reward = np.zeros(b)
         mean = np.zeros(b)
