@@ -25,7 +25,8 @@ from pathlib import Path
 
 #: (suite, instances, steps, window): the quality bar's suite first, then the rest of the picture.
 SUITES = [("anymdp-16", 128, 4000, 500), ("frozenlake", 32, 20000, 2000), ("cliffwalking", 16, 10000, 1000),
-          ("anymdp-32", 64, 4000, 500), ("anymdp-64", 32, 4000, 500)]
+          ("anymdp-32", 64, 4000, 500), ("anymdp-64", 32, 4000, 500), ("garnet-16", 64, 4000, 500),
+          ("frozenlake8x8", 16, 20000, 2000)]
 #: The same 16-state tasks at a context of 16,000 steps: 16x the final training sequence length.
 LONG = ("anymdp-16", 32, 16000, 2000)
 BASELINES = ["mbrl", "mbrl:lookahead=1", "ucbq", "tql", "random", "oracle"]
@@ -69,6 +70,10 @@ def evaluate_checkpoint(folder: str | os.PathLike, suites=SUITES, long_context=L
         result["learners"] = {("agent" if k.startswith("agent:") else k): v for k, v in result["learners"].items()}
         result["config"]["learners"] = ["agent" if k.startswith("agent:") else k for k in cfg.learners]
         result["learners"]["agent"].get("hyperparameters", {}).pop("checkpoint", None)
+        for pair in result.get("paired", []):
+            for side in ("learner", "baseline"):
+                if pair[side].startswith("agent:"):
+                    pair[side] = "agent"
         paths = write_results(result, folder / "eval", stem=f"eval-{name}" + ("-long-context" if is_long else ""),
                               compact=True)
         written.append(Path(paths["json"]))
