@@ -77,14 +77,24 @@ def test_train_takes_a_bundled_recipe_by_name(tmp_path, monkeypatch):
 def test_cli_train_launches_the_packaged_module(monkeypatch):
     import subprocess as sp
 
-    from anymdp_agent.cli import main
+    from anymdp_agent import cli
 
     calls = []
-    monkeypatch.setattr(sp, "call", lambda cmd, env=None: calls.append(cmd) or 0)
-    assert main(["train", "--cpu", "--", "--config", "tiny", "--max_steps", "2"]) == 0
+
+    class FakeLauncher:  # records the command; the trainer itself is not started
+        def __init__(self, cmd, env=None, start_new_session=False):
+            calls.append(cmd)
+            self.pid = 0
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(sp, "Popen", FakeLauncher)
+    assert cli.main(["train", "--cpu", "--", "--config", "tiny", "--max_steps", "2"]) == 0
     cmd, = calls
     assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and "--cpu" in cmd
-    assert cmd[cmd.index("-m", 3):] == ["-m", "anymdp_agent.training.train", "--config", "tiny", "--max_steps", "2"]
+    assert cmd[cmd.index("-m", 3):] == ["-m", cli.TRAIN_MODULE, "--config", "tiny", "--max_steps", "2"]
+    assert cli.TRAIN_MODULE == "anymdp_agent.training.train"
 
 
 @pytest.mark.slow
