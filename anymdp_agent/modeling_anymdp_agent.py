@@ -545,6 +545,46 @@ class AnyMDPAgentLayer(nn.Module):
         return x + self.mlp(self.mlp_norm(x)), state
 
 
+class ObservationStatistics(nn.Module):
+    """Per-observation statistics as extra input features of the sequence backbone (``config.observation_statistics``).
+
+    The memory is the planning backbone's simplest part: per-(observation, action) visit counts and reward sums
+    (one-hot keys, no decay). Row ``j`` reads the row's own observation: for every action, ``log(1 + n)``,
+    ``1[n > 0]`` and the mean reward in units of the history's reward scale (``3 * num_actions`` numbers),
+    projected into the observation token. Nothing here plans; the layers above must learn what to do with it.
+    The memory holds every transition of the rows *before* the last one (the last row's transition is the
+    cache's ``last_*``), so chunked and stepped forms count the same transitions.
+    """
+
+    def __init__(self, config: AnyMDPAgentConfig):
+        super().__init__()
+        self.num_actions = config.num_actions
+        self.proj = nn.Linear(3 * config.num_actions, config.hidden_size)
+
+    def initial_tensors(self, batch: int, n_obs: int, device) -> dict[str, torch.Tensor]:
+        z = torch.zeros(batch, n_obs, self.num_actions, device=device)
+        return {"stat_n": z, "stat_r": z.clone()}
+
+    def forward(self, stat_n, stat_r, prev_obs, prev_act, prev_rew, observations, scale):
+        """Token features ``[B, T, hidden]`` of rows ``[B, T]`` and the memory after them (``stat_n``, ``stat_r``).
+
+        ``prev_*`` are each row's previous row (its transition is counted before the row reads), ``scale [B, T]``
+        the reward scale at each row, ``stat_n``/``stat_r [B, S, A]`` the memory before the first row.
+        """
+        b, t = observations.shape
+        n, a = stat_n.shape[1], self.num_actions
+        real = (prev_act >= 0).float()
+        sa = prev_obs.clamp(min=0) * a + prev_act.clamp(min=0)
+        hot = torch.zeros(b, t, n * a, device=observations.device).scatter_(2, sa[..., None], real[..., None])
+        counts = stat_n.reshape(b, 1, n * a) + hot.cumsum(1)
+        sums = stat_r.reshape(b, 1, n * a) + (hot * prev_rew[..., None]).cumsum(1)
+        at = (observations[..., None] * a + torch.arange(a, device=observations.device)).clamp(max=n * a - 1)
+        n_o, r_o = counts.gather(2, at), sums.gather(2, at)  # [B, T, A] at the row's observation
+        mean = r_o / n_o.clamp(min=1.0) / scale[..., None]
+        feats = torch.cat([torch.log1p(n_o), (n_o > 0).float(), mean], -1)
+        return self.proj(feats), counts[:, -1].view(b, n, a), sums[:, -1].view(b, n, a)
+
+
 class SequenceBackbone(nn.Module):
     """Token embeddings (two tokens per row) and the gated-linear-attention stack."""
 
@@ -557,6 +597,7 @@ class SequenceBackbone(nn.Module):
         self.tag_embed = nn.Embedding(config.num_tags, d)
         self.prompt_embed = nn.Embedding(config.num_prompts, d)
         self.reward_proj = nn.Linear(1, d)
+        self.statistics = ObservationStatistics(config) if config.observation_statistics else None
         self.layers = nn.ModuleList([AnyMDPAgentLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = RMSNorm(d, config.rms_norm_eps)
         self.gradient_checkpointing = False
@@ -566,11 +607,15 @@ class SequenceBackbone(nn.Module):
         hd = self.config.hidden_size // h
         return [torch.zeros(batch, h, hd, hd, device=device) for _ in self.layers]
 
-    def embed(self, observations, actions, prev_rewards, tags, prompts):
+    def embed(self, observations, actions, prev_rewards, tags, prompts, statistics=None):
+        """The ``[B, 2T, hidden]`` tokens of ``[B, T]`` rows; ``statistics`` (``[B, T, hidden]``, from
+        :class:`ObservationStatistics`) is added to the observation tokens."""
         a = self.config.num_actions
         act_ids = torch.where(actions == END_TERMINATED, a, torch.where(actions == END_TRUNCATED, a + 1, actions))
         x_obs = (self.obs_embed(observations) + self.reward_proj(symlog(prev_rewards)[..., None])
                  + self.prompt_embed(prompts)[:, None])
+        if statistics is not None:
+            x_obs = x_obs + statistics
         x_act = self.action_embed(act_ids.clamp(min=0)) + self.tag_embed(tags)
         b, t, d = x_obs.shape
         return torch.stack([x_obs, x_act], 2).reshape(b, 2 * t, d)
@@ -659,6 +704,8 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
             base.update(self.planner.initial_tensors(batch_size, n_obs, device))
             return AnyMDPAgentCache(base)
         base.update({"r_count": torch.zeros(batch_size, device=device), "r_sq": torch.zeros(batch_size, device=device)})
+        if self.backbone.statistics is not None:
+            base.update(self.backbone.statistics.initial_tensors(batch_size, self.config.num_observations, device))
         return AnyMDPAgentCache(base, self.backbone.initial_layers(batch_size, device))
 
     # -- checks -----------------------------------------------------------------------------------
@@ -727,17 +774,21 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
         else:
             prev_obs, prev_act, prev_rew = previous_rows(observations, actions, rewards, cache)
             prev_rewards = torch.where(prev_act >= 0, prev_rew, torch.zeros_like(prev_rew))
-            tokens = self.backbone.embed(observations, actions, prev_rewards, tags, prompts)
-            hidden, layers = self.backbone(tokens, cache.layers, recurrent=recurrent)
-            hidden = hidden.view(b, t, 2, -1)
-            pi = self.policy_head(hidden[:, :, 0])
-            obs_logits = self.observation_head(hidden[:, :, 1])
-            rew_pred = self.reward_head(hidden[:, :, 1])[..., 0]
             real = (prev_act >= 0).float()
             r_count = cache.r_count[:, None] + real.cumsum(1)
             r_sq = cache.r_sq[:, None] + (prev_rewards * prev_rewards).cumsum(1)
             scale = reward_scale(r_sq, r_count)
             new = dict(cache.tensors)
+            stats = None
+            if self.backbone.statistics is not None:
+                stats, new["stat_n"], new["stat_r"] = self.backbone.statistics(
+                    cache.stat_n, cache.stat_r, prev_obs, prev_act, prev_rewards, observations, scale)
+            tokens = self.backbone.embed(observations, actions, prev_rewards, tags, prompts, stats)
+            hidden, layers = self.backbone(tokens, cache.layers, recurrent=recurrent)
+            hidden = hidden.view(b, t, 2, -1)
+            pi = self.policy_head(hidden[:, :, 0])
+            obs_logits = self.observation_head(hidden[:, :, 1])
+            rew_pred = self.reward_head(hidden[:, :, 1])[..., 0]
             new["r_count"], new["r_sq"] = r_count[:, -1], r_sq[:, -1]
             new["step"] = cache.step + t
             new["last_obs"], new["last_action"], new["last_reward"] = observations[:, -1], actions[:, -1], rewards[:, -1]
@@ -795,12 +846,18 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
         bb = self.backbone
         token = (bb.obs_embed(obs[:, 0]) + bb.reward_proj(symlog(prev_rew)[:, None])
                  + bb.prompt_embed(torch.zeros_like(obs[:, 0])))
+        tensors = {**state.tensors, "step": state.step + 1, "last_obs": obs[:, 0],
+                   "r_count": state.r_count + real, "r_sq": state.r_sq + prev_rew * prev_rew}
+        if bb.statistics is not None:
+            scale = reward_scale(tensors["r_sq"], tensors["r_count"])
+            stats, tensors["stat_n"], tensors["stat_r"] = bb.statistics(
+                state.stat_n, state.stat_r, state.last_obs[:, None], state.last_action[:, None], prev_rew[:, None],
+                obs, scale[:, None])
+            token = token + stats[:, 0]
         hidden, layers = bb(token[:, None], state.layers, recurrent=True)
         logits = self.policy_head(hidden[:, 0])
         if action_mask is not None:
             logits = logits.masked_fill(~action_mask, torch.finfo(logits.dtype).min)
-        tensors = {**state.tensors, "step": state.step + 1, "last_obs": obs[:, 0],
-                   "r_count": state.r_count + real, "r_sq": state.r_sq + prev_rew * prev_rew}
         return logits, AnyMDPAgentCache(tensors, layers)
 
     @torch.no_grad()
