@@ -548,41 +548,65 @@ class AnyMDPAgentLayer(nn.Module):
 class ObservationStatistics(nn.Module):
     """Per-observation statistics as extra input features of the sequence backbone (``config.observation_statistics``).
 
-    The memory is the planning backbone's simplest part: per-(observation, action) visit counts and reward sums
-    (one-hot keys, no decay). Row ``j`` reads the row's own observation: for every action, ``log(1 + n)``,
-    ``1[n > 0]`` and the mean reward in units of the history's reward scale (``3 * num_actions`` numbers),
-    projected into the observation token. Nothing here plans; the layers above must learn what to do with it.
-    The memory holds every transition of the rows *before* the last one (the last row's transition is the
-    cache's ``last_*``), so chunked and stepped forms count the same transitions.
+    An exact memory per (observation, action), as linear attention with one-hot keys and no decay: visit counts
+    ``n``, reward sums and discounted-return sums (every visit adds the rewards that follow it, discounted by
+    :attr:`RETURN_DISCOUNT`, until its episode ends: an eligibility trace, cut at episode ends). Row ``j`` reads the
+    row's own observation: for every action, ``log(1 + n)``, ``1[n > 0]``, the mean reward and the mean
+    discounted return (both in units of the history's reward scale), ``4 * num_actions`` numbers projected into
+    the observation token. The return of a recent visit is still partial. Nothing here plans over the
+    observation space: the layers above must learn what to do with it.
+
+    Row ``j`` counts the transitions of the rows before it (the last row's transition is the cache's ``last_*``),
+    so chunked and stepped forms count the same transitions.
     """
+
+    #: Discount of the return memory (a horizon of about ten steps).
+    RETURN_DISCOUNT = 0.9
+    #: Log of a cut trace (at an episode end): exp of it is 0 in float64.
+    CUT = -1e4
 
     def __init__(self, config: AnyMDPAgentConfig):
         super().__init__()
         self.num_actions = config.num_actions
-        self.proj = nn.Linear(3 * config.num_actions, config.hidden_size)
+        self.proj = nn.Linear(4 * config.num_actions, config.hidden_size)
 
     def initial_tensors(self, batch: int, n_obs: int, device) -> dict[str, torch.Tensor]:
         z = torch.zeros(batch, n_obs, self.num_actions, device=device)
-        return {"stat_n": z, "stat_r": z.clone()}
+        return {"stat_n": z, "stat_r": z.clone(), "stat_g": z.clone(), "stat_trace": z.clone()}
 
-    def forward(self, stat_n, stat_r, prev_obs, prev_act, prev_rew, observations, scale):
-        """Token features ``[B, T, hidden]`` of rows ``[B, T]`` and the memory after them (``stat_n``, ``stat_r``).
+    def forward(self, cache, prev_obs, prev_act, prev_rew, observations, scale):
+        """Token features ``[B, T, hidden]`` of rows ``[B, T]`` and the memory after them (a dict of cache tensors).
 
         ``prev_*`` are each row's previous row (its transition is counted before the row reads), ``scale [B, T]``
-        the reward scale at each row, ``stat_n``/``stat_r [B, S, A]`` the memory before the first row.
+        the reward scale at each row, ``cache`` holds the memory before the first row.
         """
         b, t = observations.shape
-        n, a = stat_n.shape[1], self.num_actions
+        n, a = cache.stat_n.shape[1], self.num_actions
+        dev = observations.device
         real = (prev_act >= 0).float()
+        rew = prev_rew * real
         sa = prev_obs.clamp(min=0) * a + prev_act.clamp(min=0)
-        hot = torch.zeros(b, t, n * a, device=observations.device).scatter_(2, sa[..., None], real[..., None])
-        counts = stat_n.reshape(b, 1, n * a) + hot.cumsum(1)
-        sums = stat_r.reshape(b, 1, n * a) + (hot * prev_rew[..., None]).cumsum(1)
-        at = (observations[..., None] * a + torch.arange(a, device=observations.device)).clamp(max=n * a - 1)
-        n_o, r_o = counts.gather(2, at), sums.gather(2, at)  # [B, T, A] at the row's observation
-        mean = r_o / n_o.clamp(min=1.0) / scale[..., None]
-        feats = torch.cat([torch.log1p(n_o), (n_o > 0).float(), mean], -1)
-        return self.proj(feats), counts[:, -1].view(b, n, a), sums[:, -1].view(b, n, a)
+        hot = torch.zeros(b, t, n * a, device=dev).scatter_(2, sa[..., None], real[..., None])
+        flat = lambda x: x.reshape(b, 1, n * a)  # noqa: E731
+        counts = flat(cache.stat_n) + hot.cumsum(1)
+        sums = flat(cache.stat_r) + (hot * rew[..., None]).cumsum(1)
+        # Trace E_j = d_j E_{j-1} + onehot_j (d = 0 where the previous row closed an episode), G_j = G_{j-1} + r_j E_j;
+        # in closed form over the rows, in float64 (the cut is a log of -1e4).
+        log_d = torch.where(prev_act >= 0, math.log(self.RETURN_DISCOUNT), self.CUT).double()
+        cum = log_d.cumsum(1)
+        lag = cum[:, :, None] - cum[:, None, :]
+        causal = torch.ones(t, t, dtype=torch.bool, device=dev).tril()
+        mix = torch.where(causal, lag, torch.full_like(lag, -torch.inf)).exp()
+        trace = cum.exp()[..., None] * flat(cache.stat_trace).double() + mix @ hot.double()
+        returns = flat(cache.stat_g).double() + (trace * rew.double()[..., None]).cumsum(1)
+        at = (observations[..., None] * a + torch.arange(a, device=dev)).clamp(max=n * a - 1)
+        n_o = counts.gather(2, at)  # [B, T, A] at the row's observation
+        per_visit = n_o.clamp(min=1.0) * scale[..., None]
+        feats = torch.cat([torch.log1p(n_o), (n_o > 0).float(), sums.gather(2, at) / per_visit,
+                           returns.gather(2, at).float() / per_visit], -1)
+        last = lambda x: x[:, -1].reshape(b, n, a).float()  # noqa: E731
+        return self.proj(feats), {"stat_n": last(counts), "stat_r": last(sums), "stat_g": last(returns),
+                                  "stat_trace": last(trace)}
 
 
 class SequenceBackbone(nn.Module):
@@ -781,8 +805,8 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
             new = dict(cache.tensors)
             stats = None
             if self.backbone.statistics is not None:
-                stats, new["stat_n"], new["stat_r"] = self.backbone.statistics(
-                    cache.stat_n, cache.stat_r, prev_obs, prev_act, prev_rewards, observations, scale)
+                stats, memory = self.backbone.statistics(cache, prev_obs, prev_act, prev_rewards, observations, scale)
+                new.update(memory)
             tokens = self.backbone.embed(observations, actions, prev_rewards, tags, prompts, stats)
             hidden, layers = self.backbone(tokens, cache.layers, recurrent=recurrent)
             hidden = hidden.view(b, t, 2, -1)
@@ -850,9 +874,9 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
                    "r_count": state.r_count + real, "r_sq": state.r_sq + prev_rew * prev_rew}
         if bb.statistics is not None:
             scale = reward_scale(tensors["r_sq"], tensors["r_count"])
-            stats, tensors["stat_n"], tensors["stat_r"] = bb.statistics(
-                state.stat_n, state.stat_r, state.last_obs[:, None], state.last_action[:, None], prev_rew[:, None],
-                obs, scale[:, None])
+            stats, memory = bb.statistics(state, state.last_obs[:, None], state.last_action[:, None],
+                                          prev_rew[:, None], obs, scale[:, None])
+            tensors.update(memory)
             token = token + stats[:, 0]
         hidden, layers = bb(token[:, None], state.layers, recurrent=True)
         logits = self.policy_head(hidden[:, 0])

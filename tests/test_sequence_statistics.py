@@ -33,6 +33,7 @@ def test_statistics_are_off_by_default_and_add_only_a_projection():
                                                     observation_statistics=True))
     extra = set(with_stats.state_dict()) - set(plain.state_dict())
     assert extra == {"backbone.statistics.proj.weight", "backbone.statistics.proj.bias"}
+    assert with_stats.backbone.statistics.proj.in_features == 4 * A
 
 
 def test_config_rejects_a_non_boolean_statistics_setting():
@@ -55,6 +56,26 @@ def test_memory_holds_the_exact_counts_and_reward_sums():
                 r[i, obs[i, j], act[i, j]] += rew[i, j]
     torch.testing.assert_close(out.cache.stat_n, n)
     torch.testing.assert_close(out.cache.stat_r, r, rtol=1e-5, atol=1e-5)
+
+
+def test_return_memory_is_the_discounted_reward_after_each_visit_within_its_episode():
+    model = stats_model()
+    gamma = model.backbone.statistics.RETURN_DISCOUNT
+    obs, act, rew = random_rows(2, 31, seed=8, end_rate=0.15)
+    assert (act < 0).any()
+    with torch.no_grad():
+        out = model(obs, act, rew)
+    g = torch.zeros(2, S, A)
+    for i in range(2):
+        for j in range(30):  # the last row's transition is not in the memory yet
+            if act[i, j] < 0:
+                continue
+            ret, k = 0.0, j
+            while k < 30 and act[i, k] >= 0:  # rewards of the visit's own episode, up to the last counted row
+                ret += gamma ** (k - j) * float(rew[i, k])
+                k += 1
+            g[i, obs[i, j], act[i, j]] += ret
+    torch.testing.assert_close(out.cache.stat_g, g, rtol=1e-5, atol=1e-5)
 
 
 def test_statistics_change_the_policy():
