@@ -251,8 +251,16 @@ class AgentLearner(InContextLearner):
                 "decay_steps": self.decay_steps}
 
 
+def bundled_agent_names() -> list[str]:
+    """Names of the checkpoints shipped inside the package (``agent:<name>`` reaches each)."""
+    root = Path(__file__).resolve().parent / "pretrained"
+    return sorted(p.name for p in root.glob("*") if (p / "config.json").is_file())
+
+
 def parse_agent_spec(spec: str, load: bool = True) -> AgentLearner | None:
-    """``agent`` (the bundled agent), ``agent:PATH`` or ``agent:PATH:temperature_end=0.1:decay_steps=2000``.
+    """``agent`` (the bundled agent), ``agent:NAME`` (a bundled checkpoint by name, see
+    :func:`bundled_agent_names`), ``agent:PATH`` or ``agent:PATH:temperature_end=0.1:decay_steps=2000``.
+    A folder of that name in the working directory wins over a bundled checkpoint.
 
     With ``load=False`` only the spec is checked (options, device, that the folder is a checkpoint), cheaply
     and before any work; loading checks the weights.
@@ -263,6 +271,8 @@ def parse_agent_spec(spec: str, load: bool = True) -> AgentLearner | None:
         parts = [str(bundled_agent_path())] + parts
     if not parts[0]:
         raise ValueError(f"learner {spec!r}: name the checkpoint folder, as agent:PATH (or just agent)")
+    if not Path(parts[0]).exists() and parts[0] in bundled_agent_names():
+        parts[0] = str(bundled_agent_path(parts[0]))
     kwargs = {}
     for item in parts[1:]:
         key, eq, value = item.partition("=")

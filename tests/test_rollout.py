@@ -168,6 +168,15 @@ def test_agent_spec_without_a_path_is_the_bundled_agent():
     assert (tuned.decay_steps, tuned.temperature_end) == (5, 0.2)
 
 
+def test_agent_spec_reaches_a_bundled_checkpoint_by_name():
+    from anymdp_agent.rollout import DEFAULT_AGENT, bundled_agent_names, bundled_agent_path
+
+    assert DEFAULT_AGENT in bundled_agent_names()
+    for name in bundled_agent_names():
+        learner = build_learner(f"agent:{name}:temperature_end=0.2")
+        assert learner.checkpoint == str(bundled_agent_path(name)) and learner.temperature_end == 0.2
+
+
 @pytest.mark.parametrize("spec, match", [
     ("agent:{path}:colour=red", "unknown option 'colour=red'"),
     ("agent:{path}:decay_steps", "unknown option 'decay_steps'"),

@@ -51,8 +51,8 @@ from anymdp_agent.training.recipes import resolve_recipe
 
 #: Settings that must match to resume a run (the model's shape and the data it sees).
 _RESUME_KEYS = ("backbone", "num_observations", "num_actions", "hidden_size", "num_hidden_layers", "num_heads",
-                "chunk_size", "planning_steps", "bonus_hidden", "carry_values", "memory_decay", "corpus", "label", "seed",
-                "batch_size", "gradient_accumulation_steps")
+                "chunk_size", "observation_statistics", "planning_steps", "bonus_hidden", "carry_values", "memory_decay",
+                "corpus", "label", "seed", "batch_size", "gradient_accumulation_steps")
 
 
 @dataclass
@@ -69,6 +69,8 @@ class TrainArgs:
     num_hidden_layers: int = field(default=2, metadata={"help": "Depth of the sequence backbone."})
     num_heads: int = field(default=4, metadata={"help": "Heads of the sequence backbone."})
     chunk_size: int = field(default=64, metadata={"help": "Chunk of the chunkwise-parallel pass (rows)."})
+    observation_statistics: bool = field(default=False, metadata={
+        "help": "Sequence backbone: per-action visit counts and mean rewards at the current observation as extra inputs."})
     planning_steps: int = field(default=16, metadata={"help": "Value-iteration layers of the planning backbone."})
     planning_gamma: float = field(default=0.99, metadata={"help": "Initial discount of the planning layers."})
     bonus_hidden: int = field(default=16, metadata={"help": "Width of the learned exploration bonus."})
@@ -160,7 +162,7 @@ class TrainArgs:
         return AnyMDPAgentConfig(
             num_observations=self.num_observations, num_actions=self.num_actions, backbone=self.backbone,
             hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers, num_heads=self.num_heads,
-            chunk_size=self.chunk_size, planning_steps=self.planning_steps, planning_gamma=self.planning_gamma,
+            chunk_size=self.chunk_size, observation_statistics=self.observation_statistics, planning_steps=self.planning_steps, planning_gamma=self.planning_gamma,
             bonus_hidden=self.bonus_hidden, carry_values=self.carry_values, memory_decay=self.memory_decay,
             context_warmup=self.context_warmup, num_prompts=NUM_PROMPTS)
 
