@@ -171,22 +171,25 @@ def _is_hub_id(text: str) -> bool:
     return True
 
 
+def corpus_name(train: dict | None) -> str | None:
+    """The training corpus of a checkpoint, as its card's ``datasets:`` names it: the Hub id it was read
+    from, else the name of the local corpus folder (the card's text says how it was made); ``None`` for
+    tasks generated on the fly. A two-stage agent names the corpus of its imitation stage."""
+    train = train or {}
+    corpus = train.get("corpus") or (train.get("imitation") or {}).get("corpus") or ""
+    if not corpus:
+        return None
+    return corpus if _is_hub_id(corpus) else (Path(corpus).name or None)
+
+
 def model_card_data(name: str, results: dict[str, dict], train: dict | None) -> ModelCardData:
-    """The card's metadata: library, licence, task, tags, the training corpus (when it is a Hub dataset) and
-    the model-index of the evaluation results."""
-    corpus = (train or {}).get("corpus") or ""
-    if not corpus and (train or {}).get("imitation"):
-        # A two-stage agent names the corpus of its imitation stage: its Hub id, or the name of the local
-        # corpus folder (the card's text gives the command that regenerates it).
-        first = train["imitation"].get("corpus") or ""
-        corpus = first if _is_hub_id(first) else Path(first).name
-        hub = bool(corpus)
-    else:
-        hub = bool(corpus) and _is_hub_id(corpus)
+    """The card's metadata: library, licence, task, tags, the training corpus and the model-index of the
+    evaluation results."""
+    corpus = corpus_name(train)
     entries = eval_results(results)
     return ModelCardData(library_name="transformers", license="apache-2.0", pipeline_tag=TASK_TYPE,
                          tags=["in-context-reinforcement-learning", "anymdp", "tabular-mdp", "custom_code"],
-                         datasets=[corpus] if hub else None,
+                         datasets=[corpus] if corpus else None,
                          model_name=name if entries else None, eval_results=entries or None)
 
 

@@ -231,13 +231,14 @@ def test_push_keeps_every_section_of_the_bundled_card():
     from anymdp_agent.hub import push_checkpoint
     from anymdp_agent.rollout import bundled_agent_path
 
-    from anymdp_agent.training.bundle import LIMITATIONS
+    from anymdp_agent.training.bundle import limitations_for
 
     folder = bundled_agent_path()
+    limitations = limitations_for(folder.name)
     before = (folder / "README.md").read_text()
     api = RecordingApi()
     push_checkpoint(folder, "someone/anymdp-agent", api=api)
-    assert LIMITATIONS.splitlines()[0] in before and LIMITATIONS.splitlines()[0] in api.readme
+    assert limitations.splitlines()[0] in before and limitations.splitlines()[0] in api.readme
     changed_before = [line for line in before.splitlines() if line not in api.readme.splitlines()]
     changed_after = [line for line in api.readme.splitlines() if line not in before.splitlines()]
     assert changed_before == ["from anymdp_agent.rollout import bundled_agent_path",
