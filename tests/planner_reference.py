@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from anymdp_agent.modeling_anymdp_agent import (END_TERMINATED, AnyMDPAgentCache, InContextPlanner, previous_rows,
+from anymdp_agent.modeling_anymdp_agent import (END_TERMINATED, END_TRUNCATED, AnyMDPAgentCache, InContextPlanner, previous_rows,
                                                 reward_scale)
 
 
@@ -49,8 +49,13 @@ class ReferencePlanner(InContextPlanner):
         r_sq = cache.r_sq[:, None] + (rr * rr).cumsum(1)
         r_max = torch.maximum(cache.r_max[:, None],
                               torch.where(real, prev_rew, torch.full_like(prev_rew, -torch.inf)).cummax(1).values)
+        # the context head's counts: rewarded steps and closed episodes
+        r_nonzero = cache.r_nonzero[:, None] + ((prev_rew != 0) & real).float().cumsum(1)
+        closed = (prev_act == END_TERMINATED) | (prev_act == END_TRUNCATED)
+        episodes = cache.episodes[:, None] + closed.float().cumsum(1)
         return {"n_sa": n_sa.view(b, c, n, a), "r_sum": r_sum.view(b, c, n, a), "n_ss": n_ss.view(b, c, n, a, n),
-                "terminal": terminal, "r_count": r_count, "r_sq": r_sq, "r_max": r_max}
+                "terminal": terminal, "r_count": r_count, "r_sq": r_sq, "r_max": r_max, "r_nonzero": r_nonzero,
+                "episodes": episodes}
 
     # -- planning --------------------------------------------------------------------------------
     def features(self, n_sa, r_mean, scale, visited):

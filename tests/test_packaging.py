@@ -57,7 +57,7 @@ def test_bundled_recipes_resolve_by_name_and_files_still_work(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.yaml").write_text("max_steps: 5\n")  # a file of that name here wins over the bundled recipe
     assert resolve_recipe("tiny.yaml") == Path("tiny.yaml")
-    with pytest.raises(ValueError, match=r"no recipe at tinny: .*\(cpu-default, .*gpu-large, tiny\)"):
+    with pytest.raises(ValueError, match=r"no recipe at tinny: .*\(cpu-default, .*gpu-large, .*tiny\)"):
         resolve_recipe("tinny")
     with pytest.raises(ValueError, match="no recipe at configs/tiny.yaml"):
         resolve_recipe("configs/tiny.yaml")  # a path that is not there is not silently a bundled recipe
