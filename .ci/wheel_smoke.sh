@@ -27,14 +27,16 @@ V="$WORK/venv/bin"
 "$V/python" -m pip install --quiet "$TORCH"
 "$V/python" -m pip wheel --quiet --no-deps --wheel-dir "$WORK/dist" "$WORK/src"
 WHEEL="$(ls "$WORK"/dist/anymdp_agent-*.whl)"
-"$V/python" - "$WHEEL" <<'PY'
+"$V/python" - "$WHEEL" "$WORK/src" <<'PY'
 import sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 need = ["anymdp_agent/training/train.py", "anymdp_agent/training/recipes.py", "anymdp_agent/training/configs/tiny.yaml",
         "anymdp_agent/training/configs/cpu-default.yaml", "anymdp_agent/training/configs/gpu-large.yaml",
         "anymdp_agent/cards/model_card.md", "anymdp_agent/cards/dataset_card.md",
-        "anymdp_agent/pretrained/anymdp-agent-planning-cpu/model.safetensors",
-        "anymdp_agent/pretrained/anymdp-agent-planning-cpu/README.md"]
+        "anymdp_agent/training/meta_rl.py", "anymdp_agent/training/accelerate/cpu-2proc.yaml"]
+import pathlib
+for folder in sorted(pathlib.Path(sys.argv[2]).glob("anymdp_agent/pretrained/*/config.json")):  # every bundled agent
+    need += [f"anymdp_agent/pretrained/{folder.parent.name}/{f}" for f in ("model.safetensors", "README.md")]
 missing = [n for n in need if n not in names]
 assert not missing, f"the wheel lacks {missing}"
 print(f"wheel: {len(names)} files, all of {len(need)} checked present")
@@ -86,7 +88,7 @@ for cmd in "push --checkpoint $CKPT --repo-id someone/tiny-agent" "push-dataset 
 done
 
 step "load the bundled and the trained agent with remote code in a clean interpreter"
-"$V/python" -I - "$PKG/pretrained/anymdp-agent-planning-cpu" "$CKPT" <<'PY'
+"$V/python" -I - "$PKG"/pretrained/*/ "$CKPT" <<'PY'
 import sys
 import torch
 from transformers import AutoModel

@@ -84,7 +84,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     from .evaluation import (EvalConfig, build_learner, check_config, check_output_dir, evaluate, format_table,
                              write_results)
-    from .rollout import bundled_agent_path
+    from .rollout import SEQUENCE_AGENT, bundled_agent_names, bundled_agent_path
 
     _check_flags(args, positive=("tasks", "steps", "frozenlake_runs", "frozenlake_steps"), seeds=("seed",))
     try:
@@ -93,8 +93,12 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(f"note: {e}; running the baselines alone")
         agent = None
     learners = ([agent] if agent else []) + ["mbrl", "ucbq", "tql", "random", "oracle"]
-    runs = [EvalConfig(suite="anymdp-16", learners=learners, tasks=args.tasks, steps=args.steps, seed=args.seed,
-                       window=500),
+    # The paper's route beside it on AnyMDP: the bundled sequence-backbone agent, with the sampling schedule its
+    # card reports (picked on validation seeds).
+    sequence = (f"agent:{bundled_agent_path(SEQUENCE_AGENT)}:temperature_end=0.3:decay_steps=1000"
+                if SEQUENCE_AGENT in bundled_agent_names() else None)
+    runs = [EvalConfig(suite="anymdp-16", learners=learners[:1] + ([sequence] if sequence else []) + learners[1:],
+                       tasks=args.tasks, steps=args.steps, seed=args.seed, window=500),
             EvalConfig(suite="frozenlake", learners=learners, tasks=args.frozenlake_runs, steps=args.frozenlake_steps,
                        seed=args.seed, window=max(args.frozenlake_steps // 10, 1))]
     for cfg in runs:
@@ -102,8 +106,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     check_output_dir(args.out)
     t0 = time.perf_counter()
     for cfg in runs:
-        # The bundled agent is shown as "agent" (its spec names the folder it was loaded from).
-        learners = {("agent" if spec.startswith("agent:") else spec): build_learner(spec) for spec in cfg.learners}
+        # The bundled agents are shown by role (their specs name the folders they were loaded from).
+        learners = {("sequence-agent" if spec == sequence else "agent" if spec.startswith("agent:") else spec):
+                    build_learner(spec) for spec in cfg.learners}
         result = evaluate(cfg, learners=learners, progress=not args.no_progress)
         paths = write_results(result, args.out)
         print(format_table(result))

@@ -96,6 +96,11 @@ def run_in_context(learner: InContextLearner, envs, spec: EnvSpec, steps: int, s
 
 #: The checkpoint bundled with the package (``anymdp_agent/pretrained/<name>/``), the default agent.
 DEFAULT_AGENT = "anymdp-agent-planning-cpu"
+#: The bundled agent of return-driven meta-training (two stages, ``training/meta_rl.py``); not the default: on the
+#: test suites it is below the default on AnyMDP-16 and FrozenLake (its card has the numbers).
+META_AGENT = "anymdp-agent-meta-cpu"
+#: The bundled agent with the generic ``sequence`` backbone (the paper's route at CPU scale).
+SEQUENCE_AGENT = "anymdp-agent-sequence-cpu"
 
 
 def bundled_agent_path(name: str = DEFAULT_AGENT) -> Path:

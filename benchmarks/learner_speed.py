@@ -27,6 +27,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--agent", default=None, help="checkpoint folder (default: the bundled agent)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from anymdp_agent.baselines import make_learner
@@ -39,7 +40,7 @@ def main(argv=None) -> None:
     for b in batches:
         steps = {1: 300, 64: 300, 1024: 100}[b] // (3 if args.quick else 1)
         suite = load_suite("anymdp-16", b, split="validation")
-        agent = AgentLearner(bundled_agent_path())
+        agent = AgentLearner(args.agent or bundled_agent_path())
         mbrl = make_learner("mbrl")
         contenders = [Contender(name, (lambda rep, lr=lr: (lambda: run_learner(lr, suite, steps, seed=rep))), b * steps)
                       for name, lr in (("agent", agent), ("mbrl", mbrl))]

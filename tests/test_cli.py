@@ -243,10 +243,12 @@ def test_demo_runs_the_bundled_agent_next_to_the_baselines(tmp_path, capsys):
     assert main(["demo", "--tasks", "3", "--steps", "200", "--frozenlake-runs", "2", "--frozenlake-steps", "200",
                  "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
-    for name in ("eval-anymdp-16", "eval-frozenlake"):
+    for name, agents in (("eval-anymdp-16", ["agent", "sequence-agent"]), ("eval-frozenlake", ["agent"])):
         result = json.loads((out / f"{name}.json").read_text())
-        assert list(result["learners"]) == ["agent", "mbrl", "ucbq", "tql", "random", "oracle"]
+        assert list(result["learners"]) == agents + ["mbrl", "ucbq", "tql", "random", "oracle"]
         assert result["learners"]["agent"]["hyperparameters"]["backbone"] == "planning"
+        if "sequence-agent" in agents:  # the paper's route beside the default agent
+            assert result["learners"]["sequence-agent"]["hyperparameters"]["backbone"] == "sequence"
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(re.findall(r"\nagent +-?\d", text)) == 2 and "success rate" in text and "demo finished" in text
     # the bundled agent is paired with every baseline on the same tasks, in the JSON and in the table

@@ -1,7 +1,7 @@
 """Make a trained checkpoint the package's bundled agent: copy, evaluate on held-out suites, render its card.
 
-    python training/bundle.py --checkpoint runs/cpu-default/best --name anymdp-agent-planning-cpu
-    python training/bundle.py --card-only --name anymdp-agent-planning-cpu     # re-render the card only
+    python training/bundle.py --checkpoint runs/cpu-meta-rl/best --name anymdp-agent-meta-cpu
+    python training/bundle.py --card-only --name anymdp-agent-meta-cpu     # re-render the card only
 
 Writes ``anymdp_agent/pretrained/<name>/`` (config, safetensors, modeling code, ``train_config.json``,
 ``eval/*.json`` + ``eval/*.png`` from the evaluation harness on *test* seeds, and ``README.md``, the model
@@ -136,7 +136,7 @@ def bundle(checkpoint: str | os.PathLike, name: str, quick: bool = False, seed: 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="a pretrained_model/ folder (e.g. runs/cpu-default/best)")
-    p.add_argument("--name", default="anymdp-agent-planning-cpu", help="folder name under anymdp_agent/pretrained/")
+    p.add_argument("--name", default="anymdp-agent-meta-cpu", help="folder name under anymdp_agent/pretrained/")
     p.add_argument("--quick", action="store_true", help="small suites (a smoke run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limitations", default=None,
