@@ -49,6 +49,15 @@ LIMITATIONS = {
         "- Its numbers are measured with sampling temperature 1.0 falling to 0.3 over the first half of the "
         "budget (`agent:anymdp-agent-sequence-cpu:temperature_end=0.3:decay_steps=1000`), chosen on validation "
         "seeds; the harness default (0.1 over 10,000 steps) was not tuned for it."),
+    "anymdp-agent-meta-cpu": (
+        "- Not the default agent: return-driven meta-training (stage 2) raised the imitation stage's AnyMDP-16 "
+        "score (0.691 -> 0.737 on the test tasks) but not above the count-based planner (`mbrl`, 0.783; the "
+        "paired difference is -0.045 [-0.078, -0.014]), and both stages score about 0.05 on FrozenLake, where "
+        "the untrained planner scores 0.43 and `mbrl` 0.73: what it learned from the corpus and the training "
+        "families (dense AnyMDP, goal-only AnyMDP, Garnet, bandits) does not transfer to FrozenLake's slippery "
+        "sparse-reward grid. It documents the two-stage recipe (`docs/training.md`), not a better learner.\n"
+        "- Its context head (28 parameters) reads summary statistics of the history; the rest of its ability is "
+        "built in (exact statistics and value iteration), as for the planning agent."),
 }
 
 
@@ -136,7 +145,7 @@ def bundle(checkpoint: str | os.PathLike, name: str, quick: bool = False, seed: 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="a pretrained_model/ folder (e.g. runs/cpu-default/best)")
-    p.add_argument("--name", default="anymdp-agent-meta-cpu", help="folder name under anymdp_agent/pretrained/")
+    p.add_argument("--name", required=True, help="folder name under anymdp_agent/pretrained/ (e.g. anymdp-agent-meta-cpu)")
     p.add_argument("--quick", action="store_true", help="small suites (a smoke run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limitations", default=None,
