@@ -650,6 +650,70 @@ class AnyMDPAgentLayer(nn.Module):
         return x + self.mlp(self.mlp_norm(x)), state
 
 
+class ObservationStatistics(nn.Module):
+    """Per-observation statistics as extra input features of the sequence backbone (``config.observation_statistics``).
+
+    An exact memory per (observation, action), as linear attention with one-hot keys and no decay: visit counts
+    ``n``, reward sums and discounted-return sums (every visit adds the rewards that follow it, discounted by
+    :attr:`RETURN_DISCOUNT`, until its episode ends: an eligibility trace, cut at episode ends). Row ``j`` reads the
+    row's own observation: for every action, ``log(1 + n)``, ``1[n > 0]``, the mean reward and the mean
+    discounted return (both in units of the history's reward scale), ``4 * num_actions`` numbers projected into
+    the observation token. The return of a recent visit is still partial. Nothing here plans over the
+    observation space: the layers above must learn what to do with it.
+
+    Row ``j`` counts the transitions of the rows before it (the last row's transition is the cache's ``last_*``),
+    so chunked and stepped forms count the same transitions.
+    """
+
+    #: Discount of the return memory (a horizon of about ten steps).
+    RETURN_DISCOUNT = 0.9
+    #: Log of a cut trace (at an episode end): exp of it is 0 in float64.
+    CUT = -1e4
+
+    def __init__(self, config: AnyMDPAgentConfig):
+        super().__init__()
+        self.num_actions = config.num_actions
+        self.proj = nn.Linear(4 * config.num_actions, config.hidden_size)
+
+    def initial_tensors(self, batch: int, n_obs: int, device) -> dict[str, torch.Tensor]:
+        z = torch.zeros(batch, n_obs, self.num_actions, device=device)
+        return {"stat_n": z, "stat_r": z.clone(), "stat_g": z.clone(), "stat_trace": z.clone()}
+
+    def forward(self, cache, prev_obs, prev_act, prev_rew, observations, scale):
+        """Token features ``[B, T, hidden]`` of rows ``[B, T]`` and the memory after them (a dict of cache tensors).
+
+        ``prev_*`` are each row's previous row (its transition is counted before the row reads), ``scale [B, T]``
+        the reward scale at each row, ``cache`` holds the memory before the first row.
+        """
+        b, t = observations.shape
+        n, a = cache.stat_n.shape[1], self.num_actions
+        dev = observations.device
+        real = (prev_act >= 0).float()
+        rew = prev_rew * real
+        sa = prev_obs.clamp(min=0) * a + prev_act.clamp(min=0)
+        hot = torch.zeros(b, t, n * a, device=dev).scatter_(2, sa[..., None], real[..., None])
+        flat = lambda x: x.reshape(b, 1, n * a)  # noqa: E731
+        counts = flat(cache.stat_n) + hot.cumsum(1)
+        sums = flat(cache.stat_r) + (hot * rew[..., None]).cumsum(1)
+        # Trace E_j = d_j E_{j-1} + onehot_j (d = 0 where the previous row closed an episode), G_j = G_{j-1} + r_j E_j;
+        # in closed form over the rows, in float64 (the cut is a log of -1e4).
+        log_d = torch.where(prev_act >= 0, math.log(self.RETURN_DISCOUNT), self.CUT).double()
+        cum = log_d.cumsum(1)
+        lag = cum[:, :, None] - cum[:, None, :]
+        causal = torch.ones(t, t, dtype=torch.bool, device=dev).tril()
+        mix = torch.where(causal, lag, torch.full_like(lag, -torch.inf)).exp()
+        trace = cum.exp()[..., None] * flat(cache.stat_trace).double() + mix @ hot.double()
+        returns = flat(cache.stat_g).double() + (trace * rew.double()[..., None]).cumsum(1)
+        at = (observations[..., None] * a + torch.arange(a, device=dev)).clamp(max=n * a - 1)
+        n_o = counts.gather(2, at)  # [B, T, A] at the row's observation
+        per_visit = n_o.clamp(min=1.0) * scale[..., None]
+        feats = torch.cat([torch.log1p(n_o), (n_o > 0).float(), sums.gather(2, at) / per_visit,
+                           returns.gather(2, at).float() / per_visit], -1)
+        last = lambda x: x[:, -1].reshape(b, n, a).float()  # noqa: E731
+        return self.proj(feats), {"stat_n": last(counts), "stat_r": last(sums), "stat_g": last(returns),
+                                  "stat_trace": last(trace)}
+
+
 class SequenceBackbone(nn.Module):
     """Token embeddings (two tokens per row), the gated-linear-attention stack and the heads (the
     ``sequence`` backbone), behind the same interface as :class:`InContextPlanner`.
@@ -667,6 +731,7 @@ class SequenceBackbone(nn.Module):
         self.tag_embed = nn.Embedding(config.num_tags, d)
         self.prompt_embed = nn.Embedding(config.num_prompts, d)
         self.reward_proj = nn.Linear(1, d)
+        self.statistics = ObservationStatistics(config) if config.observation_statistics else None
         self.layers = nn.ModuleList([AnyMDPAgentLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = RMSNorm(d, config.rms_norm_eps)
         self.policy_head = nn.Linear(d, config.num_actions)
@@ -681,6 +746,8 @@ class SequenceBackbone(nn.Module):
         hd = self.config.hidden_size // h
         tensors = {**initial_rows(batch, device), "r_count": torch.zeros(batch, device=device),
                    "r_sq": torch.zeros(batch, device=device, dtype=torch.float64)}
+        if self.statistics is not None:
+            tensors.update(self.statistics.initial_tensors(batch, self.config.num_observations, device))
         return AnyMDPAgentCache(tensors, [torch.zeros(batch, h, hd, hd, device=device) for _ in self.layers])
 
     def state_observations(self, cache: AnyMDPAgentCache) -> int:
@@ -692,9 +759,13 @@ class SequenceBackbone(nn.Module):
         a = self.config.num_actions
         return torch.where(actions == END_TERMINATED, a, torch.where(actions == END_TRUNCATED, a + 1, actions))
 
-    def embed(self, observations, actions, prev_rewards, tags, prompts):
+    def embed(self, observations, actions, prev_rewards, tags, prompts, statistics=None):
+        """The ``[B, 2T, hidden]`` tokens of ``[B, T]`` rows; ``statistics`` (``[B, T, hidden]``, from
+        :class:`ObservationStatistics`) is added to the observation tokens."""
         x_obs = (self.obs_embed(observations) + self.reward_proj(symlog(prev_rewards)[..., None])
                  + self.prompt_embed(prompts)[:, None])
+        if statistics is not None:
+            x_obs = x_obs + statistics
         x_act = self.action_embed(self.action_ids(actions).clamp(min=0)) + self.tag_embed(tags)
         b, t, d = x_obs.shape
         return torch.stack([x_obs, x_act], 2).reshape(b, 2 * t, d)
@@ -721,16 +792,21 @@ class SequenceBackbone(nn.Module):
         prev_obs, prev_act, prev_rew = previous_rows(observations, actions, rewards, cache)
         real = prev_act >= 0
         prev_rewards = torch.where(real, prev_rew, torch.zeros_like(prev_rew))
-        hidden, layers = self.stack(self.embed(observations, actions, prev_rewards, tags, prompts), cache.layers,
-                                    recurrent=recurrent)
+        r_count, r_sq = reward_statistics(cache, prev_rewards, real)
+        scale = reward_scale(r_sq, r_count)
+        new = {**cache.tensors, **after_rows(cache, observations, actions, rewards),
+               "r_count": r_count[:, -1], "r_sq": r_sq[:, -1]}
+        stats = None
+        if self.statistics is not None:
+            stats, memory = self.statistics(cache, prev_obs, prev_act, prev_rewards, observations, scale)
+            new.update(memory)
+        hidden, layers = self.stack(self.embed(observations, actions, prev_rewards, tags, prompts, stats),
+                                    cache.layers, recurrent=recurrent)
         hidden = hidden.view(b, t, 2, -1)
         pi = self.policy_head(hidden[:, :, 0])
         obs_logits = self.observation_head(hidden[:, :, 1])
         rew_pred = self.reward_head(hidden[:, :, 1])[..., 0]
-        r_count, r_sq = reward_statistics(cache, prev_rewards, real)
-        new = {**cache.tensors, **after_rows(cache, observations, actions, rewards),
-               "r_count": r_count[:, -1], "r_sq": r_sq[:, -1]}
-        return pi, obs_logits, rew_pred, reward_scale(r_sq, r_count), AnyMDPAgentCache(new, layers)
+        return pi, obs_logits, rew_pred, scale, AnyMDPAgentCache(new, layers)
 
     def begin_row(self, cache: AnyMDPAgentCache, observations: torch.Tensor, action_mask=None, policy: bool = True):
         """Policy logits ``[B, A]`` at a new row's observations ``[B]``: feeds the observation token alone
@@ -739,10 +815,16 @@ class SequenceBackbone(nn.Module):
         real = cache.last_action >= 0
         prev_rew = torch.where(real, cache.last_reward, torch.zeros_like(cache.last_reward))
         token = self.obs_embed(obs) + self.reward_proj(symlog(prev_rew)[:, None]) + self.prompt_embed(torch.zeros_like(obs))
-        hidden, layers = self.stack(token[:, None], cache.layers, recurrent=True)
         r_count, r_sq = reward_statistics(cache, prev_rew[:, None], real[:, None])
         tensors = {**cache.tensors, "step": cache.step + 1, "last_obs": obs, "r_count": r_count[:, 0],
                    "r_sq": r_sq[:, 0]}
+        if self.statistics is not None:
+            scale = reward_scale(r_sq, r_count)
+            stats, memory = self.statistics(cache, cache.last_obs[:, None], cache.last_action[:, None],
+                                            prev_rew[:, None], obs[:, None], scale)
+            tensors.update(memory)
+            token = token + stats[:, 0]
+        hidden, layers = self.stack(token[:, None], cache.layers, recurrent=True)
         return self.policy_head(hidden[:, 0]), AnyMDPAgentCache(tensors, layers)
 
     def end_row(self, cache: AnyMDPAgentCache, actions: torch.Tensor, rewards: torch.Tensor) -> AnyMDPAgentCache:

@@ -72,6 +72,9 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         use_flash_linear_attention: on CUDA, run the sequence backbone's chunked recurrence with
             flash-linear-attention's Triton kernel (``fla.ops.simple_gla.chunk_simple_gla``) when that
             package is installed; the pure-PyTorch form otherwise (and always on CPU).
+        observation_statistics: give the sequence backbone the planning backbone's simplest statistics as extra
+            input features: per action at the current observation, the visit count and the mean reward (an exact
+            memory of counts and reward sums per (observation, action)). Off by default (the generic backbone).
         planning_steps: value-iteration layers of the planning backbone.
         planning_gamma: initial discount of those layers (learned).
         bonus_hidden: width of the learned exploration-bonus network.
@@ -83,6 +86,11 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             applied to the counts, reward sums and next-observation counts, as in gated linear attention).
             Initialised to a decay of exactly 1.0, where the model is the exact-statistics planner. Off by
             default (no extra parameter; checkpoints without it load unchanged).
+        context_adaptation: a small learned head reads a summary of the whole history (steps and
+            episodes so far, reward sparsity, mean episode length, share of tried pairs, largest reward)
+            and adjusts the discount, the optimism for untried pairs and the temperature per row, so one
+            agent can choose its horizon and exploration per task. Zero-initialised: at first it is the
+            fixed-setting planner. Off by default (checkpoints without it load unchanged).
 
     Loss (``L = w_pi CE(policy) + w_s CE(next observation) + w_r MSE(reward)``):
         policy_loss_weight, observation_loss_weight, reward_loss_weight: the weights (0.8/0.1/0.1).
@@ -104,11 +112,13 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         num_heads: int = 4,
         intermediate_size: int | None = None,
         chunk_size: int = 64,
+        observation_statistics: bool = False,
         planning_steps: int = 16,
         planning_gamma: float = 0.99,
         bonus_hidden: int = 16,
         carry_values: bool = False,
         memory_decay: bool = False,
+        context_adaptation: bool = False,
         use_flash_linear_attention: bool = True,
         policy_loss_weight: float = 0.8,
         observation_loss_weight: float = 0.1,
@@ -129,11 +139,13 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.num_heads = num_heads
         self.intermediate_size = intermediate_size if intermediate_size is not None else 2 * hidden_size
         self.chunk_size = chunk_size
+        self.observation_statistics = observation_statistics
         self.planning_steps = planning_steps
         self.planning_gamma = planning_gamma
         self.bonus_hidden = bonus_hidden
         self.carry_values = carry_values
         self.memory_decay = memory_decay
+        self.context_adaptation = context_adaptation
         self.use_flash_linear_attention = use_flash_linear_attention
         self.policy_loss_weight = policy_loss_weight
         self.observation_loss_weight = observation_loss_weight
@@ -158,7 +170,8 @@ class AnyMDPAgentConfig(PreTrainedConfig):
                              f"told), got {self.num_tags}")
         if self.num_actions < 2:
             raise ValueError(f"AnyMDPAgentConfig.num_actions must be >= 2, got {self.num_actions}")
-        for name in ("carry_values", "memory_decay", "use_flash_linear_attention"):
+        for name in ("carry_values", "memory_decay", "context_adaptation", "use_flash_linear_attention",
+                     "observation_statistics"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.backbone not in BACKBONES:

@@ -204,6 +204,11 @@ class InContextPlanner(nn.Module):
     """
 
     NUM_FEATURES = 6
+    #: Summary features of the whole history read by the context head (see :meth:`context_features`).
+    NUM_CONTEXT = 6
+    #: What the context head adjusts per row: discount logit, optimism scale (log-like), extra optimism for
+    #: untried pairs (in normalised reward units), log temperature.
+    NUM_ADJUST = 4
     MIN_COUNT = 1e-3
 
     def __init__(self, config: AnyMDPAgentConfig):
@@ -218,6 +223,9 @@ class InContextPlanner(nn.Module):
         self.world_smoothing = nn.Parameter(torch.zeros(2))  # log alpha (next obs), log beta (reward)
         if config.memory_decay:
             self.memory_log_decay = nn.Parameter(torch.zeros(()))  # 0: decay exactly 1, the exact statistics
+        if config.context_adaptation:
+            # Zero-initialised: the adjustments start at 0, i.e. the fixed discount/optimism/temperature above.
+            self.context = nn.Linear(self.NUM_CONTEXT, self.NUM_ADJUST)
 
     # -- state ---------------------------------------------------------------------------------
     def initial_cache(self, batch: int, n_obs: int, device) -> AnyMDPAgentCache:
@@ -228,7 +236,7 @@ class InContextPlanner(nn.Module):
             **initial_rows(batch, device),
             "n_sa": z(batch, n_obs, a), "r_sum": z(batch, n_obs, a), "n_ss": z(batch, n_obs, a, n_obs),
             "terminal": z(batch, n_obs), "r_count": z(batch), "r_sq": z(batch).double(), "r_max": z(batch),
-            "values": z(batch, n_obs), "anchor": z(batch, n_obs)})
+            "r_nonzero": z(batch), "episodes": z(batch), "values": z(batch, n_obs), "anchor": z(batch, n_obs)})
 
     @staticmethod
     def state_observations(cache: AnyMDPAgentCache) -> int:
@@ -295,10 +303,13 @@ class InContextPlanner(nn.Module):
         hot_t = torch.zeros(b, c, n, device=dev).scatter_(2, prev_obs.clamp(min=0)[..., None], ended[..., None])
         terminal = (cache.terminal[:, None] + hot_t.cumsum(1)).clamp(max=1.0)
         r_count, r_sq = reward_statistics(cache, prev_rew, real)
+        r_nonzero = cache.r_nonzero[:, None] + ((prev_rew != 0) & real).float().cumsum(1)
+        episodes = cache.episodes[:, None] + ((prev_act == END_TERMINATED) | (prev_act == END_TRUNCATED)).float().cumsum(1)
         r_max = torch.maximum(cache.r_max[:, None],
                               torch.where(real, prev_rew, torch.full_like(prev_rew, -torch.inf)).cummax(1).values)
         mem = {"n_sa": n_sa.view(b, c, n, a), "r_sum": r_sum.view(b, c, n, a), "terminal": terminal,
-               "r_count": r_count, "r_sq": r_sq, "r_max": r_max, "sa": sa, "next_obs": observations,
+               "r_count": r_count, "r_sq": r_sq, "r_max": r_max, "r_nonzero": r_nonzero, "episodes": episodes,
+               "sa": sa, "next_obs": observations,
                "weight": weight, "carry": carry, "n_ss0": n_ss0, "n_ss_end": n_ss_end.view(b, n, a, n)}
         if c == 1:  # one row (stepping): its memory is the memory after the chunk, read directly
             mem.update(n_ss0=n_ss_end.view(b, n * a, n), weight=None, carry=None)
@@ -313,7 +324,33 @@ class InContextPlanner(nn.Module):
         ], -1)
         return feats
 
-    def plan(self, mem: dict, values: torch.Tensor, action_mask: torch.Tensor | None):
+    def context_features(self, mem: dict) -> torch.Tensor:
+        """``[B, C, NUM_CONTEXT]`` summary of each row's whole history, each feature in about [0, 1]:
+        steps so far, share of rewarded steps (reward sparsity), episodes so far, mean episode length,
+        share of tried pairs among the seen observations, and the largest reward in units of the RMS."""
+        n_sa = mem["n_sa"]
+        steps, eps = mem["r_count"], mem["episodes"]
+        seen_obs = (n_sa.sum(-1) > 0).float()
+        tried = ((n_sa >= self.MIN_COUNT).float().sum(-1) * seen_obs).sum(-1)
+        scale = reward_scale(mem["r_sq"], mem["r_count"])
+        r_max = torch.where(mem["r_count"] > 0, mem["r_max"], torch.zeros_like(mem["r_max"])).clamp(min=0.0) / scale
+        return torch.stack([
+            torch.log1p(steps) / math.log(1e4),
+            mem["r_nonzero"] / (steps + 1.0),
+            torch.log1p(eps) / math.log(1e3),
+            torch.log1p(steps / (eps + 1.0)) / math.log(1e3),
+            tried / (seen_obs.sum(-1) * n_sa.shape[-1]).clamp(min=1.0),
+            torch.log1p(r_max) / math.log(100.0),
+        ], -1)
+
+    def adjustments(self, mem: dict) -> torch.Tensor | None:
+        """``[B, C, NUM_ADJUST]`` per-row changes to the discount logit, optimism and temperature read from
+        the context, or ``None`` without ``config.context_adaptation``."""
+        if not self.config.context_adaptation:
+            return None
+        return self.context(self.context_features(mem))
+
+    def plan(self, mem: dict, values: torch.Tensor, action_mask: torch.Tensor | None, adjust: torch.Tensor | None = None):
         """``planning_steps`` Bellman backups on each row's empirical model from ``values [B, C, S]``;
         returns (Q ``[B, C, S, A]``, V ``[B, C, S]``).
 
@@ -332,13 +369,19 @@ class InContextPlanner(nn.Module):
         r_hat = r_mean / scale[..., None, None]
         # Row-normalised empirical transitions times the discount, as a per-(row, pair) factor on the raw
         # counts' backup: the counts themselves never carry a gradient-bearing copy per row.
-        step_scale = (self.gamma * (visited / safe)).reshape(b, c, s * a)
+        gamma_logit = self.gamma_logit if adjust is None else self.gamma_logit + adjust[..., 0]
+        gamma = torch.sigmoid(gamma_logit)
+        gamma = gamma[..., None, None] if gamma.dim() else gamma
+        step_scale = (gamma * (visited / safe)).reshape(b, c, s * a)
         r_max = torch.where(mem["r_count"] > 0, mem["r_max"], torch.zeros_like(mem["r_max"])) / scale
         # Optimism for untried pairs: r_max over the *initial* horizon 1/(1 - planning_gamma), scaled by a
         # learned factor. Tied to the fixed initial horizon, not to the learned discount, so the discount's
         # gradient comes from value propagation alone (tying them let imitation trade horizon for optimism).
         horizon = 1.0 / (1.0 - self.config.planning_gamma)
-        u = (F.softplus(self.optimism[0] + math.log(math.e - 1.0)) * r_max.clamp(min=0.0) + self.optimism[1]) * horizon
+        opt_scale = self.optimism[0] if adjust is None else self.optimism[0] + adjust[..., 1]
+        u = (F.softplus(opt_scale + math.log(math.e - 1.0)) * r_max.clamp(min=0.0) + self.optimism[1]) * horizon
+        if adjust is not None:  # the context's extra optimism is in reward units (not times the horizon)
+            u = u + adjust[..., 2]
         u = u[..., None, None]
         hidden = torch.tanh(self.bonus_in(self.features(n_sa, r_mean, scale, visited)))
         bonus = self.bonus_out(hidden)[..., 0]
@@ -365,9 +408,12 @@ class InContextPlanner(nn.Module):
             v = q.view(b, c, s, a).max(-1).values * alive
         return q.view(b, c, s, a), v
 
-    def temperature(self) -> torch.Tensor:
-        """Softmax temperature of the policy over normalised Q values (1 at initialisation)."""
-        return torch.exp(self.log_temperature)
+    def temperature(self, adjust: torch.Tensor | None = None) -> torch.Tensor:
+        """Softmax temperature of the policy over normalised Q values (1 at initialisation); per row
+        (``[B, C, 1]``) with the context's adjustments."""
+        if adjust is None:
+            return torch.exp(self.log_temperature)
+        return torch.exp(self.log_temperature + adjust[..., 3:4])
 
     def world_model(self, mem, observations, actions):
         """Next-observation logits and reward prediction at each row from its statistics."""
@@ -393,11 +439,13 @@ class InContextPlanner(nn.Module):
 
     # -- the backbone interface (shared with SequenceBackbone) -------------------------------------
     def forward(self, observations, actions, rewards, cache: AnyMDPAgentCache, action_mask=None, tags=None,
-                prompts=None, recurrent: bool = False):
+                prompts=None, recurrent: bool = False, policy: bool = True):
         """``(policy_logits, observation_logits, reward_prediction, reward_scale, cache)`` for ``[B, T]`` rows.
 
         The planner reads neither tags nor prompts, and has one form for training and stepping
-        (``recurrent`` changes nothing)."""
+        (``recurrent`` changes nothing). ``policy=False`` skips the planning (the policy logits come back
+        as zeros): for rows whose policy nobody reads, such as the row that closes an episode, only the
+        memory is updated."""
         b, t = observations.shape
         chunk = self.config.chunk_size
         outs_pi, outs_obs, outs_rew, outs_scale = [], [], [], []
@@ -418,16 +466,22 @@ class InContextPlanner(nn.Module):
             mem = self.memory(cache, prev_obs, prev_act, prev_rew, o)
             start_values = anchor if self.config.carry_values else torch.zeros_like(anchor)
             c = o.shape[1]
-            q, v = self.plan(mem, start_values[:, None].expand(b, c, -1), action_mask)
-            q_now = torch.gather(q, 2, o.clamp(min=0)[..., None, None].expand(b, c, 1, q.shape[-1]))[:, :, 0]
-            outs_pi.append(q_now / self.temperature())
+            if policy:
+                adjust = self.adjustments(mem)
+                q, v = self.plan(mem, start_values[:, None].expand(b, c, -1), action_mask, adjust)
+                q_now = torch.gather(q, 2, o.clamp(min=0)[..., None, None].expand(b, c, 1, q.shape[-1]))[:, :, 0]
+                outs_pi.append(q_now / self.temperature(adjust))
+            else:
+                v = cache.values[:, None].expand(b, c, -1)
+                outs_pi.append(torch.zeros(b, c, self.config.num_actions, device=o.device))
             obs_logits, rew_pred = self.world_model(mem, o, a_)
             outs_obs.append(obs_logits)
             outs_rew.append(rew_pred)
             outs_scale.append(reward_scale(mem["r_sq"], mem["r_count"]))
             # The state after the chunk: statistics of all its rows, the last row pending.
             new = dict(cache.tensors)
-            new.update({k: mem[k][:, -1] for k in ("n_sa", "r_sum", "terminal", "r_count", "r_sq", "r_max")})
+            new.update({k: mem[k][:, -1] for k in ("n_sa", "r_sum", "terminal", "r_count", "r_sq", "r_max", "r_nonzero",
+                                                   "episodes")})
             new["n_ss"] = mem["n_ss_end"]
             new["values"] = v[:, -1]
             new["anchor"] = anchor
@@ -436,14 +490,15 @@ class InContextPlanner(nn.Module):
             pos += length
         return (torch.cat(outs_pi, 1), torch.cat(outs_obs, 1), torch.cat(outs_rew, 1), torch.cat(outs_scale, 1), cache)
 
-    def begin_row(self, cache: AnyMDPAgentCache, observations: torch.Tensor, action_mask=None):
-        """Policy logits ``[B, A]`` at a new row's observations ``[B]`` and the state with the row in it.
+    def begin_row(self, cache: AnyMDPAgentCache, observations: torch.Tensor, action_mask=None, policy: bool = True):
+        """Policy logits ``[B, A]`` at a new row's observations ``[B]`` and the state with the row in it
+        (``policy=False``: the state only, the logits zeros).
 
         A row's policy never depends on its own action: the row runs with a placeholder action, which
         :meth:`end_row` replaces before the next row reads it."""
         obs = observations.view(-1, 1)
         pi, _, _, _, cache = self(obs, torch.zeros_like(obs), torch.zeros(obs.shape, device=obs.device), cache,
-                                  action_mask)
+                                  action_mask, policy=policy)
         return pi[:, 0], cache
 
     def end_row(self, cache: AnyMDPAgentCache, actions: torch.Tensor, rewards: torch.Tensor) -> AnyMDPAgentCache:
@@ -595,6 +650,70 @@ class AnyMDPAgentLayer(nn.Module):
         return x + self.mlp(self.mlp_norm(x)), state
 
 
+class ObservationStatistics(nn.Module):
+    """Per-observation statistics as extra input features of the sequence backbone (``config.observation_statistics``).
+
+    An exact memory per (observation, action), as linear attention with one-hot keys and no decay: visit counts
+    ``n``, reward sums and discounted-return sums (every visit adds the rewards that follow it, discounted by
+    :attr:`RETURN_DISCOUNT`, until its episode ends: an eligibility trace, cut at episode ends). Row ``j`` reads the
+    row's own observation: for every action, ``log(1 + n)``, ``1[n > 0]``, the mean reward and the mean
+    discounted return (both in units of the history's reward scale), ``4 * num_actions`` numbers projected into
+    the observation token. The return of a recent visit is still partial. Nothing here plans over the
+    observation space: the layers above must learn what to do with it.
+
+    Row ``j`` counts the transitions of the rows before it (the last row's transition is the cache's ``last_*``),
+    so chunked and stepped forms count the same transitions.
+    """
+
+    #: Discount of the return memory (a horizon of about ten steps).
+    RETURN_DISCOUNT = 0.9
+    #: Log of a cut trace (at an episode end): exp of it is 0 in float64.
+    CUT = -1e4
+
+    def __init__(self, config: AnyMDPAgentConfig):
+        super().__init__()
+        self.num_actions = config.num_actions
+        self.proj = nn.Linear(4 * config.num_actions, config.hidden_size)
+
+    def initial_tensors(self, batch: int, n_obs: int, device) -> dict[str, torch.Tensor]:
+        z = torch.zeros(batch, n_obs, self.num_actions, device=device)
+        return {"stat_n": z, "stat_r": z.clone(), "stat_g": z.clone(), "stat_trace": z.clone()}
+
+    def forward(self, cache, prev_obs, prev_act, prev_rew, observations, scale):
+        """Token features ``[B, T, hidden]`` of rows ``[B, T]`` and the memory after them (a dict of cache tensors).
+
+        ``prev_*`` are each row's previous row (its transition is counted before the row reads), ``scale [B, T]``
+        the reward scale at each row, ``cache`` holds the memory before the first row.
+        """
+        b, t = observations.shape
+        n, a = cache.stat_n.shape[1], self.num_actions
+        dev = observations.device
+        real = (prev_act >= 0).float()
+        rew = prev_rew * real
+        sa = prev_obs.clamp(min=0) * a + prev_act.clamp(min=0)
+        hot = torch.zeros(b, t, n * a, device=dev).scatter_(2, sa[..., None], real[..., None])
+        flat = lambda x: x.reshape(b, 1, n * a)  # noqa: E731
+        counts = flat(cache.stat_n) + hot.cumsum(1)
+        sums = flat(cache.stat_r) + (hot * rew[..., None]).cumsum(1)
+        # Trace E_j = d_j E_{j-1} + onehot_j (d = 0 where the previous row closed an episode), G_j = G_{j-1} + r_j E_j;
+        # in closed form over the rows, in float64 (the cut is a log of -1e4).
+        log_d = torch.where(prev_act >= 0, math.log(self.RETURN_DISCOUNT), self.CUT).double()
+        cum = log_d.cumsum(1)
+        lag = cum[:, :, None] - cum[:, None, :]
+        causal = torch.ones(t, t, dtype=torch.bool, device=dev).tril()
+        mix = torch.where(causal, lag, torch.full_like(lag, -torch.inf)).exp()
+        trace = cum.exp()[..., None] * flat(cache.stat_trace).double() + mix @ hot.double()
+        returns = flat(cache.stat_g).double() + (trace * rew.double()[..., None]).cumsum(1)
+        at = (observations[..., None] * a + torch.arange(a, device=dev)).clamp(max=n * a - 1)
+        n_o = counts.gather(2, at)  # [B, T, A] at the row's observation
+        per_visit = n_o.clamp(min=1.0) * scale[..., None]
+        feats = torch.cat([torch.log1p(n_o), (n_o > 0).float(), sums.gather(2, at) / per_visit,
+                           returns.gather(2, at).float() / per_visit], -1)
+        last = lambda x: x[:, -1].reshape(b, n, a).float()  # noqa: E731
+        return self.proj(feats), {"stat_n": last(counts), "stat_r": last(sums), "stat_g": last(returns),
+                                  "stat_trace": last(trace)}
+
+
 class SequenceBackbone(nn.Module):
     """Token embeddings (two tokens per row), the gated-linear-attention stack and the heads (the
     ``sequence`` backbone), behind the same interface as :class:`InContextPlanner`.
@@ -612,6 +731,7 @@ class SequenceBackbone(nn.Module):
         self.tag_embed = nn.Embedding(config.num_tags, d)
         self.prompt_embed = nn.Embedding(config.num_prompts, d)
         self.reward_proj = nn.Linear(1, d)
+        self.statistics = ObservationStatistics(config) if config.observation_statistics else None
         self.layers = nn.ModuleList([AnyMDPAgentLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = RMSNorm(d, config.rms_norm_eps)
         self.policy_head = nn.Linear(d, config.num_actions)
@@ -626,6 +746,8 @@ class SequenceBackbone(nn.Module):
         hd = self.config.hidden_size // h
         tensors = {**initial_rows(batch, device), "r_count": torch.zeros(batch, device=device),
                    "r_sq": torch.zeros(batch, device=device, dtype=torch.float64)}
+        if self.statistics is not None:
+            tensors.update(self.statistics.initial_tensors(batch, self.config.num_observations, device))
         return AnyMDPAgentCache(tensors, [torch.zeros(batch, h, hd, hd, device=device) for _ in self.layers])
 
     def state_observations(self, cache: AnyMDPAgentCache) -> int:
@@ -637,9 +759,13 @@ class SequenceBackbone(nn.Module):
         a = self.config.num_actions
         return torch.where(actions == END_TERMINATED, a, torch.where(actions == END_TRUNCATED, a + 1, actions))
 
-    def embed(self, observations, actions, prev_rewards, tags, prompts):
+    def embed(self, observations, actions, prev_rewards, tags, prompts, statistics=None):
+        """The ``[B, 2T, hidden]`` tokens of ``[B, T]`` rows; ``statistics`` (``[B, T, hidden]``, from
+        :class:`ObservationStatistics`) is added to the observation tokens."""
         x_obs = (self.obs_embed(observations) + self.reward_proj(symlog(prev_rewards)[..., None])
                  + self.prompt_embed(prompts)[:, None])
+        if statistics is not None:
+            x_obs = x_obs + statistics
         x_act = self.action_embed(self.action_ids(actions).clamp(min=0)) + self.tag_embed(tags)
         b, t, d = x_obs.shape
         return torch.stack([x_obs, x_act], 2).reshape(b, 2 * t, d)
@@ -666,27 +792,39 @@ class SequenceBackbone(nn.Module):
         prev_obs, prev_act, prev_rew = previous_rows(observations, actions, rewards, cache)
         real = prev_act >= 0
         prev_rewards = torch.where(real, prev_rew, torch.zeros_like(prev_rew))
-        hidden, layers = self.stack(self.embed(observations, actions, prev_rewards, tags, prompts), cache.layers,
-                                    recurrent=recurrent)
+        r_count, r_sq = reward_statistics(cache, prev_rewards, real)
+        scale = reward_scale(r_sq, r_count)
+        new = {**cache.tensors, **after_rows(cache, observations, actions, rewards),
+               "r_count": r_count[:, -1], "r_sq": r_sq[:, -1]}
+        stats = None
+        if self.statistics is not None:
+            stats, memory = self.statistics(cache, prev_obs, prev_act, prev_rewards, observations, scale)
+            new.update(memory)
+        hidden, layers = self.stack(self.embed(observations, actions, prev_rewards, tags, prompts, stats),
+                                    cache.layers, recurrent=recurrent)
         hidden = hidden.view(b, t, 2, -1)
         pi = self.policy_head(hidden[:, :, 0])
         obs_logits = self.observation_head(hidden[:, :, 1])
         rew_pred = self.reward_head(hidden[:, :, 1])[..., 0]
-        r_count, r_sq = reward_statistics(cache, prev_rewards, real)
-        new = {**cache.tensors, **after_rows(cache, observations, actions, rewards),
-               "r_count": r_count[:, -1], "r_sq": r_sq[:, -1]}
-        return pi, obs_logits, rew_pred, reward_scale(r_sq, r_count), AnyMDPAgentCache(new, layers)
+        return pi, obs_logits, rew_pred, scale, AnyMDPAgentCache(new, layers)
 
-    def begin_row(self, cache: AnyMDPAgentCache, observations: torch.Tensor, action_mask=None):
-        """Policy logits ``[B, A]`` at a new row's observations ``[B]``: feeds the observation token alone."""
+    def begin_row(self, cache: AnyMDPAgentCache, observations: torch.Tensor, action_mask=None, policy: bool = True):
+        """Policy logits ``[B, A]`` at a new row's observations ``[B]``: feeds the observation token alone
+        (``policy`` is accepted for the shared interface; the token must be fed either way)."""
         obs = observations.view(-1)
         real = cache.last_action >= 0
         prev_rew = torch.where(real, cache.last_reward, torch.zeros_like(cache.last_reward))
         token = self.obs_embed(obs) + self.reward_proj(symlog(prev_rew)[:, None]) + self.prompt_embed(torch.zeros_like(obs))
-        hidden, layers = self.stack(token[:, None], cache.layers, recurrent=True)
         r_count, r_sq = reward_statistics(cache, prev_rew[:, None], real[:, None])
         tensors = {**cache.tensors, "step": cache.step + 1, "last_obs": obs, "r_count": r_count[:, 0],
                    "r_sq": r_sq[:, 0]}
+        if self.statistics is not None:
+            scale = reward_scale(r_sq, r_count)
+            stats, memory = self.statistics(cache, cache.last_obs[:, None], cache.last_action[:, None],
+                                            prev_rew[:, None], obs[:, None], scale)
+            tensors.update(memory)
+            token = token + stats[:, 0]
+        hidden, layers = self.stack(token[:, None], cache.layers, recurrent=True)
         return self.policy_head(hidden[:, 0]), AnyMDPAgentCache(tensors, layers)
 
     def end_row(self, cache: AnyMDPAgentCache, actions: torch.Tensor, rewards: torch.Tensor) -> AnyMDPAgentCache:
@@ -728,6 +866,9 @@ class AnyMDPAgentPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bonus_out.weight)
             init.zeros_(module.bonus_out.bias)
             init.normal_(module.bonus_in.weight, mean=0.0, std=0.5)
+            if self.config.context_adaptation:
+                init.zeros_(module.context.weight)
+                init.zeros_(module.context.bias)
 
 
 class WeightsDoNotMatchConfig(ValueError):
@@ -963,13 +1104,13 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
 
     # -- stepping (deployment) --------------------------------------------------------------------
     @torch.no_grad()
-    def _begin_row(self, state: AnyMDPAgentCache, observations: torch.Tensor, action_mask):
+    def _begin_row(self, state: AnyMDPAgentCache, observations: torch.Tensor, action_mask, policy: bool = True):
         """Feed the observation token of a new row; returns the (masked) policy logits and the state."""
         obs = observations.view(-1)
         self._check_batch(obs.shape[0], state, "observations")
         self._check_observations(obs, state)
         self._check_action_mask(action_mask, obs.shape[0])
-        logits, state = self.core.begin_row(state, obs, action_mask)
+        logits, state = self.core.begin_row(state, obs, action_mask, policy=policy)
         if action_mask is not None:
             logits = logits.masked_fill(~action_mask, torch.finfo(logits.dtype).min)
         return logits, state
@@ -1026,7 +1167,9 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
         idx = torch.nonzero(done)[:, 0]
         end = torch.where(terminated, END_TERMINATED, END_TRUNCATED)[idx]
         sub = state.index(idx)
-        _, sub = self._begin_row(sub, next_observations[idx], None if action_mask is None else action_mask[idx])
+        # The closing row's policy is never read: the planning backbone only updates its memory there.
+        _, sub = self._begin_row(sub, next_observations[idx], None if action_mask is None else action_mask[idx],
+                                 policy=False)
         sub = self._end_row(sub, end, torch.zeros(len(idx), device=end.device))
         merged = {k: v.clone() for k, v in state.tensors.items()}
         for k, v in sub.tensors.items():

@@ -1,7 +1,9 @@
-"""``AnyMDPAgentConfig``: the one source of truth for the in-context RL agent's shape and loss.
+"""``AnyMDPAgentConfig``: the one source of truth for the in-context RL agent's shape and loss, and the
+contract between the corpus and the model (episode-end action ids, label values, tags, prompts).
 
 Self-contained (imports only ``transformers``) so that it travels with checkpoints for
-``AutoConfig.from_pretrained(path, trust_remote_code=True)``.
+``AutoConfig.from_pretrained(path, trust_remote_code=True)``; the corpus builder and the training
+script import the contract from here, so it is written down once.
 """
 
 from __future__ import annotations
@@ -10,6 +12,44 @@ from transformers import PreTrainedConfig
 
 BACKBONES = ("planning", "sequence")
 
+# ---------------------------------------------------------------------- the corpus/model contract
+
+#: Action id of the extra row that closes an episode which *terminated* in the row's observation.
+END_TERMINATED = -1
+#: Action id of the extra row that closes an episode cut by the time limit.
+END_TRUNCATED = -2
+#: Label value of a corpus row without a target (the rows that close episodes).
+NO_LABEL = -1
+#: Label value the model's loss ignores (corpus rows with :data:`NO_LABEL` become this in training).
+IGNORE_INDEX = -100
+
+#: Behaviour tags of the corpus, by id; the deployed agent is told ``unknown``.
+TAGS = ("opt", "explore", "qlearn", "random", "unknown")
+UNKNOWN_TAG = TAGS.index("unknown")
+
+#: The kinds of step-wise label a corpus can hold (column ``label_<kind>``).
+LABEL_KINDS = ("oracle", "planner")
+#: A training target: one label kind, or ``mix`` (one kind drawn per sequence).
+LABEL_TARGETS = LABEL_KINDS + ("mix",)
+#: Prompt id of each oracle discount (the reference's earlier data mixed these); the planner label has its own.
+ORACLE_PROMPTS = {0.994: 0, 0.93: 1, 0.5: 2, 0.0: 3}
+PLANNER_PROMPT = 4
+NUM_PROMPTS = 5
+
+
+def label_kinds(target: str) -> tuple[str, ...]:
+    """The label kinds a training target draws from: every kind for ``mix``, else the one it names."""
+    if target not in LABEL_TARGETS:
+        raise ValueError(f"label must be {', '.join(LABEL_TARGETS[:-1])} or {LABEL_TARGETS[-1]}, got {target!r}")
+    return LABEL_KINDS if target == "mix" else (target,)
+
+
+def label_prompt(kind: str, oracle_prompt: int) -> int:
+    """The prompt of a sequence labelled by ``kind``: the planner's own, or the oracle's (its discount's id)."""
+    if kind not in LABEL_KINDS:
+        raise ValueError(f"label kind must be one of {', '.join(LABEL_KINDS)}, got {kind!r}")
+    return PLANNER_PROMPT if kind == "planner" else int(oracle_prompt)
+
 
 class AnyMDPAgentConfig(PreTrainedConfig):
     r"""Configuration of :class:`AnyMDPAgentModel`.
@@ -17,8 +57,10 @@ class AnyMDPAgentConfig(PreTrainedConfig):
     Vocabulary (one model serves every task that fits):
         num_observations: observation ids ``0..num_observations-1``.
         num_actions: actions ``0..num_actions-1``; a task with fewer actions masks the rest.
-        num_tags: behaviour tags (``opt, explore, qlearn, random, unknown``; the agent is told ``unknown``).
-        num_prompts: prompts naming the label kind / oracle discount of a sequence.
+        num_tags: behaviour tags (:data:`TAGS`: ``opt, explore, qlearn, random, unknown``; the agent is
+            told the last, ``unknown``).
+        num_prompts: prompts naming the label kind / oracle discount of a sequence (:data:`ORACLE_PROMPTS`
+            and :data:`PLANNER_PROMPT`).
 
     Backbone:
         backbone: ``"planning"`` (CPU default: in-context (observation, action) statistics memory and
@@ -44,6 +86,11 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             applied to the counts, reward sums and next-observation counts, as in gated linear attention).
             Initialised to a decay of exactly 1.0, where the model is the exact-statistics planner. Off by
             default (no extra parameter; checkpoints without it load unchanged).
+        context_adaptation: a small learned head reads a summary of the whole history (steps and
+            episodes so far, reward sparsity, mean episode length, share of tried pairs, largest reward)
+            and adjusts the discount, the optimism for untried pairs and the temperature per row, so one
+            agent can choose its horizon and exploration per task. Zero-initialised: at first it is the
+            fixed-setting planner. Off by default (checkpoints without it load unchanged).
 
     Loss (``L = w_pi CE(policy) + w_s CE(next observation) + w_r MSE(reward)``):
         policy_loss_weight, observation_loss_weight, reward_loss_weight: the weights (0.8/0.1/0.1).
@@ -57,8 +104,8 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self,
         num_observations: int = 64,
         num_actions: int = 5,
-        num_tags: int = 5,
-        num_prompts: int = 4,
+        num_tags: int = len(TAGS),
+        num_prompts: int = NUM_PROMPTS,
         backbone: str = "planning",
         hidden_size: int = 64,
         num_hidden_layers: int = 2,
@@ -71,6 +118,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         bonus_hidden: int = 16,
         carry_values: bool = False,
         memory_decay: bool = False,
+        context_adaptation: bool = False,
         use_flash_linear_attention: bool = True,
         policy_loss_weight: float = 0.8,
         observation_loss_weight: float = 0.1,
@@ -97,6 +145,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.bonus_hidden = bonus_hidden
         self.carry_values = carry_values
         self.memory_decay = memory_decay
+        self.context_adaptation = context_adaptation
         self.use_flash_linear_attention = use_flash_linear_attention
         self.policy_loss_weight = policy_loss_weight
         self.observation_loss_weight = observation_loss_weight
@@ -116,9 +165,13 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be a positive integer, got {value!r}")
+        if self.num_tags <= UNKNOWN_TAG:
+            raise ValueError(f"AnyMDPAgentConfig.num_tags must be > {UNKNOWN_TAG} (the 'unknown' tag the agent is "
+                             f"told), got {self.num_tags}")
         if self.num_actions < 2:
             raise ValueError(f"AnyMDPAgentConfig.num_actions must be >= 2, got {self.num_actions}")
-        for name in ("carry_values", "memory_decay", "use_flash_linear_attention", "observation_statistics"):
+        for name in ("carry_values", "memory_decay", "context_adaptation", "use_flash_linear_attention",
+                     "observation_statistics"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.backbone not in BACKBONES:
@@ -134,4 +187,6 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             raise ValueError("context_warmup must be >= 0 and warmup_start in (0, 1]")
 
 
-__all__ = ["AnyMDPAgentConfig"]
+__all__ = ["AnyMDPAgentConfig", "BACKBONES", "END_TERMINATED", "END_TRUNCATED", "IGNORE_INDEX", "LABEL_KINDS",
+           "LABEL_TARGETS", "NO_LABEL", "NUM_PROMPTS", "ORACLE_PROMPTS", "PLANNER_PROMPT", "TAGS", "UNKNOWN_TAG",
+           "label_kinds", "label_prompt"]

@@ -9,15 +9,18 @@ Data interface (``[B, T]`` rows, one row per environment step; two tokens per ro
 - ``observations``: the observation id at the row; ``rewards``: the reward received *after* the row's
   action (0 on an episode-end row); ``actions``: the action taken, or :data:`END_TERMINATED` /
   :data:`END_TRUNCATED` on the extra row that closes an episode (its observation is the final one);
-  ``tags`` (behaviour tag, ``num_tags - 1`` = unknown), ``prompts [B]``, ``labels`` (the target action,
-  ``-100`` where none).
+  ``tags`` (behaviour tag, ``UNKNOWN_TAG`` = unknown), ``prompts [B]``, ``labels`` (the target action,
+  :data:`IGNORE_INDEX` where none). Ids may have any integer dtype; rewards must be finite. These ids
+  are the corpus/model contract, defined once in ``configuration_anymdp_agent``.
 - observation token: observation + the reward received on arriving (0 at an episode start) + prompt;
   the **policy head** reads it. Action token: action + tag; the **world-model heads** read it and
   predict the next observation (cross-entropy) and the reward (squared error in units of the
   sequence's running reward scale).
 
 Backbones (``config.backbone``), both with an explicit constant-size recurrent state
-(:class:`AnyMDPAgentCache`):
+(:class:`AnyMDPAgentCache`) and one interface -- ``initial_cache``, ``state_observations``, ``forward``
+(rows to policy logits, world-model outputs, reward scale and cache), ``begin_row`` / ``end_row``
+(stepping) -- so the model has one path for either:
 
 - ``planning``: exact per-(observation, action) statistics -- counts, reward sums, next-observation
   counts, terminal observations: a linear-attention state with one-hot keys and no decay, O(1) per
@@ -31,7 +34,8 @@ Backbones (``config.backbone``), both with an explicit constant-size recurrent s
 - ``sequence``: a stack of gated linear attention layers (scalar data-dependent decay per head, the
   Mamba-2 / gated-retention member of the GLA family: every decay factor in the chunkwise form is
   ``exp`` of a non-positive number, so it is stable in float32 at any chunk size) with a
-  chunkwise-parallel form for training and a recurrent form for stepping.
+  chunkwise-parallel form for training and a recurrent form for stepping, then the policy head on
+  the observation tokens and the world-model heads on the action tokens.
 """
 
 from __future__ import annotations
@@ -49,14 +53,8 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_anymdp_agent import AnyMDPAgentConfig
+from .configuration_anymdp_agent import END_TERMINATED, END_TRUNCATED, IGNORE_INDEX, UNKNOWN_TAG, AnyMDPAgentConfig
 
-#: Action id of the row that closes an episode which *terminated* in the row's observation.
-END_TERMINATED = -1
-#: Action id of the row that closes an episode cut by the time limit.
-END_TRUNCATED = -2
-#: Label value that carries no target.
-IGNORE_INDEX = -100
 #: No previous row (start of a history).
 NO_ROW = -3
 
@@ -137,9 +135,38 @@ def previous_rows(observations, actions, rewards, cache: AnyMDPAgentCache):
     return prev_obs, prev_act, prev_rew
 
 
+def reward_statistics(cache: AnyMDPAgentCache, prev_rew: torch.Tensor, real: torch.Tensor):
+    """Count and sum of squares of the rewards each row of a chunk has seen (``[B, C]``; ``real`` marks the
+    rows whose previous row took an action). The sum of squares is float64: a float32 one overflows to inf
+    from a single reward of 1.9e19, and every reward after it would be planned in units of infinity."""
+    w = real.float()
+    rr = (prev_rew * w).double()
+    return cache.r_count[:, None] + w.cumsum(1), cache.r_sq[:, None] + (rr * rr).cumsum(1)
+
+
 def reward_scale(r_sq: torch.Tensor, r_count: torch.Tensor) -> torch.Tensor:
-    """Running root-mean-square reward of a history, shrunk towards 1 while few rewards are seen."""
-    return torch.sqrt((r_sq + 1.0) / (r_count + 1.0))
+    """Running root-mean-square reward of a history, shrunk towards 1 while few rewards are seen (float32;
+    computed in float64, where any float32 reward's square fits)."""
+    return torch.sqrt((r_sq.double() + 1.0) / (r_count.double() + 1.0)).float()
+
+
+def initial_rows(batch: int, device) -> dict[str, torch.Tensor]:
+    """The bookkeeping both backbones keep: rows seen and the last row (its action pending until observed)."""
+    return {"step": torch.zeros(batch, dtype=torch.long, device=device),
+            "last_obs": torch.full((batch,), NO_ROW, dtype=torch.long, device=device),
+            "last_action": torch.full((batch,), NO_ROW, dtype=torch.long, device=device),
+            "last_reward": torch.zeros(batch, device=device)}
+
+
+def after_rows(cache: AnyMDPAgentCache, observations, actions, rewards) -> dict[str, torch.Tensor]:
+    """The bookkeeping after ``[B, C]`` rows: the step count and the last of them."""
+    return {"step": cache.step + observations.shape[1], "last_obs": observations[:, -1],
+            "last_action": actions[:, -1], "last_reward": rewards[:, -1]}
+
+
+def with_action(cache: AnyMDPAgentCache, actions, rewards) -> dict[str, torch.Tensor]:
+    """The cache's tensors with the current row's action and reward filled in (``end_row``'s bookkeeping)."""
+    return {**cache.tensors, "last_action": actions.clone(), "last_reward": rewards.float().view(-1).clone()}
 
 
 def symlog(x: torch.Tensor) -> torch.Tensor:
@@ -177,6 +204,11 @@ class InContextPlanner(nn.Module):
     """
 
     NUM_FEATURES = 6
+    #: Summary features of the whole history read by the context head (see :meth:`context_features`).
+    NUM_CONTEXT = 6
+    #: What the context head adjusts per row: discount logit, optimism scale (log-like), extra optimism for
+    #: untried pairs (in normalised reward units), log temperature.
+    NUM_ADJUST = 4
     MIN_COUNT = 1e-3
 
     def __init__(self, config: AnyMDPAgentConfig):
@@ -191,14 +223,25 @@ class InContextPlanner(nn.Module):
         self.world_smoothing = nn.Parameter(torch.zeros(2))  # log alpha (next obs), log beta (reward)
         if config.memory_decay:
             self.memory_log_decay = nn.Parameter(torch.zeros(()))  # 0: decay exactly 1, the exact statistics
+        if config.context_adaptation:
+            # Zero-initialised: the adjustments start at 0, i.e. the fixed discount/optimism/temperature above.
+            self.context = nn.Linear(self.NUM_CONTEXT, self.NUM_ADJUST)
 
     # -- state ---------------------------------------------------------------------------------
-    def initial_tensors(self, batch: int, n_obs: int, device) -> dict[str, torch.Tensor]:
+    def initial_cache(self, batch: int, n_obs: int, device) -> AnyMDPAgentCache:
+        """A fresh state: statistics for the first ``n_obs`` observation ids."""
         a = self.config.num_actions
         z = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
-        return {"n_sa": z(batch, n_obs, a), "r_sum": z(batch, n_obs, a), "n_ss": z(batch, n_obs, a, n_obs),
-                "terminal": z(batch, n_obs), "r_count": z(batch), "r_sq": z(batch), "r_max": z(batch),
-                "values": z(batch, n_obs), "anchor": z(batch, n_obs)}
+        return AnyMDPAgentCache({
+            **initial_rows(batch, device),
+            "n_sa": z(batch, n_obs, a), "r_sum": z(batch, n_obs, a), "n_ss": z(batch, n_obs, a, n_obs),
+            "terminal": z(batch, n_obs), "r_count": z(batch), "r_sq": z(batch).double(), "r_max": z(batch),
+            "r_nonzero": z(batch), "episodes": z(batch), "values": z(batch, n_obs), "anchor": z(batch, n_obs)})
+
+    @staticmethod
+    def state_observations(cache: AnyMDPAgentCache) -> int:
+        """Observation ids the state holds statistics for (``initial_state(num_observations=...)``)."""
+        return int(cache.n_sa.shape[1])
 
     @property
     def gamma(self) -> torch.Tensor:
@@ -259,13 +302,14 @@ class InContextPlanner(nn.Module):
         ended = (prev_act == END_TERMINATED).float()
         hot_t = torch.zeros(b, c, n, device=dev).scatter_(2, prev_obs.clamp(min=0)[..., None], ended[..., None])
         terminal = (cache.terminal[:, None] + hot_t.cumsum(1)).clamp(max=1.0)
-        rr = prev_rew * w
-        r_count = cache.r_count[:, None] + w.cumsum(1)
-        r_sq = cache.r_sq[:, None] + (rr * rr).cumsum(1)
+        r_count, r_sq = reward_statistics(cache, prev_rew, real)
+        r_nonzero = cache.r_nonzero[:, None] + ((prev_rew != 0) & real).float().cumsum(1)
+        episodes = cache.episodes[:, None] + ((prev_act == END_TERMINATED) | (prev_act == END_TRUNCATED)).float().cumsum(1)
         r_max = torch.maximum(cache.r_max[:, None],
                               torch.where(real, prev_rew, torch.full_like(prev_rew, -torch.inf)).cummax(1).values)
         mem = {"n_sa": n_sa.view(b, c, n, a), "r_sum": r_sum.view(b, c, n, a), "terminal": terminal,
-               "r_count": r_count, "r_sq": r_sq, "r_max": r_max, "sa": sa, "next_obs": observations,
+               "r_count": r_count, "r_sq": r_sq, "r_max": r_max, "r_nonzero": r_nonzero, "episodes": episodes,
+               "sa": sa, "next_obs": observations,
                "weight": weight, "carry": carry, "n_ss0": n_ss0, "n_ss_end": n_ss_end.view(b, n, a, n)}
         if c == 1:  # one row (stepping): its memory is the memory after the chunk, read directly
             mem.update(n_ss0=n_ss_end.view(b, n * a, n), weight=None, carry=None)
@@ -280,7 +324,33 @@ class InContextPlanner(nn.Module):
         ], -1)
         return feats
 
-    def plan(self, mem: dict, values: torch.Tensor, action_mask: torch.Tensor | None):
+    def context_features(self, mem: dict) -> torch.Tensor:
+        """``[B, C, NUM_CONTEXT]`` summary of each row's whole history, each feature in about [0, 1]:
+        steps so far, share of rewarded steps (reward sparsity), episodes so far, mean episode length,
+        share of tried pairs among the seen observations, and the largest reward in units of the RMS."""
+        n_sa = mem["n_sa"]
+        steps, eps = mem["r_count"], mem["episodes"]
+        seen_obs = (n_sa.sum(-1) > 0).float()
+        tried = ((n_sa >= self.MIN_COUNT).float().sum(-1) * seen_obs).sum(-1)
+        scale = reward_scale(mem["r_sq"], mem["r_count"])
+        r_max = torch.where(mem["r_count"] > 0, mem["r_max"], torch.zeros_like(mem["r_max"])).clamp(min=0.0) / scale
+        return torch.stack([
+            torch.log1p(steps) / math.log(1e4),
+            mem["r_nonzero"] / (steps + 1.0),
+            torch.log1p(eps) / math.log(1e3),
+            torch.log1p(steps / (eps + 1.0)) / math.log(1e3),
+            tried / (seen_obs.sum(-1) * n_sa.shape[-1]).clamp(min=1.0),
+            torch.log1p(r_max) / math.log(100.0),
+        ], -1)
+
+    def adjustments(self, mem: dict) -> torch.Tensor | None:
+        """``[B, C, NUM_ADJUST]`` per-row changes to the discount logit, optimism and temperature read from
+        the context, or ``None`` without ``config.context_adaptation``."""
+        if not self.config.context_adaptation:
+            return None
+        return self.context(self.context_features(mem))
+
+    def plan(self, mem: dict, values: torch.Tensor, action_mask: torch.Tensor | None, adjust: torch.Tensor | None = None):
         """``planning_steps`` Bellman backups on each row's empirical model from ``values [B, C, S]``;
         returns (Q ``[B, C, S, A]``, V ``[B, C, S]``).
 
@@ -299,13 +369,19 @@ class InContextPlanner(nn.Module):
         r_hat = r_mean / scale[..., None, None]
         # Row-normalised empirical transitions times the discount, as a per-(row, pair) factor on the raw
         # counts' backup: the counts themselves never carry a gradient-bearing copy per row.
-        step_scale = (self.gamma * (visited / safe)).reshape(b, c, s * a)
+        gamma_logit = self.gamma_logit if adjust is None else self.gamma_logit + adjust[..., 0]
+        gamma = torch.sigmoid(gamma_logit)
+        gamma = gamma[..., None, None] if gamma.dim() else gamma
+        step_scale = (gamma * (visited / safe)).reshape(b, c, s * a)
         r_max = torch.where(mem["r_count"] > 0, mem["r_max"], torch.zeros_like(mem["r_max"])) / scale
         # Optimism for untried pairs: r_max over the *initial* horizon 1/(1 - planning_gamma), scaled by a
         # learned factor. Tied to the fixed initial horizon, not to the learned discount, so the discount's
         # gradient comes from value propagation alone (tying them let imitation trade horizon for optimism).
         horizon = 1.0 / (1.0 - self.config.planning_gamma)
-        u = (F.softplus(self.optimism[0] + math.log(math.e - 1.0)) * r_max.clamp(min=0.0) + self.optimism[1]) * horizon
+        opt_scale = self.optimism[0] if adjust is None else self.optimism[0] + adjust[..., 1]
+        u = (F.softplus(opt_scale + math.log(math.e - 1.0)) * r_max.clamp(min=0.0) + self.optimism[1]) * horizon
+        if adjust is not None:  # the context's extra optimism is in reward units (not times the horizon)
+            u = u + adjust[..., 2]
         u = u[..., None, None]
         hidden = torch.tanh(self.bonus_in(self.features(n_sa, r_mean, scale, visited)))
         bonus = self.bonus_out(hidden)[..., 0]
@@ -332,9 +408,12 @@ class InContextPlanner(nn.Module):
             v = q.view(b, c, s, a).max(-1).values * alive
         return q.view(b, c, s, a), v
 
-    def temperature(self) -> torch.Tensor:
-        """Softmax temperature of the policy over normalised Q values (1 at initialisation)."""
-        return torch.exp(self.log_temperature)
+    def temperature(self, adjust: torch.Tensor | None = None) -> torch.Tensor:
+        """Softmax temperature of the policy over normalised Q values (1 at initialisation); per row
+        (``[B, C, 1]``) with the context's adjustments."""
+        if adjust is None:
+            return torch.exp(self.log_temperature)
+        return torch.exp(self.log_temperature + adjust[..., 3:4])
 
     def world_model(self, mem, observations, actions):
         """Next-observation logits and reward prediction at each row from its statistics."""
@@ -358,9 +437,15 @@ class InContextPlanner(nn.Module):
         reward = (rsum + beta * r_bar) / (count + beta)
         return obs_logits, reward
 
-    # -- forward over rows ------------------------------------------------------------------------
-    def forward(self, observations, actions, rewards, cache: AnyMDPAgentCache, action_mask=None):
-        """Policy logits, world-model outputs and the updated cache for ``[B, T]`` rows."""
+    # -- the backbone interface (shared with SequenceBackbone) -------------------------------------
+    def forward(self, observations, actions, rewards, cache: AnyMDPAgentCache, action_mask=None, tags=None,
+                prompts=None, recurrent: bool = False, policy: bool = True):
+        """``(policy_logits, observation_logits, reward_prediction, reward_scale, cache)`` for ``[B, T]`` rows.
+
+        The planner reads neither tags nor prompts, and has one form for training and stepping
+        (``recurrent`` changes nothing). ``policy=False`` skips the planning (the policy logits come back
+        as zeros): for rows whose policy nobody reads, such as the row that closes an episode, only the
+        memory is updated."""
         b, t = observations.shape
         chunk = self.config.chunk_size
         outs_pi, outs_obs, outs_rew, outs_scale = [], [], [], []
@@ -381,24 +466,44 @@ class InContextPlanner(nn.Module):
             mem = self.memory(cache, prev_obs, prev_act, prev_rew, o)
             start_values = anchor if self.config.carry_values else torch.zeros_like(anchor)
             c = o.shape[1]
-            q, v = self.plan(mem, start_values[:, None].expand(b, c, -1), action_mask)
-            q_now = torch.gather(q, 2, o.clamp(min=0)[..., None, None].expand(b, c, 1, q.shape[-1]))[:, :, 0]
-            outs_pi.append(q_now / self.temperature())
+            if policy:
+                adjust = self.adjustments(mem)
+                q, v = self.plan(mem, start_values[:, None].expand(b, c, -1), action_mask, adjust)
+                q_now = torch.gather(q, 2, o.clamp(min=0)[..., None, None].expand(b, c, 1, q.shape[-1]))[:, :, 0]
+                outs_pi.append(q_now / self.temperature(adjust))
+            else:
+                v = cache.values[:, None].expand(b, c, -1)
+                outs_pi.append(torch.zeros(b, c, self.config.num_actions, device=o.device))
             obs_logits, rew_pred = self.world_model(mem, o, a_)
             outs_obs.append(obs_logits)
             outs_rew.append(rew_pred)
             outs_scale.append(reward_scale(mem["r_sq"], mem["r_count"]))
             # The state after the chunk: statistics of all its rows, the last row pending.
             new = dict(cache.tensors)
-            new.update({k: mem[k][:, -1] for k in ("n_sa", "r_sum", "terminal", "r_count", "r_sq", "r_max")})
+            new.update({k: mem[k][:, -1] for k in ("n_sa", "r_sum", "terminal", "r_count", "r_sq", "r_max", "r_nonzero",
+                                                   "episodes")})
             new["n_ss"] = mem["n_ss_end"]
             new["values"] = v[:, -1]
             new["anchor"] = anchor
-            new["step"] = cache.step + c
-            new["last_obs"], new["last_action"], new["last_reward"] = o[:, -1], a_[:, -1], r[:, -1]
+            new.update(after_rows(cache, o, a_, r))
             cache = AnyMDPAgentCache(new, cache.layers)
             pos += length
         return (torch.cat(outs_pi, 1), torch.cat(outs_obs, 1), torch.cat(outs_rew, 1), torch.cat(outs_scale, 1), cache)
+
+    def begin_row(self, cache: AnyMDPAgentCache, observations: torch.Tensor, action_mask=None, policy: bool = True):
+        """Policy logits ``[B, A]`` at a new row's observations ``[B]`` and the state with the row in it
+        (``policy=False``: the state only, the logits zeros).
+
+        A row's policy never depends on its own action: the row runs with a placeholder action, which
+        :meth:`end_row` replaces before the next row reads it."""
+        obs = observations.view(-1, 1)
+        pi, _, _, _, cache = self(obs, torch.zeros_like(obs), torch.zeros(obs.shape, device=obs.device), cache,
+                                  action_mask, policy=policy)
+        return pi[:, 0], cache
+
+    def end_row(self, cache: AnyMDPAgentCache, actions: torch.Tensor, rewards: torch.Tensor) -> AnyMDPAgentCache:
+        """The state with the current row's action (or episode-end id) and reward; the next row counts them."""
+        return AnyMDPAgentCache(with_action(cache, actions, rewards), cache.layers)
 
 
 # ---------------------------------------------------------------------- sequence backbone
@@ -610,7 +715,12 @@ class ObservationStatistics(nn.Module):
 
 
 class SequenceBackbone(nn.Module):
-    """Token embeddings (two tokens per row) and the gated-linear-attention stack."""
+    """Token embeddings (two tokens per row), the gated-linear-attention stack and the heads (the
+    ``sequence`` backbone), behind the same interface as :class:`InContextPlanner`.
+
+    The policy head reads each row's observation token; the world-model heads read its action token.
+    The state is one ``[B, H, dk, dv]`` matrix per layer plus the running reward statistics.
+    """
 
     def __init__(self, config: AnyMDPAgentConfig):
         super().__init__()
@@ -624,27 +734,44 @@ class SequenceBackbone(nn.Module):
         self.statistics = ObservationStatistics(config) if config.observation_statistics else None
         self.layers = nn.ModuleList([AnyMDPAgentLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = RMSNorm(d, config.rms_norm_eps)
+        self.policy_head = nn.Linear(d, config.num_actions)
+        self.observation_head = nn.Linear(d, config.num_observations)
+        self.reward_head = nn.Linear(d, 1)
         self.gradient_checkpointing = False
 
-    def initial_layers(self, batch: int, device) -> list[torch.Tensor]:
+    # -- state ---------------------------------------------------------------------------------
+    def initial_cache(self, batch: int, n_obs: int, device) -> AnyMDPAgentCache:
+        """A fresh state (the embeddings cover every observation id, so ``n_obs`` changes nothing)."""
         h = self.config.num_heads
         hd = self.config.hidden_size // h
-        return [torch.zeros(batch, h, hd, hd, device=device) for _ in self.layers]
+        tensors = {**initial_rows(batch, device), "r_count": torch.zeros(batch, device=device),
+                   "r_sq": torch.zeros(batch, device=device, dtype=torch.float64)}
+        if self.statistics is not None:
+            tensors.update(self.statistics.initial_tensors(batch, self.config.num_observations, device))
+        return AnyMDPAgentCache(tensors, [torch.zeros(batch, h, hd, hd, device=device) for _ in self.layers])
+
+    def state_observations(self, cache: AnyMDPAgentCache) -> int:
+        return self.config.num_observations
+
+    # -- tokens and the stack -------------------------------------------------------------------
+    def action_ids(self, actions: torch.Tensor) -> torch.Tensor:
+        """Embedding ids of actions: ``0..A-1``, then the two episode-end ids."""
+        a = self.config.num_actions
+        return torch.where(actions == END_TERMINATED, a, torch.where(actions == END_TRUNCATED, a + 1, actions))
 
     def embed(self, observations, actions, prev_rewards, tags, prompts, statistics=None):
         """The ``[B, 2T, hidden]`` tokens of ``[B, T]`` rows; ``statistics`` (``[B, T, hidden]``, from
         :class:`ObservationStatistics`) is added to the observation tokens."""
-        a = self.config.num_actions
-        act_ids = torch.where(actions == END_TERMINATED, a, torch.where(actions == END_TRUNCATED, a + 1, actions))
         x_obs = (self.obs_embed(observations) + self.reward_proj(symlog(prev_rewards)[..., None])
                  + self.prompt_embed(prompts)[:, None])
         if statistics is not None:
             x_obs = x_obs + statistics
-        x_act = self.action_embed(act_ids.clamp(min=0)) + self.tag_embed(tags)
+        x_act = self.action_embed(self.action_ids(actions).clamp(min=0)) + self.tag_embed(tags)
         b, t, d = x_obs.shape
         return torch.stack([x_obs, x_act], 2).reshape(b, 2 * t, d)
 
-    def forward(self, tokens, layer_states, recurrent: bool = False):
+    def stack(self, tokens, layer_states, recurrent: bool = False):
+        """The layers over ``[B, L, d]`` tokens from ``layer_states``; returns the normed output and the states."""
         x = tokens
         new_states = []
         for layer, state in zip(self.layers, layer_states):
@@ -654,6 +781,58 @@ class SequenceBackbone(nn.Module):
                 x, state = layer(x, state, recurrent)
             new_states.append(state)
         return self.norm(x), new_states
+
+    # -- the backbone interface (shared with InContextPlanner) ----------------------------------
+    def forward(self, observations, actions, rewards, cache: AnyMDPAgentCache, action_mask=None, tags=None,
+                prompts=None, recurrent: bool = False):
+        """``(policy_logits, observation_logits, reward_prediction, reward_scale, cache)`` for ``[B, T]`` rows.
+
+        ``recurrent=True`` runs the stack token by token (same numbers); the model masks the policy."""
+        b, t = observations.shape
+        prev_obs, prev_act, prev_rew = previous_rows(observations, actions, rewards, cache)
+        real = prev_act >= 0
+        prev_rewards = torch.where(real, prev_rew, torch.zeros_like(prev_rew))
+        r_count, r_sq = reward_statistics(cache, prev_rewards, real)
+        scale = reward_scale(r_sq, r_count)
+        new = {**cache.tensors, **after_rows(cache, observations, actions, rewards),
+               "r_count": r_count[:, -1], "r_sq": r_sq[:, -1]}
+        stats = None
+        if self.statistics is not None:
+            stats, memory = self.statistics(cache, prev_obs, prev_act, prev_rewards, observations, scale)
+            new.update(memory)
+        hidden, layers = self.stack(self.embed(observations, actions, prev_rewards, tags, prompts, stats),
+                                    cache.layers, recurrent=recurrent)
+        hidden = hidden.view(b, t, 2, -1)
+        pi = self.policy_head(hidden[:, :, 0])
+        obs_logits = self.observation_head(hidden[:, :, 1])
+        rew_pred = self.reward_head(hidden[:, :, 1])[..., 0]
+        return pi, obs_logits, rew_pred, scale, AnyMDPAgentCache(new, layers)
+
+    def begin_row(self, cache: AnyMDPAgentCache, observations: torch.Tensor, action_mask=None, policy: bool = True):
+        """Policy logits ``[B, A]`` at a new row's observations ``[B]``: feeds the observation token alone
+        (``policy`` is accepted for the shared interface; the token must be fed either way)."""
+        obs = observations.view(-1)
+        real = cache.last_action >= 0
+        prev_rew = torch.where(real, cache.last_reward, torch.zeros_like(cache.last_reward))
+        token = self.obs_embed(obs) + self.reward_proj(symlog(prev_rew)[:, None]) + self.prompt_embed(torch.zeros_like(obs))
+        r_count, r_sq = reward_statistics(cache, prev_rew[:, None], real[:, None])
+        tensors = {**cache.tensors, "step": cache.step + 1, "last_obs": obs, "r_count": r_count[:, 0],
+                   "r_sq": r_sq[:, 0]}
+        if self.statistics is not None:
+            scale = reward_scale(r_sq, r_count)
+            stats, memory = self.statistics(cache, cache.last_obs[:, None], cache.last_action[:, None],
+                                            prev_rew[:, None], obs[:, None], scale)
+            tensors.update(memory)
+            token = token + stats[:, 0]
+        hidden, layers = self.stack(token[:, None], cache.layers, recurrent=True)
+        return self.policy_head(hidden[:, 0]), AnyMDPAgentCache(tensors, layers)
+
+    def end_row(self, cache: AnyMDPAgentCache, actions: torch.Tensor, rewards: torch.Tensor) -> AnyMDPAgentCache:
+        """Feeds the current row's action token (an action or an episode-end id; the tag is ``unknown``)."""
+        ids = self.action_ids(actions)
+        token = self.action_embed(ids) + self.tag_embed(torch.full_like(ids, UNKNOWN_TAG))
+        _, layers = self.stack(token[:, None], cache.layers, recurrent=True)
+        return AnyMDPAgentCache(with_action(cache, actions, rewards), layers)
 
 
 # ---------------------------------------------------------------------- the model
@@ -687,83 +866,168 @@ class AnyMDPAgentPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bonus_out.weight)
             init.zeros_(module.bonus_out.bias)
             init.normal_(module.bonus_in.weight, mean=0.0, std=0.5)
+            if self.config.context_adaptation:
+                init.zeros_(module.context.weight)
+                init.zeros_(module.context.bias)
+
+
+class WeightsDoNotMatchConfig(ValueError):
+    """The weights of a checkpoint do not cover its config (another backbone, a switched-on option)."""
+
+
+#: Where each backbone lives in the model (and so in the checkpoint's weight names).
+BACKBONE_MODULES = {"planning": ("planner", InContextPlanner), "sequence": ("backbone", SequenceBackbone)}
+
+#: Checkpoint weight names of earlier versions (sequence heads at the top level) -> today's.
+LEGACY_KEY_MAPPING = {r"^(policy_head|observation_head|reward_head)\.": r"backbone.\1."}
+
+
+def _ids(x, name: str) -> torch.Tensor:
+    """``x`` as an int64 tensor; any integer dtype is accepted, anything else refused by name."""
+    x = torch.as_tensor(x)
+    if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
+        raise TypeError(f"{name} must hold integer ids, got dtype {x.dtype}: pass an integer tensor")
+    return x.long()
+
+
+def _rows_named(bad: torch.Tensor, limit: int = 8) -> str:
+    """The batch rows (histories) where ``bad [B, ...]`` holds anything, for an error message."""
+    idx = torch.nonzero(bad.reshape(bad.shape[0], -1).any(-1))[:, 0].tolist()
+    return ", ".join(map(str, idx[:limit])) + (f" (+{len(idx) - limit} more)" if len(idx) > limit else "")
 
 
 class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
-    """The agent: either backbone, the policy head and the world-model heads, and the loss.
+    """The agent: a backbone (``config.backbone``), the policy and world-model outputs, and the loss.
 
-    ``forward`` processes ``[B, T]`` rows (teacher forcing, chunkwise-parallel) and returns the
-    loss when ``labels`` are given; :meth:`initial_state`, :meth:`act` and :meth:`observe` step it
-    one environment step at a time (recurrent form) for deployment.
+    Both backbones have one interface -- ``initial_cache``, ``state_observations``, ``forward`` (rows to
+    policy logits, world-model outputs, reward scale and cache), ``begin_row`` and ``end_row`` (stepping)
+    -- so the model has one path for either. ``forward`` processes ``[B, T]`` rows (teacher forcing,
+    chunkwise-parallel) and returns the loss when ``labels`` are given; :meth:`initial_state`,
+    :meth:`act` and :meth:`observe` step it one environment step at a time for deployment.
     """
 
     def __init__(self, config: AnyMDPAgentConfig):
         super().__init__(config)
-        if config.backbone == "planning":
-            self.planner = InContextPlanner(config)
-        else:
-            self.backbone = SequenceBackbone(config)
-            d = config.hidden_size
-            self.policy_head = nn.Linear(d, config.num_actions)
-            self.observation_head = nn.Linear(d, config.num_observations)
-            self.reward_head = nn.Linear(d, 1)
+        self._backbone_name, backbone = BACKBONE_MODULES[config.backbone]
+        setattr(self, self._backbone_name, backbone(config))
         self.post_init()
+
+    @property
+    def core(self) -> InContextPlanner | SequenceBackbone:
+        """The backbone module (``self.planner`` or ``self.backbone``, as the weights name it)."""
+        return getattr(self, self._backbone_name)
+
+    # -- loading ----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, refusing weights that do not cover the config.
+
+        transformers would initialise a missing weight afresh and only log it: a ``config.json`` edited
+        to the other backbone, or ``memory_decay`` switched on without its parameter, would load as a
+        silently different model. Here any missing or unexpected weight (or, unless
+        ``ignore_mismatched_sizes``, one of another shape) raises :class:`WeightsDoNotMatchConfig`, for every
+        loader (``AutoModel`` with ``trust_remote_code`` included). Weight names of earlier versions are
+        mapped (:data:`LEGACY_KEY_MAPPING`)."""
+        want_info = kwargs.pop("output_loading_info", False)
+        kwargs["key_mapping"] = {**LEGACY_KEY_MAPPING, **(kwargs.get("key_mapping") or {})}
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                                              **kwargs)
+        kinds = ["missing_keys", "unexpected_keys"] + ([] if kwargs.get("ignore_mismatched_sizes") else ["mismatched_keys"])
+        problems = {k: sorted(map(str, info[k])) for k in kinds if info.get(k)}
+        if problems:
+            cfg = model.config
+            raise WeightsDoNotMatchConfig(
+                f"the weights in {pretrained_model_name_or_path} do not match its config.json (backbone="
+                f"{cfg.backbone!r}, memory_decay={cfg.memory_decay}): "
+                + "; ".join(f"{k.replace('_', ' ')}: {v[:6]}" + (f" (+{len(v) - 6} more)" if len(v) > 6 else "")
+                            for k, v in problems.items())
+                + ". The checkpoint was written by another configuration: load it with the config.json it was saved with")
+        return (model, info) if want_info else model
 
     # -- state ------------------------------------------------------------------------------------
     def initial_state(self, batch_size: int, num_observations: int | None = None, device=None) -> AnyMDPAgentCache:
         """A fresh state for ``batch_size`` histories. The planning backbone may hold statistics for
         only the first ``num_observations`` ids (exact when the environments use no others)."""
-        device = device or self.device
-        n_obs = num_observations or self.config.num_observations
-        if n_obs > self.config.num_observations:
-            raise ValueError(f"num_observations={n_obs} exceeds the model's vocabulary of "
-                             f"{self.config.num_observations} observation ids")
-        base = {
-            "step": torch.zeros(batch_size, dtype=torch.long, device=device),
-            "last_obs": torch.full((batch_size,), NO_ROW, dtype=torch.long, device=device),
-            "last_action": torch.full((batch_size,), NO_ROW, dtype=torch.long, device=device),
-            "last_reward": torch.zeros(batch_size, device=device),
-        }
-        if self.config.backbone == "planning":
-            base.update(self.planner.initial_tensors(batch_size, n_obs, device))
-            return AnyMDPAgentCache(base)
-        base.update({"r_count": torch.zeros(batch_size, device=device), "r_sq": torch.zeros(batch_size, device=device)})
-        if self.backbone.statistics is not None:
-            base.update(self.backbone.statistics.initial_tensors(batch_size, self.config.num_observations, device))
-        return AnyMDPAgentCache(base, self.backbone.initial_layers(batch_size, device))
+        vocab = self.config.num_observations
+        for name, value in (("batch_size", batch_size), ("num_observations", num_observations)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"initial_state: {name} must be a positive integer, got {value!r}")
+        n_obs = vocab if num_observations is None else num_observations
+        if n_obs > vocab:
+            raise ValueError(f"num_observations={n_obs} exceeds the model's vocabulary of {vocab} observation ids")
+        return self.core.initial_cache(batch_size, n_obs, device or self.device)
 
     # -- checks -----------------------------------------------------------------------------------
+    def _check_batch(self, n: int, cache: AnyMDPAgentCache, what: str) -> None:
+        if n != cache.batch_size:
+            raise ValueError(f"{what} hold {n} histories but the state holds {cache.batch_size}: pass one row per "
+                             f"history of the state (initial_state(batch_size={n}) for a new batch)")
+
     def _check_inputs(self, observations, actions, rewards, tags, prompts, labels, action_mask, cache):
         cfg = self.config
         if observations.dim() != 2 or actions.shape != observations.shape or rewards.shape != observations.shape:
             raise ValueError("observations, actions and rewards must all have shape [batch, rows]; got "
                              f"{tuple(observations.shape)}, {tuple(actions.shape)}, {tuple(rewards.shape)}")
-        n_obs = cache.n_sa.shape[1] if cfg.backbone == "planning" else cfg.num_observations
-        self._check_observations(observations, n_obs)
+        self._check_batch(observations.shape[0], cache, "observations")
+        self._check_observations(observations, cache)
         self._check_actions(actions)
-        if tags is not None and tags.numel() and (tags.min() < 0 or tags.max() >= cfg.num_tags):
+        self._check_rewards(rewards)
+        if tags.shape != observations.shape:
+            raise ValueError(f"tags must have shape {tuple(observations.shape)}, got {tuple(tags.shape)}")
+        if tags.numel() and (tags.min() < 0 or tags.max() >= cfg.num_tags):
             raise ValueError(f"tag ids must lie in 0..{cfg.num_tags - 1}")
-        if prompts is not None and prompts.numel() and (prompts.min() < 0 or prompts.max() >= cfg.num_prompts):
+        if prompts.shape != (observations.shape[0],):
+            raise ValueError(f"prompts must have shape [{observations.shape[0]}] (one per history), "
+                             f"got {tuple(prompts.shape)}")
+        if prompts.numel() and (prompts.min() < 0 or prompts.max() >= cfg.num_prompts):
             raise ValueError(f"prompt ids must lie in 0..{cfg.num_prompts - 1}")
         if labels is not None:
+            if labels.shape != observations.shape:
+                raise ValueError(f"labels must have shape {tuple(observations.shape)}, got {tuple(labels.shape)}")
             lab = labels[labels != IGNORE_INDEX]
             if lab.numel() and (lab.min() < 0 or lab.max() >= cfg.num_actions):
                 raise ValueError(f"labels must be actions 0..{cfg.num_actions - 1} or {IGNORE_INDEX}")
-        if action_mask is not None and action_mask.shape != (observations.shape[0], cfg.num_actions):
-            raise ValueError(f"action_mask must have shape [batch, {cfg.num_actions}], got {tuple(action_mask.shape)}")
+        self._check_action_mask(action_mask, observations.shape[0])
 
-    @staticmethod
-    def _check_observations(observations: torch.Tensor, n_obs: int) -> None:
+    def _check_action_mask(self, action_mask, batch: int) -> None:
+        if action_mask is None:
+            return
+        if action_mask.dtype != torch.bool:
+            raise TypeError(f"action_mask must be a bool tensor (True = allowed), got dtype {action_mask.dtype}")
+        if action_mask.shape != (batch, self.config.num_actions):
+            raise ValueError(f"action_mask must have shape [{batch}, {self.config.num_actions}], "
+                             f"got {tuple(action_mask.shape)}")
+        empty = ~action_mask.any(-1)
+        if empty.any():
+            raise ValueError(f"action_mask allows no action in histories {_rows_named(empty)}: every history needs "
+                             "at least one allowed action")
+
+    def _check_observations(self, observations: torch.Tensor, cache: AnyMDPAgentCache) -> None:
+        n_obs = self.core.state_observations(cache)
         bad = (observations < 0) | (observations >= n_obs)
         if bad.any():
-            raise ValueError(f"observation id {int(observations[bad][0])} is outside the vocabulary of {n_obs} ids "
-                             "(config.num_observations): use a model with a larger vocabulary")
+            if n_obs < self.config.num_observations:
+                where = (f"the state's {n_obs} ids (initial_state(num_observations={n_obs})): start the state "
+                         "with enough ids for the environments")
+            else:
+                where = (f"the vocabulary of {n_obs} ids (config.num_observations): use a model with a larger "
+                         "vocabulary")
+            raise ValueError(f"observation id {int(observations[bad][0])} is outside {where}")
 
     def _check_actions(self, actions: torch.Tensor) -> None:
         bad = (actions >= self.config.num_actions) | (actions < END_TRUNCATED)
         if bad.any():
             raise ValueError(f"action {int(actions[bad][0])} is outside 0..{self.config.num_actions - 1} (or the "
                              f"episode-end ids {END_TERMINATED}, {END_TRUNCATED}): the task has more actions than the model")
+
+    @staticmethod
+    def _check_rewards(rewards: torch.Tensor) -> None:
+        if rewards.dtype == torch.bool or rewards.is_complex():
+            raise TypeError(f"rewards must be real numbers, got dtype {rewards.dtype}")
+        bad = ~torch.isfinite(rewards)
+        if bad.any():
+            raise ValueError(f"rewards must be finite: histories {_rows_named(bad)} hold NaN or infinite rewards; "
+                             "fix the environment or the data (the state would plan with them from then on)")
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(
@@ -782,41 +1046,26 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
     ) -> AnyMDPAgentOutput:
         """Teacher-forced pass over ``[B, T]`` rows (see the module docstring for the fields).
 
-        ``cache`` continues earlier rows (truncated back-propagation: pass ``output.cache.detach()``);
-        ``recurrent=True`` runs the sequence backbone token by token (same numbers, for checks).
+        Ids may have any integer dtype (they are read as int64). ``cache`` continues earlier rows
+        (truncated back-propagation: pass ``output.cache.detach()``); ``recurrent=True`` runs the
+        sequence backbone token by token (same numbers, for checks).
         """
         cfg = self.config
-        b, t = observations.shape
-        cache = cache if cache is not None else self.initial_state(b, device=observations.device)
-        tags = tags if tags is not None else torch.full_like(observations, cfg.num_tags - 1)
-        prompts = prompts if prompts is not None else torch.zeros(b, dtype=torch.long, device=observations.device)
+        observations, actions = _ids(observations, "observations"), _ids(actions, "actions")
+        rewards = torch.as_tensor(rewards)
+        if observations.dim() != 2:
+            raise ValueError(f"observations must have shape [batch, rows], got {tuple(observations.shape)}")
+        b = observations.shape[0]
+        dev = observations.device
+        cache = cache if cache is not None else self.initial_state(b, device=dev)
+        tags = _ids(tags, "tags") if tags is not None else torch.full_like(observations, UNKNOWN_TAG)
+        prompts = _ids(prompts, "prompts") if prompts is not None else torch.zeros(b, dtype=torch.long, device=dev)
+        labels = _ids(labels, "labels") if labels is not None else None
         self._check_inputs(observations, actions, rewards, tags, prompts, labels, action_mask, cache)
         rewards = rewards.float()
         start_step = cache.step
-        if cfg.backbone == "planning":
-            pi, obs_logits, rew_pred, scale, new_cache = self.planner(observations, actions, rewards, cache, action_mask)
-        else:
-            prev_obs, prev_act, prev_rew = previous_rows(observations, actions, rewards, cache)
-            prev_rewards = torch.where(prev_act >= 0, prev_rew, torch.zeros_like(prev_rew))
-            real = (prev_act >= 0).float()
-            r_count = cache.r_count[:, None] + real.cumsum(1)
-            r_sq = cache.r_sq[:, None] + (prev_rewards * prev_rewards).cumsum(1)
-            scale = reward_scale(r_sq, r_count)
-            new = dict(cache.tensors)
-            stats = None
-            if self.backbone.statistics is not None:
-                stats, memory = self.backbone.statistics(cache, prev_obs, prev_act, prev_rewards, observations, scale)
-                new.update(memory)
-            tokens = self.backbone.embed(observations, actions, prev_rewards, tags, prompts, stats)
-            hidden, layers = self.backbone(tokens, cache.layers, recurrent=recurrent)
-            hidden = hidden.view(b, t, 2, -1)
-            pi = self.policy_head(hidden[:, :, 0])
-            obs_logits = self.observation_head(hidden[:, :, 1])
-            rew_pred = self.reward_head(hidden[:, :, 1])[..., 0]
-            new["r_count"], new["r_sq"] = r_count[:, -1], r_sq[:, -1]
-            new["step"] = cache.step + t
-            new["last_obs"], new["last_action"], new["last_reward"] = observations[:, -1], actions[:, -1], rewards[:, -1]
-            new_cache = AnyMDPAgentCache(new, layers)
+        pi, obs_logits, rew_pred, scale, new_cache = self.core(observations, actions, rewards, cache, action_mask,
+                                                               tags=tags, prompts=prompts, recurrent=recurrent)
         if action_mask is not None:
             pi = pi.masked_fill(~action_mask[:, None, :], torch.finfo(pi.dtype).min)
         out = AnyMDPAgentOutput(policy_logits=pi, observation_logits=obs_logits, reward_prediction=rew_pred,
@@ -855,61 +1104,41 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
 
     # -- stepping (deployment) --------------------------------------------------------------------
     @torch.no_grad()
-    def _begin_row(self, state: AnyMDPAgentCache, observations: torch.LongTensor, action_mask):
-        """Feed the observation token of a new row; returns the policy logits and the state."""
-        obs = observations.view(-1, 1)
-        if self.config.backbone == "planning":
-            # A row's policy never depends on its own action: run the row with a placeholder action,
-            # which _end_row replaces before the next row reads it.
-            out = self.forward(obs, torch.zeros_like(obs), torch.zeros(obs.shape, device=obs.device),
-                               action_mask=action_mask, cache=state)
-            return out.policy_logits[:, 0], out.cache
-        self._check_observations(obs, self.config.num_observations)
-        prev_rew = torch.where(state.last_action >= 0, state.last_reward, torch.zeros_like(state.last_reward))
-        real = (state.last_action >= 0).float()
-        bb = self.backbone
-        token = (bb.obs_embed(obs[:, 0]) + bb.reward_proj(symlog(prev_rew)[:, None])
-                 + bb.prompt_embed(torch.zeros_like(obs[:, 0])))
-        tensors = {**state.tensors, "step": state.step + 1, "last_obs": obs[:, 0],
-                   "r_count": state.r_count + real, "r_sq": state.r_sq + prev_rew * prev_rew}
-        if bb.statistics is not None:
-            scale = reward_scale(tensors["r_sq"], tensors["r_count"])
-            stats, memory = bb.statistics(state, state.last_obs[:, None], state.last_action[:, None],
-                                          prev_rew[:, None], obs, scale[:, None])
-            tensors.update(memory)
-            token = token + stats[:, 0]
-        hidden, layers = bb(token[:, None], state.layers, recurrent=True)
-        logits = self.policy_head(hidden[:, 0])
+    def _begin_row(self, state: AnyMDPAgentCache, observations: torch.Tensor, action_mask, policy: bool = True):
+        """Feed the observation token of a new row; returns the (masked) policy logits and the state."""
+        obs = observations.view(-1)
+        self._check_batch(obs.shape[0], state, "observations")
+        self._check_observations(obs, state)
+        self._check_action_mask(action_mask, obs.shape[0])
+        logits, state = self.core.begin_row(state, obs, action_mask, policy=policy)
         if action_mask is not None:
             logits = logits.masked_fill(~action_mask, torch.finfo(logits.dtype).min)
-        return logits, AnyMDPAgentCache(tensors, layers)
+        return logits, state
 
     @torch.no_grad()
-    def _end_row(self, state: AnyMDPAgentCache, actions: torch.LongTensor, rewards: torch.Tensor):
+    def _end_row(self, state: AnyMDPAgentCache, actions: torch.Tensor, rewards: torch.Tensor):
         """Feed the action token of the current row (an action, or an episode-end id) and its reward."""
         actions = actions.view(-1)
         self._check_actions(actions)
-        tensors = {**state.tensors, "last_action": actions.clone(), "last_reward": rewards.float().view(-1).clone()}
-        if self.config.backbone == "planning":
-            return AnyMDPAgentCache(tensors, state.layers)
-        bb = self.backbone
-        a = self.config.num_actions
-        ids = torch.where(actions == END_TERMINATED, a, torch.where(actions == END_TRUNCATED, a + 1, actions))
-        token = bb.action_embed(ids) + bb.tag_embed(torch.full_like(ids, self.config.num_tags - 1))
-        _, layers = bb(token[:, None], state.layers, recurrent=True)
-        return AnyMDPAgentCache(tensors, layers)
+        return self.core.end_row(state, actions, rewards.float().view(-1))
 
     @torch.no_grad()
     def act(self, state: AnyMDPAgentCache, observations: torch.LongTensor, action_mask: torch.BoolTensor | None = None,
             temperature: float | torch.Tensor = 1.0, generator: torch.Generator | None = None):
         """Actions ``[B]`` at ``observations`` (one new row per history); returns ``(actions, logits, state)``.
 
-        ``temperature`` divides the logits before sampling, per history if a tensor; 0 is greedy.
+        ``temperature`` (>= 0) divides the logits before sampling, per history if a tensor; 0 is greedy.
         The row is completed by :meth:`observe`.
         """
+        observations = _ids(observations, "observations").reshape(-1)
+        b = observations.shape[0]
+        temp = torch.as_tensor(temperature, dtype=torch.float32, device=observations.device).reshape(-1)
+        if temp.numel() not in (1, b):
+            raise ValueError(f"temperature must be a number or one per history ({b}), got {temp.numel()} values")
+        if not (torch.isfinite(temp) & (temp >= 0)).all():
+            raise ValueError(f"temperature must be finite and >= 0 (0 is greedy), got {temp.tolist()[:8]}")
         logits, state = self._begin_row(state, observations, action_mask)
-        temp = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device).reshape(-1)
-        temp = temp.expand(logits.shape[0])
+        temp = temp.to(logits.dtype).expand(b)
         probs = torch.softmax(logits / temp.clamp(min=1e-6)[:, None], -1)
         sampled = torch.multinomial(probs, 1, generator=generator)[:, 0]
         actions = torch.where(temp <= 0, logits.argmax(-1), sampled)
@@ -919,15 +1148,28 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
     def observe(self, state: AnyMDPAgentCache, actions: torch.LongTensor, rewards: torch.Tensor,
                 next_observations: torch.LongTensor, terminated: torch.Tensor, truncated: torch.Tensor,
                 action_mask: torch.BoolTensor | None = None) -> AnyMDPAgentCache:
-        """Complete the row :meth:`act` began; where an episode ended, add its episode-end row."""
+        """Complete the row :meth:`act` began; where an episode ended, add its episode-end row.
+
+        Every argument holds one entry per history of ``state``; rewards must be finite."""
+        actions = _ids(actions, "actions").reshape(-1)
+        next_observations = _ids(next_observations, "next_observations").reshape(-1)
+        rewards = torch.as_tensor(rewards, device=actions.device).reshape(-1)
+        terminated = torch.as_tensor(terminated, device=actions.device).reshape(-1).bool()
+        truncated = torch.as_tensor(truncated, device=actions.device).reshape(-1).bool()
+        for name, x in (("actions", actions), ("rewards", rewards), ("next_observations", next_observations),
+                        ("terminated", terminated), ("truncated", truncated)):
+            self._check_batch(x.shape[0], state, name)
+        self._check_rewards(rewards)
         state = self._end_row(state, actions, rewards)
-        done = (terminated | truncated).view(-1).bool()
+        done = terminated | truncated
         if not done.any():
             return state
         idx = torch.nonzero(done)[:, 0]
-        end = torch.where(terminated.view(-1).bool(), END_TERMINATED, END_TRUNCATED)[idx]
+        end = torch.where(terminated, END_TERMINATED, END_TRUNCATED)[idx]
         sub = state.index(idx)
-        _, sub = self._begin_row(sub, next_observations.view(-1)[idx], None if action_mask is None else action_mask[idx])
+        # The closing row's policy is never read: the planning backbone only updates its memory there.
+        _, sub = self._begin_row(sub, next_observations[idx], None if action_mask is None else action_mask[idx],
+                                 policy=False)
         sub = self._end_row(sub, end, torch.zeros(len(idx), device=end.device))
         merged = {k: v.clone() for k, v in state.tensors.items()}
         for k, v in sub.tensors.items():
@@ -942,4 +1184,4 @@ AnyMDPAgentConfig.register_for_auto_class()
 AnyMDPAgentModel.register_for_auto_class("AutoModel")
 
 __all__ = ["AnyMDPAgentCache", "AnyMDPAgentModel", "AnyMDPAgentOutput", "AnyMDPAgentPreTrainedModel",
-           "END_TERMINATED", "END_TRUNCATED", "IGNORE_INDEX"]
+           "END_TERMINATED", "END_TRUNCATED", "IGNORE_INDEX", "WeightsDoNotMatchConfig"]
