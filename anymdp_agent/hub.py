@@ -176,10 +176,13 @@ def corpus_name(train: dict | None) -> str | None:
     from, else the name of the local corpus folder (the card's text says how it was made); ``None`` for
     tasks generated on the fly. A two-stage agent names the corpus of its imitation stage."""
     train = train or {}
-    corpus = train.get("corpus") or (train.get("imitation") or {}).get("corpus") or ""
+    record = train if train.get("corpus") else (train.get("imitation") or {})
+    corpus = record.get("corpus") or ""
     if not corpus:
         return None
-    return corpus if _is_hub_id(corpus) else (Path(corpus).name or None)
+    local = record.get("corpus_local")  # recorded by the trainer; older records: guessed from the text
+    hub = _is_hub_id(corpus) if local is None else not local
+    return corpus if hub else (Path(corpus).name or None)
 
 
 def model_card_data(name: str, results: dict[str, dict], train: dict | None) -> ModelCardData:

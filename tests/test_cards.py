@@ -128,9 +128,11 @@ def test_the_training_corpus_is_named_by_its_hub_id_or_its_folder(evaluated_chec
     shutil.copytree(evaluated_checkpoint, folder)
     local = tmp_path / "anymdp-s16-planner"
     local.mkdir()
-    for corpus, datasets in [("someone/anymdp-s16", ["someone/anymdp-s16"]), (str(local), ["anymdp-s16-planner"]),
-                             ("", None)]:
-        (folder / "train_config.json").write_text(json.dumps({"recipe": "tiny", "corpus": corpus, "step": 2}))
+    for corpus, local, datasets in [("someone/anymdp-s16", None, ["someone/anymdp-s16"]),
+                                    (str(local), None, ["anymdp-s16-planner"]), ("", None, None),
+                                    ("data/seq-a", True, ["seq-a"]), ("someone/anymdp-s16", False, ["someone/anymdp-s16"])]:
+        record = {"recipe": "tiny", "corpus": corpus, "step": 2, **({} if local is None else {"corpus_local": local})}
+        (folder / "train_config.json").write_text(json.dumps(record))
         card = ModelCard(render_model_card(folder))
         assert card.data.datasets == datasets, corpus
         assert "Recipe: `tiny`" in card.text

@@ -677,7 +677,11 @@ def save_checkpoint(accelerator, model, args: TrainArgs, step: int, buffer, extr
     if accelerator.is_main_process:
         pretrained = tmp / "pretrained_model"
         accelerator.unwrap_model(model).save_pretrained(pretrained)
-        write_json(pretrained / "train_config.json", {**asdict(args), "step": step, **extra}, indent=1)
+        # Whether the corpus was a local folder or a Hub id: a card names it accordingly (a relative path such
+        # as data/x looks like a Hub id).
+        local = bool(args.corpus) and Path(args.corpus).is_dir()
+        write_json(pretrained / "train_config.json", {**asdict(args), "step": step, "corpus_local": local, **extra},
+                   indent=1)
         if evaluated is not None:
             write_results(evaluated, pretrained / "eval", stem=f"eval-{evaluated['suite']['name']}")
         # rendered for the folder's final name (the snippet loads from where the checkpoint will be)
