@@ -263,7 +263,8 @@ class InContextPlanner(nn.Module):
     def memory(self, cache, prev_obs, prev_act, prev_rew, observations):
         """What each row of a chunk knows: the cache plus the chunk's transitions ``i <= j``.
 
-        Per row ``[B, C, ...]``: ``n_sa``, ``r_sum`` (``[S, A]``), ``terminal``, ``r_count``, ``r_sq``, ``r_max``;
+        Per row ``[B, C, ...]``: ``n_sa``, ``r_sum`` (``[S, A]``), ``terminal``, ``r_count``, ``r_sq``, ``scale`` (the
+        running reward scale, :func:`reward_scale`), ``r_max``, ``r_nonzero`` (rewarded steps), ``episodes``;
         the chunk's transitions: ``sa`` (pair id), ``next_obs``, ``weight [B, C, C]`` (``W[j, i]``, zero for
         ``i > j`` and for rows without a real action), ``carry`` (``[C]`` factor of ``N0`` in row ``j``, or
         ``None`` without decay), ``n_ss0`` (``N0``, ``[B, S*A, S]``) and ``n_ss_end`` (the memory after the chunk).
@@ -308,8 +309,8 @@ class InContextPlanner(nn.Module):
         r_max = torch.maximum(cache.r_max[:, None],
                               torch.where(real, prev_rew, torch.full_like(prev_rew, -torch.inf)).cummax(1).values)
         mem = {"n_sa": n_sa.view(b, c, n, a), "r_sum": r_sum.view(b, c, n, a), "terminal": terminal,
-               "r_count": r_count, "r_sq": r_sq, "r_max": r_max, "r_nonzero": r_nonzero, "episodes": episodes,
-               "sa": sa, "next_obs": observations,
+               "r_count": r_count, "r_sq": r_sq, "scale": reward_scale(r_sq, r_count), "r_max": r_max,
+               "r_nonzero": r_nonzero, "episodes": episodes, "sa": sa, "next_obs": observations,
                "weight": weight, "carry": carry, "n_ss0": n_ss0, "n_ss_end": n_ss_end.view(b, n, a, n)}
         if c == 1:  # one row (stepping): its memory is the memory after the chunk, read directly
             mem.update(n_ss0=n_ss_end.view(b, n * a, n), weight=None, carry=None)
@@ -332,7 +333,7 @@ class InContextPlanner(nn.Module):
         steps, eps = mem["r_count"], mem["episodes"]
         seen_obs = (n_sa.sum(-1) > 0).float()
         tried = ((n_sa >= self.MIN_COUNT).float().sum(-1) * seen_obs).sum(-1)
-        scale = reward_scale(mem["r_sq"], mem["r_count"])
+        scale = mem["scale"]
         r_max = torch.where(mem["r_count"] > 0, mem["r_max"], torch.zeros_like(mem["r_max"])).clamp(min=0.0) / scale
         return torch.stack([
             torch.log1p(steps) / math.log(1e4),
@@ -359,7 +360,7 @@ class InContextPlanner(nn.Module):
         """
         n_sa, r_sum = mem["n_sa"], mem["r_sum"]
         b, c, s, a = n_sa.shape
-        scale = reward_scale(mem["r_sq"], mem["r_count"])
+        scale = mem["scale"]
         # A pair is tried when its count is >= MIN_COUNT: every whole count >= 1 (exact statistics), and with a
         # decaying memory a pair whose visits have faded below it counts as forgotten (no 1/0-like ratios).
         seen = n_sa >= self.MIN_COUNT
@@ -477,7 +478,7 @@ class InContextPlanner(nn.Module):
             obs_logits, rew_pred = self.world_model(mem, o, a_)
             outs_obs.append(obs_logits)
             outs_rew.append(rew_pred)
-            outs_scale.append(reward_scale(mem["r_sq"], mem["r_count"]))
+            outs_scale.append(mem["scale"])
             # The state after the chunk: statistics of all its rows, the last row pending.
             new = dict(cache.tensors)
             new.update({k: mem[k][:, -1] for k in ("n_sa", "r_sum", "terminal", "r_count", "r_sq", "r_max", "r_nonzero",
