@@ -31,7 +31,9 @@ def roll_learner(tasks, learner: InContextLearner, seq_len: int, labels: tuple[s
     env = BatchedAnyMDPEnv(batch, autoreset_mode="SameStep")
     spec = EnvSpec(num_envs=b, n_observations=batch.n_states, n_actions=batch.action_mask.shape[1],
                    action_mask=batch.action_mask)
-    oracle_actions = np.where(batch.action_mask[:, None, :], oracle_q(batch, oracle_gamma), -np.inf).argmax(-1)
+    # the exact solve only where the oracle's action is a label (return-driven training asks for no labels)
+    oracle_actions = (np.where(batch.action_mask[:, None, :], oracle_q(batch, oracle_gamma), -np.inf).argmax(-1)
+                      if "oracle" in labels else None)
     planner = ModelBasedPlanner(gamma=0.99, sweeps=planner_sweeps) if "planner" in labels else None
     pstate = planner.initial_state(spec, seed + 1) if planner else None
     lstate = learner.initial_state(spec, seed)
