@@ -75,6 +75,13 @@ class Suite:
     success: bool = False
     description: str = ""
 
+    @classmethod
+    def of_tasks(cls, name: str, tasks: list, seeds: list[int], description: str) -> "Suite":
+        """The suite of a list of tabular tasks (one instance each), run in one batched env."""
+        batch = stack_tasks(tasks)
+        return cls(name=name, num_envs=len(tasks), tasks=batch, seeds=list(seeds), description=description,
+                   make_env=lambda: BatchedAnyMDPEnv(batch, autoreset_mode="SameStep"))
+
 
 def suite_names() -> list[str]:
     """Names :func:`load_suite` understands (sized ones with any state count >= 8)."""
@@ -132,10 +139,8 @@ def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int =
         if split not in SEED_RANGES:
             raise ValueError(f"split must be one of {list(SEED_RANGES)}, got {split!r}")
         seeds = list(SEED_RANGES[split].seeds(num_tasks, seed_offset))
-        tasks = stack_tasks([sampler(n, n_actions, seed=s) for s in seeds])
-        return Suite(name=name, num_envs=num_tasks, tasks=tasks, seeds=seeds,
-                     make_env=lambda: BatchedAnyMDPEnv(tasks, autoreset_mode="SameStep"),
-                     description=f"{kind} tasks, {n} states, {n_actions} actions, {split} seeds {seeds[0]}..{seeds[-1]}")
+        return Suite.of_tasks(name, [sampler(n, n_actions, seed=s) for s in seeds], seeds,
+                              f"{kind} tasks, {n} states, {n_actions} actions, {split} seeds {seeds[0]}..{seeds[-1]}")
     env_id, kwargs = _GYM_SUITES[name] if name in _GYM_SUITES else (name[4:], {})
     task = task_from_gym(env_id, **kwargs)
     tasks = None if task is None else stack_tasks([task] * num_tasks)

@@ -30,6 +30,25 @@ def atomic_write(path: str | os.PathLike, write: Callable) -> Path:
     return path
 
 
+def replace_dir(new: str | os.PathLike, final: str | os.PathLike, old: str | os.PathLike | None = None) -> Path:
+    """Put the complete folder ``new`` in place of ``final`` without deleting ``final`` first.
+
+    The old ``final`` is renamed aside (to ``old``, default ``.<name>.old`` beside it), ``new`` renamed into
+    place, then the old one deleted: at every moment one complete folder exists under ``final`` or ``old``,
+    so a kill in between loses nothing (the caller's next start can restore ``old``).
+    """
+    import shutil
+
+    new, final = Path(new), Path(final)
+    old = Path(old) if old is not None else final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def finite_json(obj):
     """``obj`` made of standard JSON values: non-finite floats become ``None`` (null), numpy scalars and arrays
     plain numbers and lists, tuples lists, anything else its ``str``.

@@ -123,6 +123,7 @@ def bundle(checkpoint: str | os.PathLike, name: str, quick: bool = False, seed: 
 
     Built under a temporary name and renamed at the end: an interrupted run leaves the old bundle intact.
     """
+    from anymdp_agent.fileio import replace_dir
     from anymdp_agent.hub import pretrained_dir
     from anymdp_agent.rollout import load_agent
 
@@ -136,8 +137,7 @@ def bundle(checkpoint: str | os.PathLike, name: str, quick: bool = False, seed: 
     suites, long_context = quick_suites() if quick else (SUITES, LONG)
     evaluate_checkpoint(tmp, suites, long_context, seed=seed)
     render_card(tmp, name, limitations)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    replace_dir(tmp, dest)
     print(f"bundled {src} as {dest} ({time.perf_counter() - t0:.0f} s of evaluation)")
     return dest
 

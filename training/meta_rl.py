@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -38,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
 from anymdp_agent import AnyMDPAgentModel
 from anymdp_agent.baselines import make_learner
@@ -46,12 +44,11 @@ from anymdp_agent.data.onpolicy import roll_learner
 from anymdp_agent.envs import sample_anymdp_task, stack_tasks
 from anymdp_agent.envs.garnet import sample_bandit_task, sample_garnet_task
 from anymdp_agent.envs.seeds import TRAIN, VALIDATION
-from anymdp_agent.evaluation import Suite, SuiteReference, analyse, run_learner
-from anymdp_agent.envs import BatchedAnyMDPEnv
-from anymdp_agent.fileio import atomic_write
+from anymdp_agent.evaluation import SUITE_ACTIONS, Suite, SuiteReference, analyse, run_learner
+from anymdp_agent.fileio import atomic_write, replace_dir
 from anymdp_agent.modeling_anymdp_agent import END_TERMINATED, END_TRUNCATED
 from anymdp_agent.rollout import AgentLearner, load_agent
-from anymdp_agent.training.recipes import resolve_recipe
+from anymdp_agent.training.recipes import load_recipe
 
 #: Task families of the training distribution (all from the package's own samplers).
 FAMILIES = ("anymdp", "anymdp_sparse", "garnet", "bandit")
@@ -174,10 +171,8 @@ def validation_suite(name: str, num_tasks: int) -> Suite:
     """``FAMILY-N`` on the validation seed range (never the test range)."""
     family, n = _parse_suite(name)
     seeds = list(VALIDATION.seeds(num_tasks, 0))
-    tasks = stack_tasks([sample_task(family, n, 5, s) for s in seeds])
-    return Suite(name=name, num_envs=num_tasks, tasks=tasks, seeds=seeds,
-                 make_env=lambda: BatchedAnyMDPEnv(tasks, autoreset_mode="SameStep"),
-                 description=f"{family} tasks, {n} states, validation seeds")
+    return Suite.of_tasks(name, [sample_task(family, n, SUITE_ACTIONS, s) for s in seeds], seeds,
+                          f"{family} tasks, {n} states, validation seeds")
 
 
 # ---------------------------------------------------------------------- one optimiser step
@@ -343,13 +338,7 @@ def save(model, run: Path, name: str, args: MetaRLArgs, step: int, extra: dict) 
     record = training_record(args, step, extra)
     atomic_write(tmp / "train_config.json",
                  lambda fh: fh.write(json.dumps(record, indent=1, allow_nan=False, default=str).encode()))
-    old = run / f".{name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    return replace_dir(tmp, final)
 
 
 def train(args: MetaRLArgs) -> Path:
@@ -423,10 +412,12 @@ def train(args: MetaRLArgs) -> Path:
             raise RuntimeError(f"non-finite gradient at step {step + 1}; nothing saved from this step")
         opt.step()
         sched.step()
-        real = rows["actions"] >= 0
+        # each scored run's mean normalised episode score (what its advantages are in units of)
+        run_gap = np.tile(gap, args.rollouts)
+        scored = np.isfinite(run_gap)
+        run_return = np.where(rows["actions"] >= 0, rows["rewards"], 0.0).sum(1)
         episodes = np.maximum((rows["actions"] < 0).sum(1), 1)
-        ret = float(np.nanmean(np.where(np.isfinite(np.tile(gap, args.rollouts)), np.where(real, rows["rewards"], 0.0).sum(1)
-                                        / np.tile(gap, args.rollouts) / episodes, np.nan)))
+        ret = float(np.mean(run_return[scored] / run_gap[scored] / episodes[scored]))
         rec = {"step": step + 1, "loss": loss, "entropy": ent, "grad_norm": float(norm), "normalised_return": ret,
                "n_states": int(batch.n_states), "seconds": round(time.perf_counter() - t0, 1)}
         with open(log, "a") as fh:
@@ -452,15 +443,7 @@ def parse_args(argv: list[str] | None = None) -> MetaRLArgs:
     parser.add_argument("--config", default=None, help="a YAML recipe (its keys are the fields below): a file, or a "
                                                        "bundled recipe by name, e.g. cpu-meta-rl")
     if known.config:
-        path = resolve_recipe(known.config)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path} is not valid YAML: {e}") from None
-        unknown = set(values) - {f.name for f in fields(MetaRLArgs)}
-        if unknown:
-            raise ValueError(f"unknown keys in {path}: {sorted(unknown)}")
-        values.setdefault("recipe", path.stem)
+        _, values = load_recipe(known.config, [f.name for f in fields(MetaRLArgs)])
         parser.set_defaults(**values)
     args, *_ = parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False, return_remaining_strings=False)
     return args

@@ -26,3 +26,25 @@ def resolve_recipe(name_or_path: str) -> Path:
         return bundled
     raise ValueError(f"no recipe at {name_or_path}: pass a YAML file or a bundled recipe name "
                      f"({', '.join(recipe_names())})")
+
+
+def load_recipe(name_or_path: str, settings) -> tuple[Path, dict]:
+    """The recipe file and its settings, checked: valid YAML, a mapping, every key one of ``settings`` (the
+    field names of the trainer's args dataclass); ``recipe`` defaults to the file's stem."""
+    import yaml
+
+    path = resolve_recipe(name_or_path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{path} is not valid YAML ({problem}{where}): fix the recipe") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must be a mapping of setting: value (one per line), not a {type(values).__name__}")
+    unknown = set(values) - set(settings)
+    if unknown:
+        raise ValueError(f"unknown keys in {path}: {sorted(unknown)}")
+    values.setdefault("recipe", path.stem)
+    return path, values

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from anymdp_agent import AnyMDPAgentConfig, AnyMDPAgentModel
 from anymdp_agent.data import CorpusConfig, MixtureConfig, check_corpus_features, roll_sequences
@@ -44,10 +43,10 @@ from anymdp_agent.envs import sample_anymdp_task
 from anymdp_agent.envs.seeds import TRAIN
 from anymdp_agent.evaluation import SuiteReference, analyse, load_suite, run_learner, write_results
 from anymdp_agent.baselines import make_learner
-from anymdp_agent.fileio import dumps_json, write_json
+from anymdp_agent.fileio import dumps_json, replace_dir, write_json
 from anymdp_agent.hub import push_folder, write_model_card
 from anymdp_agent.rollout import AgentLearner
-from anymdp_agent.training.recipes import resolve_recipe
+from anymdp_agent.training.recipes import load_recipe
 
 #: Settings that must match to resume a run (the model's shape and the data it sees).
 _RESUME_KEYS = ("backbone", "num_observations", "num_actions", "hidden_size", "num_hidden_layers", "num_heads",
@@ -205,20 +204,7 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     bf16 = parser._option_string_actions["--bf16"]  # unset (None) by default, yet `--bf16` alone means true
     bf16.nargs, bf16.const = "?", True
     if known.config:
-        path = resolve_recipe(known.config)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise ValueError(f"{path} is not valid YAML ({problem}{where}): fix the recipe") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} must be a mapping of setting: value (one per line), not a {type(values).__name__}")
-        unknown = set(values) - {f.name for f in fields(TrainArgs)}
-        if unknown:
-            raise ValueError(f"unknown keys in {path}: {sorted(unknown)}")
-        values.setdefault("recipe", path.stem)
+        _, values = load_recipe(known.config, [f.name for f in fields(TrainArgs)])
         parser.set_defaults(**values)
     args, *_ = parser.parse_args_into_dataclasses(args=rest + (["--config", known.config] if known.config else []),
                                                  look_for_args_file=False, return_remaining_strings=False)
@@ -553,12 +539,7 @@ def install_best(run: Path, pretrained: Path, repo_id: str | None) -> Path:
     write_model_card(tmp, repo_id=repo_id or str(best))
     shutil.rmtree(new, ignore_errors=True)
     os.replace(tmp, new)
-    shutil.rmtree(old, ignore_errors=True)
-    if best.exists():
-        os.replace(best, old)
-    os.replace(new, best)
-    shutil.rmtree(old, ignore_errors=True)
-    return best
+    return replace_dir(new, best, old)
 
 
 def repair_best(run: Path, record: dict | None, repo_id: str | None, say=print) -> None:
@@ -566,10 +547,7 @@ def repair_best(run: Path, record: dict | None, repo_id: str | None, say=print) 
     best, tmp, new, old = run / "best", run / ".best.tmp", run / ".best.new", run / ".best.old"
     shutil.rmtree(tmp, ignore_errors=True)  # a copy still being made: never complete
     if new.is_dir():  # complete: finish the swap
-        if best.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(best, old)
-        os.replace(new, best)
+        replace_dir(new, best, old)
         say(f"train: finished replacing {best} (interrupted last time)")
     elif not best.exists() and old.is_dir():
         os.replace(old, best)
