@@ -169,6 +169,19 @@ def with_action(cache: AnyMDPAgentCache, actions, rewards) -> dict[str, torch.Te
     return {**cache.tensors, "last_action": actions.clone(), "last_reward": rewards.float().view(-1).clone()}
 
 
+def sampling_temperature(start: float, end: float, decay_steps: int, steps) -> torch.Tensor:
+    """Sampling temperature after ``steps`` environment steps (float64, the shape of ``steps``): ``start``
+    falling to ``end`` over ``decay_steps`` steps, exponentially (linearly when either end is 0), then ``end``."""
+    steps = torch.as_tensor(steps, dtype=torch.float64)
+    start, end, decay_steps = float(start), float(end), int(decay_steps)
+    if decay_steps == 0:
+        return torch.full_like(steps, end)
+    frac = (steps / decay_steps).clamp(max=1.0)
+    if start > 0 and end > 0:
+        return start * (end / start) ** frac
+    return start + (end - start) * frac
+
+
 def symlog(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.log1p(x.abs())
 
@@ -656,9 +669,9 @@ class ObservationStatistics(nn.Module):
 
     An exact memory per (observation, action), as linear attention with one-hot keys and no decay: visit counts
     ``n``, reward sums and discounted-return sums (every visit adds the rewards that follow it, discounted by
-    :attr:`RETURN_DISCOUNT`, until its episode ends: an eligibility trace, cut at episode ends). Row ``j`` reads the
+    ``config.statistics_discount``, until its episode ends: an eligibility trace, cut at episode ends). Row ``j`` reads the
     row's own observation: for every action, ``log(1 + n)``, ``1[n > 0]``, the mean reward and the mean
-    discounted return (both in units of the history's reward scale), ``4 * num_actions`` numbers projected into
+    discounted return (discount ``config.statistics_discount``; both in units of the history's reward scale), ``4 * num_actions`` numbers projected into
     the observation token. The return of a recent visit is still partial. Nothing here plans over the
     observation space: the layers above must learn what to do with it.
 
@@ -666,14 +679,13 @@ class ObservationStatistics(nn.Module):
     so chunked and stepped forms count the same transitions.
     """
 
-    #: Discount of the return memory (a horizon of about ten steps).
-    RETURN_DISCOUNT = 0.9
     #: Log of a cut trace (at an episode end): exp of it is 0 in float64.
     CUT = -1e4
 
     def __init__(self, config: AnyMDPAgentConfig):
         super().__init__()
         self.num_actions = config.num_actions
+        self.discount = float(config.statistics_discount)
         self.proj = nn.Linear(4 * config.num_actions, config.hidden_size)
 
     def initial_tensors(self, batch: int, n_obs: int, device) -> dict[str, torch.Tensor]:
@@ -698,7 +710,7 @@ class ObservationStatistics(nn.Module):
         sums = flat(cache.stat_r) + (hot * rew[..., None]).cumsum(1)
         # Trace E_j = d_j E_{j-1} + onehot_j (d = 0 where the previous row closed an episode), G_j = G_{j-1} + r_j E_j;
         # in closed form over the rows, in float64 (the cut is a log of -1e4).
-        log_d = torch.where(prev_act >= 0, math.log(self.RETURN_DISCOUNT), self.CUT).double()
+        log_d = torch.where(prev_act >= 0, math.log(self.discount), self.CUT).double()
         cum = log_d.cumsum(1)
         lag = cum[:, :, None] - cum[:, None, :]
         causal = torch.ones(t, t, dtype=torch.bool, device=dev).tril()
@@ -1123,16 +1135,28 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
         self._check_actions(actions)
         return self.core.end_row(state, actions, rewards.float().view(-1))
 
+    def sampling_temperature(self, steps) -> torch.Tensor:
+        """The checkpoint's sampling temperature after ``steps`` environment steps (:func:`sampling_temperature`
+        with the config's ``temperature_start``, ``temperature_end`` and ``temperature_decay_steps``)."""
+        cfg = self.config
+        return sampling_temperature(cfg.temperature_start, cfg.temperature_end, cfg.temperature_decay_steps, steps)
+
     @torch.no_grad()
     def act(self, state: AnyMDPAgentCache, observations: torch.LongTensor, action_mask: torch.BoolTensor | None = None,
-            temperature: float | torch.Tensor = 1.0, generator: torch.Generator | None = None):
+            temperature: float | torch.Tensor | None = None, generator: torch.Generator | None = None):
         """Actions ``[B]`` at ``observations`` (one new row per history); returns ``(actions, logits, state)``.
 
         ``temperature`` (>= 0) divides the logits before sampling, per history if a tensor; 0 is greedy.
-        The row is completed by :meth:`observe`.
+        ``None`` (the default) follows the checkpoint's own schedule (:meth:`sampling_temperature`) at each
+        history's environment steps so far. The row is completed by :meth:`observe`.
         """
         observations = _ids(observations, "observations").reshape(-1)
         b = observations.shape[0]
+        if temperature is None:
+            self._check_batch(b, state, "observations")
+            # environment steps so far: the transitions counted, plus the pending one of the last row
+            steps = state.r_count.detach().cpu() + (state.last_action.detach().cpu() >= 0).float()
+            temperature = self.sampling_temperature(steps).float()
         temp = torch.as_tensor(temperature, dtype=torch.float32, device=observations.device).reshape(-1)
         if temp.numel() not in (1, b):
             raise ValueError(f"temperature must be a number or one per history ({b}), got {temp.numel()} values")

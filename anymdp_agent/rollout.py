@@ -24,7 +24,7 @@ import torch
 from .baselines.protocol import EnvSpec, InContextLearner, Transition
 from .envs.vector_env import final_observations
 from .configuration_anymdp_agent import AnyMDPAgentConfig
-from .modeling_anymdp_agent import AnyMDPAgentCache, AnyMDPAgentModel, WeightsDoNotMatchConfig
+from .modeling_anymdp_agent import AnyMDPAgentCache, AnyMDPAgentModel, WeightsDoNotMatchConfig, sampling_temperature
 
 
 @dataclass
@@ -180,24 +180,27 @@ class AgentLearner(InContextLearner):
     """The pretrained agent in the learner protocol: learns in context, never updates its weights.
 
     Sampling temperature per environment decays exponentially from ``temperature_start`` to
-    ``temperature_end`` over ``decay_steps`` environment steps (the reference decays over 10^4),
-    then stays; ``temperature_end = 0`` means greedy after the decay.
+    ``temperature_end`` over ``decay_steps`` environment steps, then stays; ``temperature_end = 0`` means
+    greedy after the decay. Each left ``None`` is the checkpoint's own setting (its config's
+    ``temperature_start``, ``temperature_end``, ``temperature_decay_steps``: by default 1.0 -> 0.1 over
+    10^4 steps, the reference schedule), so the wrapper samples as the model's own ``act`` does.
     """
 
     name = "agent"
 
-    def __init__(self, model: AnyMDPAgentModel | str | os.PathLike, temperature_start: float = 1.0,
-                 temperature_end: float = 0.1, decay_steps: int = 10_000, device: str = "cpu"):
-        if not (math.isfinite(temperature_start) and math.isfinite(temperature_end)) \
-                or temperature_start < 0 or temperature_end < 0 or decay_steps < 0:
+    def __init__(self, model: AnyMDPAgentModel | str | os.PathLike, temperature_start: float | None = None,
+                 temperature_end: float | None = None, decay_steps: int | None = None, device: str = "cpu"):
+        given = [x for x in (temperature_start, temperature_end, decay_steps) if x is not None]
+        if not all(math.isfinite(x) and x >= 0 for x in given):
             raise ValueError(f"temperatures and decay_steps must be finite and >= 0, got temperature_start="
                              f"{temperature_start}, temperature_end={temperature_end}, decay_steps={decay_steps}")
         self.checkpoint = None if isinstance(model, AnyMDPAgentModel) else str(model)
         self._model = model if isinstance(model, AnyMDPAgentModel) else load_agent(model, device)
         self._model.eval()
-        self.temperature_start = float(temperature_start)
-        self.temperature_end = float(temperature_end)
-        self.decay_steps = int(decay_steps)
+        cfg = self._model.config
+        self.temperature_start = float(cfg.temperature_start if temperature_start is None else temperature_start)
+        self.temperature_end = float(cfg.temperature_end if temperature_end is None else temperature_end)
+        self.decay_steps = int(cfg.temperature_decay_steps if decay_steps is None else decay_steps)
 
     @property
     def model(self) -> AnyMDPAgentModel:
@@ -205,12 +208,8 @@ class AgentLearner(InContextLearner):
 
     def temperature(self, steps: np.ndarray) -> np.ndarray:
         """The sampling temperature after ``steps`` environment steps."""
-        if self.decay_steps == 0:
-            return np.full(len(steps), self.temperature_end)
-        frac = np.minimum(steps / self.decay_steps, 1.0)
-        if self.temperature_end > 0 and self.temperature_start > 0:
-            return self.temperature_start * (self.temperature_end / self.temperature_start) ** frac
-        return self.temperature_start + (self.temperature_end - self.temperature_start) * frac
+        return sampling_temperature(self.temperature_start, self.temperature_end, self.decay_steps,
+                                    np.asarray(steps)).numpy()
 
     def check_spec(self, spec: EnvSpec) -> None:
         cfg = self._model.config

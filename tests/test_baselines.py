@@ -307,9 +307,10 @@ def test_ucbq_tries_untried_actions_first():
     assert sorted(seen) == [0, 1, 2, 3]
 
 
-def test_mbrl_q_is_empirical_reward_plus_discounted_empirical_backup(mixed_action_tasks):
+@pytest.mark.parametrize("optimism", [1.0, 4.0, 0.0])
+def test_mbrl_q_is_empirical_reward_plus_discounted_empirical_backup(mixed_action_tasks, optimism):
     gamma = 0.95
-    rec = Recorder(ModelBasedPlanner(gamma=gamma, sweeps=2))
+    rec = Recorder(ModelBasedPlanner(gamma=gamma, sweeps=2, optimism=optimism))
     run_learner(rec, task_suite(mixed_action_tasks), 300, seed=9)
     planner, state = rec._inner, rec._state
     b, n_obs, na = 4, 16, 5
@@ -327,7 +328,7 @@ def test_mbrl_q_is_empirical_reward_plus_discounted_empirical_backup(mixed_actio
     assert visited.sum() > 50
     p_hat = counts / np.maximum(n, 1)[..., None]
     expected = np.where(visited, rsum / np.maximum(n, 1) + gamma * np.einsum("bsat,bt->bsa", p_hat, state.values),
-                        (np.maximum(rmax, 0) / (1 - gamma))[:, None, None])
+                        (optimism * np.maximum(rmax, 0) / (1 - gamma))[:, None, None])
     np.testing.assert_allclose(planner.q_values(state), expected, rtol=1e-5, atol=1e-4)
     obs = np.array([0, 3, 7, 15])
     np.testing.assert_allclose(planner.q_values(state, obs), expected[np.arange(4), obs], rtol=1e-5, atol=1e-4)
@@ -354,6 +355,8 @@ def test_mbrl_invalid_settings():
         ModelBasedPlanner(sweeps=0)
     with pytest.raises(ValueError, match="ModelBasedPlanner needs"):
         ModelBasedPlanner(gamma=1)
+    with pytest.raises(ValueError, match="optimism >= 0"):
+        ModelBasedPlanner(optimism=-1.0)
 
 
 def test_random_learner_is_uniform_over_the_mask():
@@ -376,7 +379,8 @@ def test_make_learner_parses_options():
     assert isinstance(learner, ModelBasedPlanner)
     assert learner.sweeps == 5 and isinstance(learner.sweeps, int)
     assert learner.gamma == 0.9
-    assert learner.hyperparameters() == {"gamma": 0.9, "sweeps": 5, "lookahead": 0}
+    assert learner.hyperparameters() == {"gamma": 0.9, "sweeps": 5, "lookahead": 0, "optimism": 1.0}
+    assert make_learner("mbrl:optimism=4").optimism == 4.0
     assert "sweeps=5" in repr(learner)
     t = make_learner("tql: alpha = 0.25 ")
     assert isinstance(t, TabularQLearner) and t.alpha == 0.25 and t.gamma == 0.99

@@ -15,10 +15,11 @@ from anymdp_agent.evaluation import EvalConfig, build_learner, check_config, loa
 from anymdp_agent.rollout import AgentLearner, parse_agent_spec
 
 
-def tiny_model(backbone: str = "planning", num_observations: int = 16, num_actions: int = 5, seed: int = 0):
+def tiny_model(backbone: str = "planning", num_observations: int = 16, num_actions: int = 5, seed: int = 0,
+               **overrides):
     torch.manual_seed(seed)
     cfg = AnyMDPAgentConfig(num_observations=num_observations, num_actions=num_actions, hidden_size=16, num_heads=2,
-                            num_hidden_layers=1, chunk_size=8, planning_steps=6, backbone=backbone)
+                            num_hidden_layers=1, chunk_size=8, planning_steps=6, backbone=backbone, **overrides)
     return AnyMDPAgentModel(cfg).eval()
 
 
@@ -215,3 +216,60 @@ def test_cli_eval_with_a_bad_agent_spec(tmp_path, capsys):
               "--no-progress"])
     assert exc.value.code == 2
     assert "no checkpoint folder at decay_steps" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- the checkpoint's own sampling schedule
+
+
+@pytest.mark.parametrize("backbone", ["planning", "sequence"])
+def test_act_without_a_temperature_follows_the_checkpoints_schedule(anymdp16, backbone):
+    """``model.act(state, obs)`` samples as the config says, counting each history's environment steps (episode
+    ends included): the same actions as passing that temperature explicitly, and greedy once it reaches 0."""
+    model = tiny_model(backbone, num_observations=16, num_actions=5, temperature_start=2.0, temperature_end=0.0,
+                       temperature_decay_steps=150)
+    envs = anymdp16.make_env()
+    try:
+        obs, _ = envs.reset(seed=0)
+        b = len(obs)
+        implicit, explicit = model.initial_state(b, 16), model.initial_state(b, 16)
+        g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        ended = 0
+        for t in range(200):
+            o = torch.as_tensor(np.asarray(obs))
+            a1, logits, implicit = model.act(implicit, o, generator=g1)
+            expected = max(0.0, 2.0 - 2.0 * t / 150)
+            assert model.sampling_temperature(t).item() == pytest.approx(expected)
+            a2, _, explicit = model.act(explicit, o, temperature=expected, generator=g2)
+            assert torch.equal(a1, a2)
+            if t >= 150:
+                assert torch.equal(a1, logits.argmax(-1))
+            nxt, rew, term, trunc, _ = envs.step(a1.numpy())
+            ended += int((term | trunc).sum())
+            step = (a1, torch.as_tensor(rew, dtype=torch.float32), torch.as_tensor(nxt), torch.as_tensor(term),
+                    torch.as_tensor(trunc))
+            implicit, explicit = model.observe(implicit, *step), model.observe(explicit, *step)
+            obs = nxt
+        assert ended > 0  # the step count survived episode ends
+    finally:
+        envs.close()
+
+
+def test_agent_learner_takes_the_checkpoints_schedule_unless_told():
+    model = tiny_model(temperature_start=0.5, temperature_end=0.2, temperature_decay_steps=300)
+    own = AgentLearner(model)
+    assert (own.temperature_start, own.temperature_end, own.decay_steps) == (0.5, 0.2, 300)
+    np.testing.assert_allclose(own.temperature(np.array([0, 150, 300, 900])),
+                               model.sampling_temperature(torch.tensor([0, 150, 300, 900])).numpy())
+    told = AgentLearner(model, temperature_end=0.05)
+    assert (told.temperature_start, told.temperature_end, told.decay_steps) == (0.5, 0.05, 300)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature_start=-1.0), "temperature_start must be a finite number >= 0"),
+    (dict(temperature_end=float("nan")), "temperature_end must be a finite number >= 0"),
+    (dict(temperature_decay_steps=2.5), "temperature_decay_steps must be an integer >= 0"),
+    (dict(statistics_discount=1.0), "statistics_discount must lie in"),
+])
+def test_config_rejects_a_bad_sampling_schedule(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AnyMDPAgentConfig(**kwargs)

@@ -60,7 +60,7 @@ def test_memory_holds_the_exact_counts_and_reward_sums():
 
 def test_return_memory_is_the_discounted_reward_after_each_visit_within_its_episode():
     model = stats_model()
-    gamma = model.backbone.statistics.RETURN_DISCOUNT
+    gamma = model.backbone.statistics.discount
     obs, act, rew = random_rows(2, 31, seed=8, end_rate=0.15)
     assert (act < 0).any()
     with torch.no_grad():

@@ -50,7 +50,7 @@ from anymdp_agent.training.recipes import load_recipe
 
 #: Settings that must match to resume a run (the model's shape and the data it sees).
 _RESUME_KEYS = ("backbone", "num_observations", "num_actions", "hidden_size", "num_hidden_layers", "num_heads",
-                "chunk_size", "observation_statistics", "planning_steps", "bonus_hidden", "carry_values", "memory_decay",
+                "chunk_size", "observation_statistics", "statistics_discount", "planning_steps", "bonus_hidden", "carry_values", "memory_decay",
                 "corpus", "label", "seed", "batch_size", "gradient_accumulation_steps")
 
 
@@ -70,6 +70,8 @@ class TrainArgs:
     chunk_size: int = field(default=64, metadata={"help": "Chunk of the chunkwise-parallel pass (rows)."})
     observation_statistics: bool = field(default=False, metadata={
         "help": "Sequence backbone: per-action visit counts and mean rewards at the current observation as extra inputs."})
+    statistics_discount: float = field(default=0.9, metadata={
+        "help": "Discount of the discounted-return statistic of observation_statistics."})
     planning_steps: int = field(default=16, metadata={"help": "Value-iteration layers of the planning backbone."})
     planning_gamma: float = field(default=0.99, metadata={"help": "Initial discount of the planning layers."})
     bonus_hidden: int = field(default=16, metadata={"help": "Width of the learned exploration bonus."})
@@ -161,7 +163,8 @@ class TrainArgs:
         return AnyMDPAgentConfig(
             num_observations=self.num_observations, num_actions=self.num_actions, backbone=self.backbone,
             hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers, num_heads=self.num_heads,
-            chunk_size=self.chunk_size, observation_statistics=self.observation_statistics, planning_steps=self.planning_steps, planning_gamma=self.planning_gamma,
+            chunk_size=self.chunk_size, observation_statistics=self.observation_statistics,
+            statistics_discount=self.statistics_discount, planning_steps=self.planning_steps, planning_gamma=self.planning_gamma,
             bonus_hidden=self.bonus_hidden, carry_values=self.carry_values, memory_decay=self.memory_decay,
             context_warmup=self.context_warmup, num_prompts=NUM_PROMPTS)
 

@@ -24,7 +24,7 @@ _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 @numba.njit(cache=True, fastmath=_FAST, inline="always")
 def q_value(counts, n_sa, r_sum, optimistic, values, gamma, b, s, a):
     """Q of ``(s, a)`` in environment ``b``: the empirical mean reward plus the discounted empirical
-    backup of ``values`` if the pair was tried, else ``optimistic`` (``max(r_max, 0) / (1 - gamma)``)."""
+    backup of ``values`` if the pair was tried, else ``optimistic`` (``k * max(r_max, 0) / (1 - gamma)``)."""
     acc = 0.0
     for s2 in range(counts.shape[3]):  # all zero for an untried pair: computed anyway, branch-free
         acc += counts[b, s, a, s2] * values[b, s2]
@@ -34,34 +34,34 @@ def q_value(counts, n_sa, r_sum, optimistic, values, gamma, b, s, a):
 
 
 @numba.njit(cache=True, inline="always")
-def optimism(r_max, gamma, b):
-    return max(r_max[b], 0.0) / (1.0 - gamma)
+def optimism(r_max, gamma, k, b):
+    return k * max(r_max[b], 0.0) / (1.0 - gamma)
 
 
 @numba.njit(cache=True)
-def _q_at(counts, n_sa, r_sum, r_max, values, gamma, obs, out):
+def _q_at(counts, n_sa, r_sum, r_max, values, gamma, k, obs, out):
     for b in range(len(obs)):
-        opt = optimism(r_max, gamma, b)
+        opt = optimism(r_max, gamma, k, b)
         for a in range(out.shape[1]):
             out[b, a] = q_value(counts, n_sa, r_sum, opt, values, gamma, b, obs[b], a)
 
 
 @numba.njit(cache=True)
-def _q_all(counts, n_sa, r_sum, r_max, values, gamma, out):
+def _q_all(counts, n_sa, r_sum, r_max, values, gamma, k, out):
     for b in range(out.shape[0]):
-        opt = optimism(r_max, gamma, b)
+        opt = optimism(r_max, gamma, k, b)
         for s in range(out.shape[1]):
             for a in range(out.shape[2]):
                 out[b, s, a] = q_value(counts, n_sa, r_sum, opt, values, gamma, b, s, a)
 
 
 @numba.njit(cache=True, fastmath=_FAST)
-def _sweeps(counts, n_sa, r_sum, r_max, mask, terminal, values, gamma, sweeps):
+def _sweeps(counts, n_sa, r_sum, r_max, mask, terminal, values, gamma, k, sweeps):
     """``sweeps`` synchronous value-iteration sweeps per environment, in place (terminal observations 0)."""
     n, na = counts.shape[1], counts.shape[2]
     new = np.empty(n)
     for b in range(counts.shape[0]):
-        opt = optimism(r_max, gamma, b)
+        opt = optimism(r_max, gamma, k, b)
         for _ in range(sweeps):
             for s in range(n):
                 best = -np.inf
@@ -90,8 +90,8 @@ class ModelBasedPlanner(InContextLearner):
     """Optimistic model-based RL on the empirical model (R-MAX style), planning incrementally.
 
     The model is the empirical transition distribution and mean reward of every tried ``(s, a)``;
-    an untried pair is worth the optimistic ``max(r_max, 0) / (1 - gamma)`` (``r_max``: the largest
-    reward seen in that environment), and observations where an episode terminated are worth 0.
+    an untried pair is worth the optimistic ``optimism * max(r_max, 0) / (1 - gamma)`` (``r_max``: the largest
+    reward seen in that environment; ``optimism`` 1 by default), and observations where an episode terminated are worth 0.
     After every step, ``sweeps`` value-iteration sweeps warm-started from the previous values update
     the plan (the model changes by one transition, so a few sweeps keep it near convergence); the
     action is greedy in the current observation, ties spread uniformly.
@@ -103,11 +103,11 @@ class ModelBasedPlanner(InContextLearner):
 
     name = "mbrl"
 
-    def __init__(self, gamma: float = 0.99, sweeps: int = 3, lookahead: int = 0):
-        if not 0 <= gamma < 1 or sweeps < 1 or lookahead < 0:
-            raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1 and lookahead >= 0, got gamma={gamma}, "
-                             f"sweeps={sweeps}, lookahead={lookahead}")
-        self.gamma, self.sweeps, self.lookahead = gamma, sweeps, lookahead
+    def __init__(self, gamma: float = 0.99, sweeps: int = 3, lookahead: int = 0, optimism: float = 1.0):
+        if not 0 <= gamma < 1 or sweeps < 1 or lookahead < 0 or not optimism >= 0:
+            raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1, lookahead >= 0 and optimism >= 0, got "
+                             f"gamma={gamma}, sweeps={sweeps}, lookahead={lookahead}, optimism={optimism}")
+        self.gamma, self.sweeps, self.lookahead, self.optimism = gamma, sweeps, lookahead, float(optimism)
 
     def initial_state(self, spec: EnvSpec, seed: int) -> PlannerState:
         b, n, na = spec.num_envs, spec.n_observations, spec.n_actions
@@ -119,7 +119,7 @@ class ModelBasedPlanner(InContextLearner):
     def q_values(self, state: PlannerState, obs: np.ndarray | None = None) -> np.ndarray:
         """Q of the current plan: ``[B, nO, na]``, or ``[B, na]`` at ``obs``."""
         b, n, na, _ = state.counts.shape
-        args = (state.counts, state.n_sa, state.reward_sum, state.r_max, state.values, float(self.gamma))
+        args = (state.counts, state.n_sa, state.reward_sum, state.r_max, state.values, float(self.gamma), self.optimism)
         if obs is None:
             out = np.empty((b, n, na))
             _q_all(*args, out)
@@ -132,7 +132,7 @@ class ModelBasedPlanner(InContextLearner):
         """``sweeps`` value-iteration sweeps over the empirical model, in place."""
         if sweeps > 0:
             _sweeps(state.counts, state.n_sa, state.reward_sum, state.r_max, state.mask, state.terminal,
-                    state.values, float(self.gamma), int(sweeps))
+                    state.values, float(self.gamma), self.optimism, int(sweeps))
 
     def act(self, state: PlannerState, obs: np.ndarray):
         return argmax_random_ties(self.q_values(state, obs), state.mask, state.rng), state

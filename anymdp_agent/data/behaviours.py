@@ -270,7 +270,7 @@ def _act(obs, chain, new_episode, closing, kind, switching, all_unknown, episode
                 else:
                     # Randomised optimism on the empirical model: argmax Q + b U(0, 1),
                     # b = c / (1 - gamma) std(R) / sqrt(n_sa).
-                    opt = optimism(r_max, planner_gamma, i)
+                    opt = optimism(r_max, planner_gamma, 1.0, i)
                     n = max(t, 1.0)
                     r_std = np.sqrt(max(reward_sq[i] / n - (reward_sum[i] / n) ** 2, 1e-4))
                     scale = bonus_c[i] / (1.0 - gamma) * r_std

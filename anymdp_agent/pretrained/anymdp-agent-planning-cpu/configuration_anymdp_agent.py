@@ -1,12 +1,14 @@
 """``AnyMDPAgentConfig``: the one source of truth for the in-context RL agent's shape and loss, and the
 contract between the corpus and the model (episode-end action ids, label values, tags, prompts).
 
-Self-contained (imports only ``transformers``) so that it travels with checkpoints for
+Self-contained (imports only the standard library and ``transformers``) so that it travels with checkpoints for
 ``AutoConfig.from_pretrained(path, trust_remote_code=True)``; the corpus builder and the training
 script import the contract from here, so it is written down once.
 """
 
 from __future__ import annotations
+
+import math
 
 from transformers import PreTrainedConfig
 
@@ -75,6 +77,8 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         observation_statistics: give the sequence backbone the planning backbone's simplest statistics as extra
             input features: per action at the current observation, the visit count and the mean reward (an exact
             memory of counts and reward sums per (observation, action)). Off by default (the generic backbone).
+        statistics_discount: discount of the discounted-return statistic of ``observation_statistics`` (0.9:
+            a horizon of about ten steps).
         planning_steps: value-iteration layers of the planning backbone.
         planning_gamma: initial discount of those layers (learned).
         bonus_hidden: width of the learned exploration-bonus network.
@@ -91,6 +95,13 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             and adjusts the discount, the optimism for untried pairs and the temperature per row, so one
             agent can choose its horizon and exploration per task. Zero-initialised: at first it is the
             fixed-setting planner. Off by default (checkpoints without it load unchanged).
+
+    Sampling (the schedule this checkpoint is measured with; ``act`` uses it when no temperature is given, and
+    so does the learner wrapper ``AgentLearner`` unless told otherwise):
+        temperature_start, temperature_end, temperature_decay_steps: the sampling temperature falls from
+            ``temperature_start`` to ``temperature_end`` over the first ``temperature_decay_steps`` environment
+            steps of a history (exponentially; linearly when either end is 0, and 0 is greedy), then stays
+            (1.0, 0.1, 10,000: the evaluation's reference schedule).
 
     Loss (``L = w_pi CE(policy) + w_s CE(next observation) + w_r MSE(reward)``):
         policy_loss_weight, observation_loss_weight, reward_loss_weight: the weights (0.8/0.1/0.1).
@@ -113,6 +124,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         intermediate_size: int | None = None,
         chunk_size: int = 64,
         observation_statistics: bool = False,
+        statistics_discount: float = 0.9,
         planning_steps: int = 16,
         planning_gamma: float = 0.99,
         bonus_hidden: int = 16,
@@ -120,6 +132,9 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         memory_decay: bool = False,
         context_adaptation: bool = False,
         use_flash_linear_attention: bool = True,
+        temperature_start: float = 1.0,
+        temperature_end: float = 0.1,
+        temperature_decay_steps: int = 10_000,
         policy_loss_weight: float = 0.8,
         observation_loss_weight: float = 0.1,
         reward_loss_weight: float = 0.1,
@@ -140,6 +155,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.intermediate_size = intermediate_size if intermediate_size is not None else 2 * hidden_size
         self.chunk_size = chunk_size
         self.observation_statistics = observation_statistics
+        self.statistics_discount = statistics_discount
         self.planning_steps = planning_steps
         self.planning_gamma = planning_gamma
         self.bonus_hidden = bonus_hidden
@@ -147,6 +163,9 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.memory_decay = memory_decay
         self.context_adaptation = context_adaptation
         self.use_flash_linear_attention = use_flash_linear_attention
+        self.temperature_start = temperature_start
+        self.temperature_end = temperature_end
+        self.temperature_decay_steps = temperature_decay_steps
         self.policy_loss_weight = policy_loss_weight
         self.observation_loss_weight = observation_loss_weight
         self.reward_loss_weight = reward_loss_weight
@@ -178,11 +197,20 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             raise ValueError(f"AnyMDPAgentConfig.backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
-        if not 0.0 < self.planning_gamma < 1.0:
-            raise ValueError(f"planning_gamma must lie in (0, 1), got {self.planning_gamma}")
+        for name in ("planning_gamma", "statistics_discount"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+                raise ValueError(f"AnyMDPAgentConfig.{name} must lie in (0, 1), got {value!r}")
         for name in ("policy_loss_weight", "observation_loss_weight", "reward_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("temperature_start", "temperature_end"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"AnyMDPAgentConfig.{name} must be a finite number >= 0 (0 is greedy), got {value!r}")
+        d = self.temperature_decay_steps
+        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+            raise ValueError(f"AnyMDPAgentConfig.temperature_decay_steps must be an integer >= 0, got {d!r}")
         if self.context_warmup < 0 or not 0.0 < self.warmup_start <= 1.0:
             raise ValueError("context_warmup must be >= 0 and warmup_start in (0, 1]")
 
