@@ -93,10 +93,9 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(f"note: {e}; running the baselines alone")
         agent = None
     learners = ([agent] if agent else []) + ["mbrl", "ucbq", "tql", "random", "oracle"]
-    # The paper's route beside it on AnyMDP: the bundled sequence-backbone agent, with the sampling schedule its
-    # card reports (picked on validation seeds).
-    sequence = (f"agent:{bundled_agent_path(SEQUENCE_AGENT)}:temperature_end=0.3:decay_steps=1000"
-                if SEQUENCE_AGENT in bundled_agent_names() else None)
+    # The paper's route beside it on AnyMDP: the bundled sequence-backbone agent (it samples with the schedule in
+    # its config.json, picked on validation seeds).
+    sequence = f"agent:{bundled_agent_path(SEQUENCE_AGENT)}" if SEQUENCE_AGENT in bundled_agent_names() else None
     runs = [EvalConfig(suite="anymdp-16", learners=learners[:1] + ([sequence] if sequence else []) + learners[1:],
                        tasks=args.tasks, steps=args.steps, seed=args.seed, window=500),
             EvalConfig(suite="frozenlake", learners=learners, tasks=args.frozenlake_runs, steps=args.frozenlake_steps,

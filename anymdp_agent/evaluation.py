@@ -318,7 +318,10 @@ class SuiteReference:
 
 def analyse(run: Run, ref: SuiteReference | None, window: int, rng: np.random.Generator,
             success: bool = False, episode_window: int = 50) -> dict:
-    """Curves and summaries of one run: per-window aggregates over tasks, AUC, per-task numbers."""
+    """Curves and summaries of one run: per-window aggregates over tasks, AUC, per-task numbers, and (with three
+    windows or more) the in-context improvement: ``early`` (the first window), ``late`` (the mean of the last two)
+    and ``late_minus_early`` per task, each with its CI. Bootstrap draws for these come last, so the other
+    statistics are the same with or without them."""
     score = ref.normalise(run) if ref is not None else run.ret
     keep = ref.scored if ref is not None else np.ones(run.num_envs, dtype=bool)
     win = window_scores(run, score, window)[keep]
@@ -339,6 +342,10 @@ def analyse(run: Run, ref: SuiteReference | None, window: int, rng: np.random.Ge
         out["success_episode_window"] = episode_window
         out["success_window_starts"] = starts
         out["success_windows"] = [summarise(_nanmean_rows(succ[:, s:s + episode_window]), rng) for s in starts]
+    if win.shape[1] >= 3:  # in-context improvement per task: the last two windows against the first
+        early, late = win[:, 0], _nanmean_rows(win[:, -2:])
+        out["early"], out["late"] = summarise(early, rng), summarise(late, rng)
+        out["late_minus_early"] = summarise(late - early, rng)
     return out
 
 
@@ -561,8 +568,8 @@ def _with_ci(stat: dict, key: str = "mean", digits: int = 3) -> str:
 
 def format_table(result: dict) -> str:
     """Plain-text tables in which every number has its 95% bootstrap CI over tasks: the mean score per step
-    window (one column per learner), the AUC's mean and IQM per learner, the paired AUC differences, and
-    the success rates of suites that have them."""
+    window (one column per learner), the AUC's mean and IQM per learner, the in-context improvement (last two
+    windows against the first), the paired AUC differences, and the success rates of suites that have them."""
     lines = []
     learners = result["learners"]
     first = next(iter(learners.values()), {})
@@ -584,6 +591,12 @@ def format_table(result: dict) -> str:
     for name, e in learners.items():
         auc = e["auc"]
         lines.append(f"{name:<{name_width}}{_with_ci(auc):>26}{_with_ci(auc, 'iqm'):>26}{auc['n']:>7}")
+    if any("late_minus_early" in e for e in learners.values()):
+        lines.append("in context: first window, mean of the last two, their difference per task [95% CI]:")
+        for name, e in learners.items():
+            if "late_minus_early" in e:
+                lines.append(f"{name:<{name_width}}early {_with_ci(e['early'])}  late {_with_ci(e['late'])}  "
+                             f"late - early {_with_ci(e['late_minus_early'])}")
     if result.get("paired"):
         lines.append("paired AUC difference, learner - baseline on the same tasks [95% CI]:")
         pair_width = max([26] + [len(p["learner"]) + len(p["baseline"]) + 5 for p in result["paired"]])

@@ -236,6 +236,9 @@ def _training_text(train: dict | None) -> str:
     if "imitation" in train:  # two stages: imitation from a corpus, then return-driven meta-training
         return _two_stage_text(train)
     data = train.get("corpus") or "tasks generated on the fly (infinite-task training)"
+    if train.get("corpus"):
+        command = train.get("corpus_command")
+        data = f"the corpus `{data}`" + (f", made with `{command}`" if command else "") + ", read with `datasets`"
     return (f"- Recipe: `{train.get('recipe', 'custom')}`; data: {data}; label: {train.get('label')}; "
             f"{train.get('max_steps')} optimiser steps of {train.get('batch_size')} sequences x "
             f"{train.get('seq_len')} rows per process; on-policy share {train.get('onpolicy_fraction')}.\n"

@@ -136,6 +136,10 @@ def test_the_training_corpus_is_named_by_its_hub_id_or_its_folder(evaluated_chec
         card = ModelCard(render_model_card(folder))
         assert card.data.datasets == datasets, corpus
         assert "Recipe: `tiny`" in card.text
+    record = {"recipe": "tiny", "corpus": "data/seq-a", "corpus_local": True, "step": 2,
+              "corpus_command": "anymdp-agent generate --out data/seq-a --tasks 8"}
+    (folder / "train_config.json").write_text(json.dumps(record))
+    assert "made with `anymdp-agent generate --out data/seq-a --tasks 8`" in ModelCard(render_model_card(folder)).text
 
 
 def test_a_card_of_an_unevaluated_checkpoint_has_no_model_index(evaluated_checkpoint, tmp_path):

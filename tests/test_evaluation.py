@@ -544,3 +544,21 @@ def test_default_pairs_put_each_agent_against_every_other_learner():
     assert evaluation.default_pairs(learners) == [("agent", "mbrl"), ("agent", "random"), ("agent:/b", "mbrl"),
                                                   ("agent:/b", "random")]
     assert evaluation.default_pairs({"tql": Named("tql"), "random": Named("random")}) == []
+
+
+def test_improvement_is_the_last_two_windows_against_the_first_per_task():
+    """``late_minus_early`` is computed per task from the window scores the result holds, with a CI."""
+    from anymdp_agent.evaluation import analyse
+
+    suite = load_suite("anymdp-16", 6)
+    run = run_learner(make_learner("mbrl"), suite, 600)
+    ref = SuiteReference.of(suite)
+    out = analyse(run, ref, 100, np.random.default_rng(3))
+    w = np.asarray(out["per_task_window_scores"])
+    diff = np.nanmean(w[:, -2:], 1) - w[:, 0]
+    assert out["late_minus_early"]["mean"] == pytest.approx(np.nanmean(diff), abs=1e-5)
+    assert out["late_minus_early"]["ci_low"] <= out["late_minus_early"]["mean"] <= out["late_minus_early"]["ci_high"]
+    assert out["early"]["mean"] == pytest.approx(np.nanmean(w[:, 0]), abs=1e-5)
+    assert out["late"]["mean"] == pytest.approx(np.nanmean(np.nanmean(w[:, -2:], 1)), abs=1e-5)
+    two = analyse(run, ref, 300, np.random.default_rng(3))  # two windows: no improvement statistic
+    assert "late_minus_early" not in two

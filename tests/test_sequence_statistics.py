@@ -91,8 +91,9 @@ def test_statistics_change_the_policy():
     assert not torch.allclose(a, b, atol=1e-4)
 
 
-def test_chunkwise_equals_recurrent_and_segments():
-    model = stats_model()
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_chunkwise_equals_recurrent_and_segments(lookahead):
+    model = stats_model(statistics_lookahead=lookahead)
     obs, act, rew = random_rows(3, 23)
     with torch.no_grad():
         chunk = model(obs, act, rew)
@@ -105,9 +106,10 @@ def test_chunkwise_equals_recurrent_and_segments():
     assert_cache_close(chunk.cache, second.cache, "sequence")
 
 
-def test_stepping_and_observe_equal_forward():
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_stepping_and_observe_equal_forward(lookahead):
     """act/_end_row and observe's episode-end rows count the same transitions as the teacher-forced pass."""
-    model = stats_model()
+    model = stats_model(statistics_lookahead=lookahead)
     obs, act, rew = random_rows(1, 40, seed=11, end_rate=0.2)
     assert (act == END_TERMINATED).any() and (act == END_TRUNCATED).any()
     with torch.no_grad():
@@ -125,3 +127,40 @@ def test_stepping_and_observe_equal_forward():
             logits.append(lg)
     assert_close(torch.cat(logits), full.policy_logits[0], "sequence")
     assert_cache_close(state, full.cache, "sequence")
+
+
+def test_lookahead_is_the_mean_best_return_of_the_next_observations():
+    """``statistics_lookahead``: exact next-observation counts, and per action the count-weighted mean of the next
+    observations' best mean discounted return (in reward-scale units; 0 where nothing was tried)."""
+    model = stats_model(statistics_lookahead=True)
+    stats = model.backbone.statistics
+    assert stats.proj.in_features == 5 * A
+    obs, act, rew = random_rows(2, 23, seed=3)
+    with torch.no_grad():
+        out = model(obs, act, rew)
+    nxt = torch.zeros(2, S, A, S)
+    for i in range(2):
+        for j in range(22):
+            if act[i, j] >= 0:
+                nxt[i, obs[i, j], act[i, j], obs[i, j + 1]] += 1
+    torch.testing.assert_close(out.cache.stat_next, nxt)
+    # One more row at observation o: its lookahead features from the memory that includes the pending transition.
+    seen = {}
+    hook = stats.proj.register_forward_hook(lambda mod, inp, res: seen.update(x=inp[0]))
+    o = torch.tensor([[1], [2]])
+    scale = torch.full((2, 1), 2.0)
+    cache = out.cache
+    with torch.no_grad():
+        _, memory = stats(cache, cache.last_obs[:, None], cache.last_action[:, None], cache.last_reward[:, None], o, scale)
+    hook.remove()
+    n, g, nx = memory["stat_n"], memory["stat_g"], memory["stat_next"]
+    for i in range(2):
+        value = torch.zeros(S)
+        for s2 in range(S):
+            tried = n[i, s2] > 0
+            if tried.any():
+                value[s2] = (g[i, s2][tried] / n[i, s2][tried]).max() / 2.0
+        oi = int(o[i, 0])
+        expected = (nx[i, oi] * value).sum(-1) / n[i, oi].clamp(min=1.0)
+        torch.testing.assert_close(seen["x"][i, 0, 4 * A:], expected, rtol=1e-5, atol=1e-5)
+        assert (n[i, oi] > 0).any()

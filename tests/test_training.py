@@ -387,13 +387,22 @@ def test_corpus_source_batches(tmp_path, corpus, label):
 
 
 def test_corpus_training_runs(tmp_path, corpus, capsys):
+    # A corpus as `anymdp-agent generate` leaves it: corpus.json records the command that wrote it.
+    command = "anymdp-agent generate --out data/x --tasks 8 --labels oracle"
+    corpus = Path(shutil.copytree(corpus, tmp_path / "corpus"))
+    meta = json.loads((corpus / "corpus.json").read_text())
+    (corpus / "corpus.json").write_text(json.dumps({**meta, "commands": {"train": command}}))
     run = tmp_path / "run"
     rc, err = run_main(tiny(run, "--corpus", corpus, "--label", "oracle", "--curriculum", "", "--seq_len", 32,
                             "--max_steps", 2, "--eval_every", 0), capsys)
     assert rc == 0, err
     assert checkpoints(run) == [2]
-    assert json.loads((run / "checkpoints" / "0000002" / "pretrained_model" / "train_config.json").read_text())[
-        "corpus"] == str(corpus)
+    folder = run / "checkpoints" / "0000002" / "pretrained_model"
+    record = json.loads((folder / "train_config.json").read_text())
+    assert record["corpus"] == str(corpus)
+    # The command that generated the corpus travels with the checkpoint, and its card says it.
+    assert record["corpus_command"] == command
+    assert f"made with `{command}`" in (folder / "README.md").read_text()
 
 
 def test_regenerated_corpus_is_read_afresh(tmp_path):

@@ -42,13 +42,14 @@ LIMITATIONS = {
         "count-based planner it imitates: what it tuned on AnyMDP's dense composite rewards does not transfer."),
     "anymdp-agent-sequence-cpu": (
         "- The paper's route at CPU scale: a generic gated-linear-attention model (2 layers, 64 wide, 0.1M "
-        "parameters) reading per-observation statistics (visit counts, mean reward and discounted return per "
-        "action at the current observation) as extra input features, trained 400 steps on one CPU core. It "
-        "learns in context (late windows well above the first) but stays below UCB-Q's AUC on 8-state tasks "
-        "(CIs overlap) and far below the count-based planner; at 16 states its AUC is 0.34.\n"
-        "- Its numbers are measured with sampling temperature 1.0 falling to 0.3 over the first half of the "
-        "budget (`agent:anymdp-agent-sequence-cpu:temperature_end=0.3:decay_steps=1000`), chosen on validation "
-        "seeds; the harness default (0.1 over 10,000 steps) was not tuned for it."),
+        "parameters) reading per-observation statistics as extra input features (per action at the current "
+        "observation: visit count, mean reward, mean discounted return, and a one-step lookahead on those returns "
+        "over the pair's next observations), trained 400 steps on one CPU core. Nothing in it iterates values over "
+        "the observation space. On 8-state tasks it is above UCB-Q; at 16 states it is level with UCB-Q, and far "
+        "below the count-based planner at both sizes.\n"
+        "- It samples with the schedule in its `config.json`: temperature 1.0 falling to 0.3 over the first 1,000 "
+        "steps, chosen on validation seeds (`model.act` without a temperature, and `agent:anymdp-agent-sequence-cpu`, "
+        "use it). Its vocabulary is 16 observations: larger tasks are refused."),
     "anymdp-agent-meta-cpu": (
         "- Not the default agent: return-driven meta-training (stage 2) raised the imitation stage's AnyMDP-16 "
         "score (0.691 -> 0.737 on the test tasks) but not above the count-based planner (`mbrl`, 0.783; the "

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from anymdp_agent import AnyMDPAgentModel
 from anymdp_agent.baselines import make_learner
+from anymdp_agent.data.corpus import generate_command
 from anymdp_agent.data.onpolicy import roll_learner
 from anymdp_agent.envs import sample_anymdp_task, stack_tasks
 from anymdp_agent.envs.garnet import sample_bandit_task, sample_garnet_task
@@ -320,11 +321,10 @@ def training_record(args: MetaRLArgs, step: int, extra: dict) -> dict:
     if first.is_file():
         imitation = json.loads(first.read_text())
         record["imitation"] = imitation
-        corpus = Path(imitation.get("corpus") or "")
-        if imitation.get("corpus") and (corpus / "corpus.json").is_file():
-            commands = json.loads((corpus / "corpus.json").read_text()).get("commands", {})
-            if commands.get("train"):
-                record["corpus_command"] = commands["train"]
+        command = imitation.get("corpus_command") or (
+            generate_command(imitation["corpus"], imitation.get("corpus_split", "train")) if imitation.get("corpus") else None)
+        if command:
+            record["corpus_command"] = command
     return record
 
 

@@ -36,6 +36,7 @@ import torch
 
 from anymdp_agent import AnyMDPAgentConfig, AnyMDPAgentModel
 from anymdp_agent.data import CorpusConfig, MixtureConfig, check_corpus_features, roll_sequences
+from anymdp_agent.data.corpus import generate_command
 from anymdp_agent.configuration_anymdp_agent import (END_TRUNCATED, IGNORE_INDEX, LABEL_TARGETS, NO_LABEL, NUM_PROMPTS,
                                                      UNKNOWN_TAG, label_kinds, label_prompt)
 from anymdp_agent.data.onpolicy import roll_learner
@@ -50,7 +51,7 @@ from anymdp_agent.training.recipes import load_recipe
 
 #: Settings that must match to resume a run (the model's shape and the data it sees).
 _RESUME_KEYS = ("backbone", "num_observations", "num_actions", "hidden_size", "num_hidden_layers", "num_heads",
-                "chunk_size", "observation_statistics", "statistics_discount", "planning_steps", "bonus_hidden", "carry_values", "memory_decay",
+                "chunk_size", "observation_statistics", "statistics_discount", "statistics_lookahead", "planning_steps", "bonus_hidden", "carry_values", "memory_decay",
                 "corpus", "label", "seed", "batch_size", "gradient_accumulation_steps")
 
 
@@ -72,6 +73,8 @@ class TrainArgs:
         "help": "Sequence backbone: per-action visit counts and mean rewards at the current observation as extra inputs."})
     statistics_discount: float = field(default=0.9, metadata={
         "help": "Discount of the discounted-return statistic of observation_statistics."})
+    statistics_lookahead: bool = field(default=False, metadata={
+        "help": "observation_statistics: add a one-step lookahead on the next observations' mean returns."})
     planning_steps: int = field(default=16, metadata={"help": "Value-iteration layers of the planning backbone."})
     planning_gamma: float = field(default=0.99, metadata={"help": "Initial discount of the planning layers."})
     bonus_hidden: int = field(default=16, metadata={"help": "Width of the learned exploration bonus."})
@@ -164,7 +167,8 @@ class TrainArgs:
             num_observations=self.num_observations, num_actions=self.num_actions, backbone=self.backbone,
             hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers, num_heads=self.num_heads,
             chunk_size=self.chunk_size, observation_statistics=self.observation_statistics,
-            statistics_discount=self.statistics_discount, planning_steps=self.planning_steps, planning_gamma=self.planning_gamma,
+            statistics_discount=self.statistics_discount, statistics_lookahead=self.statistics_lookahead,
+            planning_steps=self.planning_steps, planning_gamma=self.planning_gamma,
             bonus_hidden=self.bonus_hidden, carry_values=self.carry_values, memory_decay=self.memory_decay,
             context_warmup=self.context_warmup, num_prompts=NUM_PROMPTS)
 
@@ -661,7 +665,9 @@ def save_checkpoint(accelerator, model, args: TrainArgs, step: int, buffer, extr
         # Whether the corpus was a local folder or a Hub id: a card names it accordingly (a relative path such
         # as data/x looks like a Hub id).
         local = bool(args.corpus) and Path(args.corpus).is_dir()
-        write_json(pretrained / "train_config.json", {**asdict(args), "step": step, "corpus_local": local, **extra},
+        command = generate_command(args.corpus, args.corpus_split) if local else None
+        write_json(pretrained / "train_config.json", {**asdict(args), "step": step, "corpus_local": local,
+                                                      **({"corpus_command": command} if command else {}), **extra},
                    indent=1)
         if evaluated is not None:
             write_results(evaluated, pretrained / "eval", stem=f"eval-{evaluated['suite']['name']}")

@@ -401,6 +401,19 @@ def read_corpus_meta(path: str | os.PathLike) -> dict:
     return meta
 
 
+def generate_command(corpus: str | os.PathLike, split: str = "train") -> str | None:
+    """The ``anymdp-agent generate`` command that wrote ``split`` of the local corpus folder ``corpus``, as its
+    ``corpus.json`` records it; ``None`` for a Hub id, a folder without one, or a record without the command."""
+    path = Path(corpus) / "corpus.json"
+    if not path.is_file():
+        return None
+    try:
+        command = read_corpus_meta(path).get("commands", {}).get(split)
+    except ValueError:
+        return None
+    return command if isinstance(command, str) and command else None
+
+
 def _write_meta(folder: Path, meta: dict) -> None:
     """``corpus.json``, atomically, in standard JSON (no NaN or Infinity), keys sorted (the same bytes every run)."""
     text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=False)

@@ -79,6 +79,9 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             memory of counts and reward sums per (observation, action)). Off by default (the generic backbone).
         statistics_discount: discount of the discounted-return statistic of ``observation_statistics`` (0.9:
             a horizon of about ten steps).
+        statistics_lookahead: with ``observation_statistics``, also keep next-observation counts and give, per
+            action, the empirical mean of the next observations' best mean discounted return (a one-step
+            lookahead on those returns). Off by default.
         planning_steps: value-iteration layers of the planning backbone.
         planning_gamma: initial discount of those layers (learned).
         bonus_hidden: width of the learned exploration-bonus network.
@@ -125,6 +128,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         chunk_size: int = 64,
         observation_statistics: bool = False,
         statistics_discount: float = 0.9,
+        statistics_lookahead: bool = False,
         planning_steps: int = 16,
         planning_gamma: float = 0.99,
         bonus_hidden: int = 16,
@@ -156,6 +160,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.chunk_size = chunk_size
         self.observation_statistics = observation_statistics
         self.statistics_discount = statistics_discount
+        self.statistics_lookahead = statistics_lookahead
         self.planning_steps = planning_steps
         self.planning_gamma = planning_gamma
         self.bonus_hidden = bonus_hidden
@@ -190,7 +195,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         if self.num_actions < 2:
             raise ValueError(f"AnyMDPAgentConfig.num_actions must be >= 2, got {self.num_actions}")
         for name in ("carry_values", "memory_decay", "context_adaptation", "use_flash_linear_attention",
-                     "observation_statistics"):
+                     "observation_statistics", "statistics_lookahead"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.backbone not in BACKBONES:

@@ -675,6 +675,10 @@ class ObservationStatistics(nn.Module):
     the observation token. The return of a recent visit is still partial. Nothing here plans over the
     observation space: the layers above must learn what to do with it.
 
+    With ``config.statistics_lookahead`` it also keeps next-observation counts per (observation, action) and adds,
+    per action, a one-step lookahead on those returns: the empirical mean over the pair's next observations of
+    their best mean discounted return (``num_actions`` more numbers; 0 for an untried pair).
+
     Row ``j`` counts the transitions of the rows before it (the last row's transition is the cache's ``last_*``),
     so chunked and stepped forms count the same transitions.
     """
@@ -686,11 +690,15 @@ class ObservationStatistics(nn.Module):
         super().__init__()
         self.num_actions = config.num_actions
         self.discount = float(config.statistics_discount)
-        self.proj = nn.Linear(4 * config.num_actions, config.hidden_size)
+        self.lookahead = bool(config.statistics_lookahead)
+        self.proj = nn.Linear((5 if self.lookahead else 4) * config.num_actions, config.hidden_size)
 
     def initial_tensors(self, batch: int, n_obs: int, device) -> dict[str, torch.Tensor]:
         z = torch.zeros(batch, n_obs, self.num_actions, device=device)
-        return {"stat_n": z, "stat_r": z.clone(), "stat_g": z.clone(), "stat_trace": z.clone()}
+        out = {"stat_n": z, "stat_r": z.clone(), "stat_g": z.clone(), "stat_trace": z.clone()}
+        if self.lookahead:
+            out["stat_next"] = torch.zeros(batch, n_obs, self.num_actions, n_obs, device=device)
+        return out
 
     def forward(self, cache, prev_obs, prev_act, prev_rew, observations, scale):
         """Token features ``[B, T, hidden]`` of rows ``[B, T]`` and the memory after them (a dict of cache tensors).
@@ -720,11 +728,23 @@ class ObservationStatistics(nn.Module):
         at = (observations[..., None] * a + torch.arange(a, device=dev)).clamp(max=n * a - 1)
         n_o = counts.gather(2, at)  # [B, T, A] at the row's observation
         per_visit = n_o.clamp(min=1.0) * scale[..., None]
-        feats = torch.cat([torch.log1p(n_o), (n_o > 0).float(), sums.gather(2, at) / per_visit,
-                           returns.gather(2, at).float() / per_visit], -1)
+        parts = [torch.log1p(n_o), (n_o > 0).float(), sums.gather(2, at) / per_visit,
+                 returns.gather(2, at).float() / per_visit]
         last = lambda x: x[:, -1].reshape(b, n, a).float()  # noqa: E731
-        return self.proj(feats), {"stat_n": last(counts), "stat_r": last(sums), "stat_g": last(returns),
-                                  "stat_trace": last(trace)}
+        memory = {"stat_n": last(counts), "stat_r": last(sums), "stat_g": last(returns), "stat_trace": last(trace)}
+        if self.lookahead:
+            # Next-observation counts of each row (the chunk's transitions i <= j on top of the cache's).
+            hot_next = torch.zeros(b, t, n * a * n, device=dev).scatter_(
+                2, (sa * n + observations.clamp(min=0))[..., None], real[..., None])
+            nxt = cache.stat_next.reshape(b, 1, n * a * n) + hot_next.cumsum(1)
+            # Each observation's best mean discounted return over its tried actions (0 if none), per row.
+            mean_g = (returns.float() / counts.clamp(min=1.0)).view(b, t, n, a)
+            best = torch.where(counts.view(b, t, n, a) > 0, mean_g, torch.full_like(mean_g, -torch.inf)).max(-1).values
+            value = torch.where(torch.isfinite(best), best, torch.zeros_like(best)) / scale[..., None]  # [B, T, S]
+            rows = nxt.view(b, t, n * a, n).gather(2, at[..., None].expand(b, t, a, n))  # [B, T, A, S]
+            parts.append((rows * value[:, :, None, :]).sum(-1) / n_o.clamp(min=1.0))
+            memory["stat_next"] = nxt[:, -1].reshape(b, n, a, n)
+        return self.proj(torch.cat(parts, -1)), memory
 
 
 class SequenceBackbone(nn.Module):
