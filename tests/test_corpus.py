@@ -704,7 +704,7 @@ def test_num_proc_workers_stop_with_the_parent(tmp_path, signame):
     import time
 
     out = tmp_path / "c"
-    p = subprocess.Popen([sys.executable, "-m", "anymdp_agent.cli", "generate", "--out", str(out), "--tasks", "400",
+    p = subprocess.Popen([sys.executable, "-m", "anymdp_agent.cli", "generate", "--out", str(out), "--tasks", "40",
                           "--seq-len", "3000", "--tasks-per-shard", "2", "--num-proc", "2", "--no-progress"],
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
