@@ -62,7 +62,8 @@ print(f"corpus: {ds['train'].num_rows} sequences, card: {card.data.pretty_name}"
 PY
 
 step "eval the bundled agent on a tiny suite (writes the JSON and the PNG)"
-"$V/anymdp-agent" eval --suite anymdp-8 --learners agent,random --tasks 2 --steps 100 --window 50 --out results --no-progress
+"$V/anymdp-agent" eval --suite anymdp-8 --learners agent,agent:anymdp-agent-sequence-cpu,mbrl:optimism=2,random --tasks 2 \
+    --steps 100 --window 50 --out results --no-progress
 test -s results/eval-anymdp-8.json && test -s results/eval-anymdp-8.png
 
 step "train the tiny recipe for two steps through accelerate"
@@ -98,6 +99,12 @@ for folder in sys.argv[1:]:
     with torch.no_grad():
         out = model(torch.tensor([[0, 1, 2]]), torch.tensor([[1, 0, 2]]), torch.tensor([[0.0, 1.0, 0.5]]))
     assert out.policy_logits.shape[-1] == model.config.num_actions
+    state = model.initial_state(2, num_observations=8)
+    for t in range(6):  # act without a temperature: the checkpoint's own sampling schedule
+        action, _, state = model.act(state, torch.tensor([t % 8, (t + 3) % 8]))
+        state = model.observe(state, action, torch.tensor([0.0, 1.0]), torch.tensor([(t + 1) % 8, (t + 4) % 8]),
+                              torch.tensor([False, t == 3]), torch.tensor([False, False]))
+    assert model.sampling_temperature(6).item() <= model.config.temperature_start
     print(f"{folder}: {type(model).__name__} ({model.config.backbone}) from its own code")
 leaked = sorted(m for m in sys.modules if m.split(".")[0] == "anymdp_agent")
 assert not leaked, leaked
