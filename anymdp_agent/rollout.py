@@ -23,6 +23,7 @@ import torch
 
 from .baselines.protocol import EnvSpec, InContextLearner, Transition
 from .envs.vector_env import final_observations
+from .hub import pretrained_dir
 from .configuration_anymdp_agent import AnyMDPAgentConfig
 from .modeling_anymdp_agent import AnyMDPAgentCache, AnyMDPAgentModel, WeightsDoNotMatchConfig, sampling_temperature
 
@@ -105,7 +106,7 @@ SEQUENCE_AGENT = "anymdp-agent-sequence-cpu"
 
 def bundled_agent_path(name: str = DEFAULT_AGENT) -> Path:
     """Folder of a checkpoint shipped inside the package (loadable offline with ``from_pretrained``)."""
-    path = Path(__file__).resolve().parent / "pretrained" / name
+    path = pretrained_dir().resolve() / name
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no bundled agent {name!r} in {path.parent}: this installation ships none; "
                                 "pass a checkpoint folder (agent:PATH)")
@@ -257,8 +258,7 @@ class AgentLearner(InContextLearner):
 
 def bundled_agent_names() -> list[str]:
     """Names of the checkpoints shipped inside the package (``agent:<name>`` reaches each)."""
-    root = Path(__file__).resolve().parent / "pretrained"
-    return sorted(p.name for p in root.glob("*") if (p / "config.json").is_file())
+    return sorted(p.name for p in pretrained_dir().glob("*") if (p / "config.json").is_file())
 
 
 def parse_agent_spec(spec: str, load: bool = True) -> AgentLearner | None:

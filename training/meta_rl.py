@@ -321,8 +321,8 @@ def training_record(args: MetaRLArgs, step: int, extra: dict) -> dict:
     if first.is_file():
         imitation = json.loads(first.read_text())
         record["imitation"] = imitation
-        command = imitation.get("corpus_command") or (
-            generate_command(imitation["corpus"], imitation.get("corpus_split", "train")) if imitation.get("corpus") else None)
+        command = imitation.get("corpus_command") or generate_command(imitation.get("corpus") or "",
+                                                                      imitation.get("corpus_split", "train"))
         if command:
             record["corpus_command"] = command
     return record

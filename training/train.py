@@ -665,7 +665,7 @@ def save_checkpoint(accelerator, model, args: TrainArgs, step: int, buffer, extr
         # Whether the corpus was a local folder or a Hub id: a card names it accordingly (a relative path such
         # as data/x looks like a Hub id).
         local = bool(args.corpus) and Path(args.corpus).is_dir()
-        command = generate_command(args.corpus, args.corpus_split) if local else None
+        command = generate_command(args.corpus, args.corpus_split)
         write_json(pretrained / "train_config.json", {**asdict(args), "step": step, "corpus_local": local,
                                                       **({"corpus_command": command} if command else {}), **extra},
                    indent=1)

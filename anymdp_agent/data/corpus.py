@@ -405,7 +405,7 @@ def generate_command(corpus: str | os.PathLike, split: str = "train") -> str | N
     """The ``anymdp-agent generate`` command that wrote ``split`` of the local corpus folder ``corpus``, as its
     ``corpus.json`` records it; ``None`` for a Hub id, a folder without one, or a record without the command."""
     path = Path(corpus) / "corpus.json"
-    if not path.is_file():
+    if not str(corpus) or not path.is_file():  # "" is no folder (Path("") would be the working directory)
         return None
     try:
         command = read_corpus_meta(path).get("commands", {}).get(split)
