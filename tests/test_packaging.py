@@ -150,3 +150,19 @@ def test_nothing_in_the_repository_points_outside_it():
         text = path.read_text(errors="ignore")
         hits += [f"{rel}: {needle}" for needle in outside if needle in text]
     assert hits == []
+
+
+def test_bundled_agents_carry_the_packages_own_modeling_files():
+    """Each bundled checkpoint loads with remote code from the two files beside it: they must be the package's
+    current ones, or `trust_remote_code` would run other code than `AnyMDPAgentModel` (a stale copy misses
+    config fields such as the sampling schedule)."""
+    import anymdp_agent
+    from anymdp_agent.hub import pretrained_dir
+
+    package = Path(anymdp_agent.__file__).parent
+    bundled = sorted(p for p in pretrained_dir().iterdir() if (p / "config.json").is_file())
+    assert bundled
+    for folder in bundled:
+        for name in ("modeling_anymdp_agent.py", "configuration_anymdp_agent.py"):
+            assert (folder / name).read_text() == (package / name).read_text(), (
+                f"{folder.name}/{name} differs from anymdp_agent/{name}: copy the package's file into the folder")
