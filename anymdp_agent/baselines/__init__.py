@@ -11,6 +11,7 @@ mbrl      count-based model-based planner (empirical model + optimism + value it
 ========  ============================================================================
 
 A learner is named ``name`` or ``name:key=value:key=value`` (e.g. ``mbrl:sweeps=10:gamma=0.95``).
+``mbrl:known=transitions|rewards|both`` is the planner's known-model ablation (it reads the true model).
 """
 
 from __future__ import annotations

@@ -84,6 +84,28 @@ class PlannerState:
     terminal: np.ndarray    # [B, nO] observations an episode has ended in (terminated)
     r_max: np.ndarray       # [B] largest reward seen (0 before any)
     values: np.ndarray      # [B, nO] warm-started V
+    true_transition: np.ndarray | None = None  # [B, nO, na, nO] P(s' | s, a), only with known transitions
+    true_reward: np.ndarray | None = None      # [B, nO, na] mean reward of (s, a), only with known rewards
+
+
+#: What a known-model ablation of the planner may read from the true model (``mbrl:known=...``).
+KNOWN_PARTS = ("none", "transitions", "rewards", "both")
+
+
+def true_model(spec: EnvSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The true model in observation ids: ``P(s' | s, a)`` ``[B, nO, na, nO]`` and the mean reward of every
+    ``(s, a)`` ``[B, nO, na]`` (zero for ids no state uses and for actions a task lacks)."""
+    if spec.tasks is None:
+        raise ValueError("a known-model planner needs the true model: this environment has no transition table "
+                         "(use mbrl without known=...)")
+    b, n, na = spec.num_envs, spec.n_observations, spec.n_actions
+    p = np.zeros((b, n, na, n), dtype=np.float32)
+    r = np.zeros((b, n, na))
+    for i, task in enumerate(spec.tasks.tasks):
+        k = task.n_actions
+        p[i, :, :k, :task.n_states] = task.in_observation_space(task.in_observation_space(task.transition, 0), 2)
+        r[i, :, :k] = task.in_observation_space((task.transition * task.reward).sum(-1), 0)
+    return p, r
 
 
 class ModelBasedPlanner(InContextLearner):
@@ -99,27 +121,56 @@ class ModelBasedPlanner(InContextLearner):
     ``lookahead = k > 0`` instead plans ``k`` steps ahead from scratch at every step (``k - 1`` sweeps
     from V = 0, then the greedy one-step backup of :meth:`q_values`): ``mbrl:lookahead=1`` is the
     one-step-lookahead planner the quality bar compares with.
+
+    ``known`` (``"transitions"``, ``"rewards"`` or ``"both"``) is an ablation, not a learner: it plans with the
+    task's true transition probabilities and/or mean rewards for every *tried* pair in place of the empirical
+    ones, and is otherwise the same planner (optimism for untried pairs, observed terminals, ``r_max`` from the
+    rewards seen). Its score minus ``mbrl``'s is what estimating that part of the model costs the planner.
+    Like the oracle, it reads the true model (``spec.tasks``), so it runs only on suites that have one.
     """
 
     name = "mbrl"
 
-    def __init__(self, gamma: float = 0.99, sweeps: int = 3, lookahead: int = 0, optimism: float = 1.0):
+    def __init__(self, gamma: float = 0.99, sweeps: int = 3, lookahead: int = 0, optimism: float = 1.0,
+                 known: str = "none"):
         if not 0 <= gamma < 1 or sweeps < 1 or lookahead < 0 or not optimism >= 0:
             raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1, lookahead >= 0 and optimism >= 0, got "
                              f"gamma={gamma}, sweeps={sweeps}, lookahead={lookahead}, optimism={optimism}")
+        if known not in KNOWN_PARTS:
+            raise ValueError(f"ModelBasedPlanner: known must be one of {', '.join(KNOWN_PARTS)}, got {known!r}")
         self.gamma, self.sweeps, self.lookahead, self.optimism = gamma, sweeps, lookahead, float(optimism)
+        self.known = known
+
+    def check_spec(self, spec: EnvSpec) -> None:
+        if self.known != "none" and spec.tasks is None:
+            true_model(spec)  # raises the clear error
 
     def initial_state(self, spec: EnvSpec, seed: int) -> PlannerState:
         b, n, na = spec.num_envs, spec.n_observations, spec.n_actions
+        p, r = true_model(spec) if self.known != "none" else (None, None)
         return PlannerState(rng=np.random.default_rng(seed), mask=spec.action_mask.copy(),
                             counts=np.zeros((b, n, na, n), dtype=np.float32), n_sa=np.zeros((b, n, na)),
                             reward_sum=np.zeros((b, n, na)), terminal=np.zeros((b, n), dtype=bool),
-                            r_max=np.zeros(b), values=np.zeros((b, n)))
+                            r_max=np.zeros(b), values=np.zeros((b, n)),
+                            true_transition=p if self.known in ("transitions", "both") else None,
+                            true_reward=r if self.known in ("rewards", "both") else None)
+
+    @staticmethod
+    def model(state: PlannerState) -> tuple[np.ndarray, np.ndarray]:
+        """The ``(counts, reward_sum)`` the backups read: the empirical ones, or with a known part the true
+        probabilities and mean rewards scaled by each pair's visit count (so the same backup divides them back)."""
+        counts, r_sum = state.counts, state.reward_sum
+        if state.true_transition is not None:
+            counts = state.true_transition * state.n_sa[..., None].astype(np.float32)
+        if state.true_reward is not None:
+            r_sum = state.true_reward * state.n_sa
+        return counts, r_sum
 
     def q_values(self, state: PlannerState, obs: np.ndarray | None = None) -> np.ndarray:
         """Q of the current plan: ``[B, nO, na]``, or ``[B, na]`` at ``obs``."""
         b, n, na, _ = state.counts.shape
-        args = (state.counts, state.n_sa, state.reward_sum, state.r_max, state.values, float(self.gamma), self.optimism)
+        counts, r_sum = self.model(state)
+        args = (counts, state.n_sa, r_sum, state.r_max, state.values, float(self.gamma), self.optimism)
         if obs is None:
             out = np.empty((b, n, na))
             _q_all(*args, out)
@@ -131,7 +182,8 @@ class ModelBasedPlanner(InContextLearner):
     def plan(self, state: PlannerState, sweeps: int) -> None:
         """``sweeps`` value-iteration sweeps over the empirical model, in place."""
         if sweeps > 0:
-            _sweeps(state.counts, state.n_sa, state.reward_sum, state.r_max, state.mask, state.terminal,
+            counts, r_sum = self.model(state)
+            _sweeps(counts, state.n_sa, r_sum, state.r_max, state.mask, state.terminal,
                     state.values, float(self.gamma), self.optimism, int(sweeps))
 
     def act(self, state: PlannerState, obs: np.ndarray):

@@ -9,8 +9,8 @@ can be copied, reset per environment, saved and restored. One interaction step i
     state = learner.observe(state, Transition(observations, actions, rewards, final_obs, terminated, truncated))
 
 ``final_obs`` is the observation the action led to (before any autoreset). Every learner starts
-knowing nothing about its task except the sizes in :class:`EnvSpec`; only the oracle reads
-``spec.tasks`` (the true model).
+knowing nothing about its task except the sizes in :class:`EnvSpec`; only the oracle and the planner's
+known-model ablation (``mbrl:known=...``, a measuring tool, not a learner) read ``spec.tasks`` (the true model).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class _OracleState:
 
 
 class OracleLearner(InContextLearner):
-    """Value iteration on the *true* model (the only learner that reads ``spec.tasks``).
+    """Value iteration on the *true* model (it reads ``spec.tasks``, as only ``mbrl``'s known-model ablation also does).
 
     Acts greedily with the optimal Q at discount ``gamma`` (the corpus' oracle discount by
     default), so it scores 1 in expectation by construction.
