@@ -379,6 +379,20 @@ def test_mbrl_known_model_plans_with_the_true_parts_for_tried_pairs(mixed_action
     assert np.array_equal(state.counts.sum(-1), n)  # the empirical model is still recorded
 
 
+def test_mbrl_known_model_of_tasks_of_different_sizes():
+    """A batch of a 10-state, 3-action task and a 16-state, 5-action one: each true model fills its own ids."""
+    from anymdp_agent.baselines.model_based import true_model
+    tasks = [sample_anymdp_task(10, 3, seed=5), sample_anymdp_task(16, 5, seed=6)]
+    p, r = true_model(EnvSpec.from_tasks(stack_tasks(tasks)))
+    assert p.shape == (2, 16, 5, 16) and r.shape == (2, 16, 5)
+    for e, task in enumerate(tasks):
+        ids = task.state_mapping
+        np.testing.assert_allclose(p[e][np.ix_(ids, range(task.n_actions), ids)], task.transition, atol=1e-6)
+        np.testing.assert_allclose(r[e][np.ix_(ids, range(task.n_actions))], (task.transition * task.reward).sum(-1))
+        assert p[e].sum() == pytest.approx((~task.terminal).sum() * task.n_actions, rel=1e-5)
+    assert not p[0, 10:].any() and not p[0, :, 3:].any()
+
+
 def test_mbrl_known_model_needs_a_true_model_and_a_known_part():
     with pytest.raises(ValueError, match="known must be one of none, transitions, rewards, both, got 'dynamics'"):
         make_learner("mbrl:known=dynamics")

@@ -101,10 +101,10 @@ def true_model(spec: EnvSpec) -> tuple[np.ndarray, np.ndarray]:
     b, n, na = spec.num_envs, spec.n_observations, spec.n_actions
     p = np.zeros((b, n, na, n), dtype=np.float32)
     r = np.zeros((b, n, na))
-    for i, task in enumerate(spec.tasks.tasks):
-        k = task.n_actions
-        p[i, :, :k, :task.n_states] = task.in_observation_space(task.in_observation_space(task.transition, 0), 2)
-        r[i, :, :k] = task.in_observation_space((task.transition * task.reward).sum(-1), 0)
+    for i, task in enumerate(spec.tasks.tasks):  # tasks smaller than the batch fill the leading ids and actions
+        m, k = task.n_states, task.n_actions
+        p[i, :m, :k, :m] = task.in_observation_space(task.in_observation_space(task.transition, 0), 2)
+        r[i, :m, :k] = task.in_observation_space((task.transition * task.reward).sum(-1), 0)
     return p, r
 
 
