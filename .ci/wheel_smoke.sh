@@ -62,7 +62,7 @@ print(f"corpus: {ds['train'].num_rows} sequences, card: {card.data.pretty_name}"
 PY
 
 step "eval the bundled agent on a tiny suite (writes the JSON and the PNG)"
-"$V/anymdp-agent" eval --suite anymdp-8 --learners agent,agent:anymdp-agent-sequence-cpu,mbrl:optimism=2,random --tasks 2 \
+"$V/anymdp-agent" eval --suite anymdp-8 --learners agent,agent:anymdp-agent-sequence-cpu,mbrl:optimism=2,mbrl:known=transitions,random --tasks 2 \
     --steps 100 --window 50 --out results --no-progress
 test -s results/eval-anymdp-8.json && test -s results/eval-anymdp-8.png
 
