@@ -31,8 +31,9 @@ def _add_eval_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
                         f"(default: {defaults['suite']})")
     p.add_argument("--learners", default=defaults["learners"],
                    help=f"comma-separated learners, each NAME or NAME:key=value:key=value, NAME from {', '.join(LEARNERS)}, "
-                        "or agent:PATH[:temperature_end=0.1:decay_steps=10000] for a pretrained agent checkpoint "
-                        f"(default: {defaults['learners']})")
+                        "or agent:PATH[:temperature_end=0.1:decay_steps=10000] for a pretrained agent checkpoint; "
+                        "mbrl:known=transitions|rewards|both is the planner given the true model of the pairs it tried "
+                        f"(a measuring tool) (default: {defaults['learners']})")
     p.add_argument("--tasks", type=int, default=defaults["tasks"],
                    help=f"number of tasks (independent runs for Gymnasium suites) (default: {defaults['tasks']})")
     p.add_argument("--steps", type=int, default=defaults["steps"],
