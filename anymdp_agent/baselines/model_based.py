@@ -84,8 +84,13 @@ class PlannerState:
     terminal: np.ndarray    # [B, nO] observations an episode has ended in (terminated)
     r_max: np.ndarray       # [B] largest reward seen (0 before any)
     values: np.ndarray      # [B, nO] warm-started V
-    true_transition: np.ndarray | None = None  # [B, nO, na, nO] P(s' | s, a), only with known transitions
-    true_reward: np.ndarray | None = None      # [B, nO, na] mean reward of (s, a), only with known rewards
+    # Only with known transitions / rewards (``mbrl:known=...``): the true P(s' | s, a) [B, nO, na, nO] and mean
+    # reward [B, nO, na], and their sums over every visit so far, which the backups read in place of counts and
+    # reward_sum (kept up to date by record, so a step costs no more than the empirical model's).
+    true_transition: np.ndarray | None = None
+    true_reward: np.ndarray | None = None
+    known_counts: np.ndarray | None = None
+    known_r_sum: np.ndarray | None = None
 
 
 #: What a known-model ablation of the planner may read from the true model (``mbrl:known=...``).
@@ -147,24 +152,24 @@ class ModelBasedPlanner(InContextLearner):
 
     def initial_state(self, spec: EnvSpec, seed: int) -> PlannerState:
         b, n, na = spec.num_envs, spec.n_observations, spec.n_actions
-        p, r = true_model(spec) if self.known != "none" else (None, None)
-        return PlannerState(rng=np.random.default_rng(seed), mask=spec.action_mask.copy(),
-                            counts=np.zeros((b, n, na, n), dtype=np.float32), n_sa=np.zeros((b, n, na)),
-                            reward_sum=np.zeros((b, n, na)), terminal=np.zeros((b, n), dtype=bool),
-                            r_max=np.zeros(b), values=np.zeros((b, n)),
-                            true_transition=p if self.known in ("transitions", "both") else None,
-                            true_reward=r if self.known in ("rewards", "both") else None)
+        state = PlannerState(rng=np.random.default_rng(seed), mask=spec.action_mask.copy(),
+                             counts=np.zeros((b, n, na, n), dtype=np.float32), n_sa=np.zeros((b, n, na)),
+                             reward_sum=np.zeros((b, n, na)), terminal=np.zeros((b, n), dtype=bool),
+                             r_max=np.zeros(b), values=np.zeros((b, n)))
+        if self.known != "none":
+            p, r = true_model(spec)
+            if self.known in ("transitions", "both"):
+                state.true_transition, state.known_counts = p, np.zeros_like(state.counts)
+            if self.known in ("rewards", "both"):
+                state.true_reward, state.known_r_sum = r, np.zeros_like(state.reward_sum)
+        return state
 
     @staticmethod
     def model(state: PlannerState) -> tuple[np.ndarray, np.ndarray]:
         """The ``(counts, reward_sum)`` the backups read: the empirical ones, or with a known part the true
-        probabilities and mean rewards scaled by each pair's visit count (so the same backup divides them back)."""
-        counts, r_sum = state.counts, state.reward_sum
-        if state.true_transition is not None:
-            counts = state.true_transition * state.n_sa[..., None].astype(np.float32)
-        if state.true_reward is not None:
-            r_sum = state.true_reward * state.n_sa
-        return counts, r_sum
+        probabilities and mean rewards summed over each pair's visits (so the same backup divides them back)."""
+        return (state.counts if state.known_counts is None else state.known_counts,
+                state.reward_sum if state.known_r_sum is None else state.known_r_sum)
 
     def q_values(self, state: PlannerState, obs: np.ndarray | None = None) -> np.ndarray:
         """Q of the current plan: ``[B, nO, na]``, or ``[B, na]`` at ``obs``."""
@@ -201,11 +206,15 @@ class ModelBasedPlanner(InContextLearner):
     def record(self, state: PlannerState, t: Transition, envs: np.ndarray | None = None) -> None:
         """Add one step to the empirical model (no planning): of every environment, or of ``envs`` only
         (then the transition's arrays hold those environments' steps)."""
-        b = np.arange(len(t.obs)) if envs is None else envs
-        _record(state.counts, state.n_sa, state.reward_sum, state.r_max, state.terminal,
-                np.asarray(b, dtype=np.int64), np.asarray(t.obs, dtype=np.int64), np.asarray(t.actions, dtype=np.int64),
+        pair = (np.asarray(np.arange(len(t.obs)) if envs is None else envs, dtype=np.int64),
+                np.asarray(t.obs, dtype=np.int64), np.asarray(t.actions, dtype=np.int64))
+        _record(state.counts, state.n_sa, state.reward_sum, state.r_max, state.terminal, *pair,
                 np.asarray(t.next_obs, dtype=np.int64), np.asarray(t.rewards, dtype=np.float64),
                 np.asarray(t.terminated, dtype=bool))
+        if state.known_counts is not None:  # one entry per environment, so no index repeats
+            state.known_counts[pair] += state.true_transition[pair]
+        if state.known_r_sum is not None:
+            state.known_r_sum[pair] += state.true_reward[pair]
 
 
 @numba.njit(cache=True)
