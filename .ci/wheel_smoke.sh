@@ -62,9 +62,15 @@ print(f"corpus: {ds['train'].num_rows} sequences, card: {card.data.pretty_name}"
 PY
 
 step "eval the bundled agent on a tiny suite (writes the JSON and the PNG)"
-"$V/anymdp-agent" eval --suite anymdp-8 --learners agent,agent:anymdp-agent-sequence-cpu,mbrl:optimism=2,mbrl:known=transitions,random --tasks 2 \
+"$V/anymdp-agent" eval --suite anymdp-8 --learners agent,agent:anymdp-agent-sequence-cpu,mbrl:optimism=2,mbrl:known=transitions,mbrl:prior=bundled,random --tasks 2 \
     --steps 100 --window 50 --out results --no-progress
 test -s results/eval-anymdp-8.json && test -s results/eval-anymdp-8.png
+
+step "meta-train the planner's transition prior on a tiny budget and evaluate the planner with it"
+"$V/python" -m anymdp_agent.training.transition_prior --out runs/prior --scale 0.05 --steps 300 --iters 20 --eval_every 10
+"$V/anymdp-agent" eval --suite anymdp-8 --learners mbrl,mbrl:prior=runs/prior --tasks 2 --steps 100 --window 50 \
+    --out results-prior --no-progress
+test -s results-prior/eval-anymdp-8.json
 
 step "train the tiny recipe for two steps through accelerate"
 "$V/anymdp-agent" train --cpu -- --config tiny --max_steps 2 --save_every 2 --eval_every 2 --output_dir runs/tiny

@@ -33,7 +33,8 @@ def _add_eval_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
                    help=f"comma-separated learners, each NAME or NAME:key=value:key=value, NAME from {', '.join(LEARNERS)}, "
                         "or agent:PATH[:temperature_end=0.1:decay_steps=10000] for a pretrained agent checkpoint; "
                         "mbrl:known=transitions|rewards|both is the planner given the true model of the pairs it tried "
-                        f"(a measuring tool) (default: {defaults['learners']})")
+                        "(a measuring tool); mbrl:prior=bundled|PATH is the planner with a learned transition prior "
+                        f"(default: {defaults['learners']})")
     p.add_argument("--tasks", type=int, default=defaults["tasks"],
                    help=f"number of tasks (independent runs for Gymnasium suites) (default: {defaults['tasks']})")
     p.add_argument("--steps", type=int, default=defaults["steps"],

@@ -11,7 +11,9 @@ mbrl      count-based model-based planner (empirical model + optimism + value it
 ========  ============================================================================
 
 A learner is named ``name`` or ``name:key=value:key=value`` (e.g. ``mbrl:sweeps=10:gamma=0.95``).
-``mbrl:known=transitions|rewards|both`` is the planner's known-model ablation (it reads the true model).
+``mbrl:known=transitions|rewards|both`` is the planner's known-model ablation (it reads the true model);
+``mbrl:prior=bundled`` (or the folder of a trained prior) is the planner with a learned prior over next
+observations (:mod:`.transition_prior`), which reads only the history.
 """
 
 from __future__ import annotations

@@ -33,30 +33,45 @@ def q_value(counts, n_sa, r_sum, optimistic, values, gamma, b, s, a):
     return q if c > 0 else optimistic
 
 
+@numba.njit(cache=True, fastmath=_FAST, inline="always")
+def backed_up(counts, n_sa, r_sum, optimistic, values, gamma, pseudo, pseudo_total, use_prior, b, s, a):
+    """:func:`q_value`, or with a learned transition prior (``use_prior``) the larger of it and the same backup
+    on the posterior-mean model ``(counts + pseudo) / (n + pseudo_total)`` of a tried pair: a pair whose few
+    visits happened to land badly keeps the value its prior says it may have, until visits settle it."""
+    q = q_value(counts, n_sa, r_sum, optimistic, values, gamma, b, s, a)
+    c = n_sa[b, s, a]
+    if use_prior and c > 0:
+        acc = 0.0
+        for s2 in range(counts.shape[3]):
+            acc += (counts[b, s, a, s2] + pseudo[b, s, a, s2]) * values[b, s2]
+        q = max(q, r_sum[b, s, a] / c + gamma * acc / (c + pseudo_total[b, s, a]))
+    return q
+
+
 @numba.njit(cache=True, inline="always")
 def optimism(r_max, gamma, k, b):
     return k * max(r_max[b], 0.0) / (1.0 - gamma)
 
 
 @numba.njit(cache=True)
-def _q_at(counts, n_sa, r_sum, r_max, values, gamma, k, obs, out):
+def _q_at(counts, n_sa, r_sum, r_max, values, gamma, k, pseudo, pseudo_total, use_prior, obs, out):
     for b in range(len(obs)):
         opt = optimism(r_max, gamma, k, b)
         for a in range(out.shape[1]):
-            out[b, a] = q_value(counts, n_sa, r_sum, opt, values, gamma, b, obs[b], a)
+            out[b, a] = backed_up(counts, n_sa, r_sum, opt, values, gamma, pseudo, pseudo_total, use_prior, b, obs[b], a)
 
 
 @numba.njit(cache=True)
-def _q_all(counts, n_sa, r_sum, r_max, values, gamma, k, out):
+def _q_all(counts, n_sa, r_sum, r_max, values, gamma, k, pseudo, pseudo_total, use_prior, out):
     for b in range(out.shape[0]):
         opt = optimism(r_max, gamma, k, b)
         for s in range(out.shape[1]):
             for a in range(out.shape[2]):
-                out[b, s, a] = q_value(counts, n_sa, r_sum, opt, values, gamma, b, s, a)
+                out[b, s, a] = backed_up(counts, n_sa, r_sum, opt, values, gamma, pseudo, pseudo_total, use_prior, b, s, a)
 
 
 @numba.njit(cache=True, fastmath=_FAST)
-def _sweeps(counts, n_sa, r_sum, r_max, mask, terminal, values, gamma, k, sweeps):
+def _sweeps(counts, n_sa, r_sum, r_max, mask, terminal, values, gamma, k, pseudo, pseudo_total, use_prior, sweeps):
     """``sweeps`` synchronous value-iteration sweeps per environment, in place (terminal observations 0)."""
     n, na = counts.shape[1], counts.shape[2]
     new = np.empty(n)
@@ -66,7 +81,7 @@ def _sweeps(counts, n_sa, r_sum, r_max, mask, terminal, values, gamma, k, sweeps
             for s in range(n):
                 best = -np.inf
                 for a in range(na):
-                    q = q_value(counts, n_sa, r_sum, opt, values, gamma, b, s, a)
+                    q = backed_up(counts, n_sa, r_sum, opt, values, gamma, pseudo, pseudo_total, use_prior, b, s, a)
                     best = max(best, q if mask[b, a] else -np.inf)
                 new[s] = 0.0 if terminal[b, s] else best
             values[b, :] = new
@@ -91,6 +106,14 @@ class PlannerState:
     true_reward: np.ndarray | None = None
     known_counts: np.ndarray | None = None
     known_r_sum: np.ndarray | None = None
+    # Only with a learned transition prior (``mbrl:prior=...``): its pseudo-counts [B, nO, na, nO] and their sums
+    # [B, nO, na], recomputed after every step, and the statistics its network reads besides the counts.
+    pseudo: np.ndarray | None = None
+    pseudo_total: np.ndarray | None = None
+    visits: np.ndarray | None = None        # [B, nO] steps taken from each observation
+    arrival_sum: np.ndarray | None = None   # [B, nO] reward sum and count of the steps arriving at each observation
+    arrival_n: np.ndarray | None = None
+    reward_sq: np.ndarray | None = None     # [B] sum of squared rewards, and the number of steps
 
 
 #: What a known-model ablation of the planner may read from the true model (``mbrl:known=...``).
@@ -132,12 +155,17 @@ class ModelBasedPlanner(InContextLearner):
     ones, and is otherwise the same planner (optimism for untried pairs, observed terminals, ``r_max`` from the
     rewards seen). Its score minus ``mbrl``'s is what estimating that part of the model costs the planner.
     Like the oracle, it reads the true model (``spec.tasks``), so it runs only on suites that have one.
+
+    ``prior`` (``"bundled"`` or the folder of a trained :class:`~.transition_prior.TransitionPrior`) is the planner
+    with a *learned* prior over next observations, meta-trained on the package's own task samplers: every tried
+    pair is worth the larger of its empirical backup and its backup on the prior's posterior-mean model. It reads
+    nothing but the history; with a zero prior it is exactly ``mbrl``.
     """
 
     name = "mbrl"
 
     def __init__(self, gamma: float = 0.99, sweeps: int = 3, lookahead: int = 0, optimism: float = 1.0,
-                 known: str = "none"):
+                 known: str = "none", prior: str = ""):
         if not 0 <= gamma < 1 or sweeps < 1 or lookahead < 0 or not optimism >= 0:
             raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1, lookahead >= 0 and optimism >= 0, got "
                              f"gamma={gamma}, sweeps={sweeps}, lookahead={lookahead}, optimism={optimism}")
@@ -145,6 +173,12 @@ class ModelBasedPlanner(InContextLearner):
             raise ValueError(f"ModelBasedPlanner: known must be one of {', '.join(KNOWN_PARTS)}, got {known!r}")
         self.gamma, self.sweeps, self.lookahead, self.optimism = gamma, sweeps, lookahead, float(optimism)
         self.known = known
+        self.prior = prior
+        self._prior = None
+        if prior:
+            from .transition_prior import TransitionPrior
+
+            self._prior = TransitionPrior.load(prior)
 
     def check_spec(self, spec: EnvSpec) -> None:
         if self.known != "none" and spec.tasks is None:
@@ -156,6 +190,10 @@ class ModelBasedPlanner(InContextLearner):
                              counts=np.zeros((b, n, na, n), dtype=np.float32), n_sa=np.zeros((b, n, na)),
                              reward_sum=np.zeros((b, n, na)), terminal=np.zeros((b, n), dtype=bool),
                              r_max=np.zeros(b), values=np.zeros((b, n)))
+        if self._prior is not None or self.tracks_prior_statistics:
+            state.pseudo, state.pseudo_total = np.zeros_like(state.counts), np.zeros_like(state.n_sa)
+            state.visits, state.arrival_sum, state.arrival_n = (np.zeros((b, n)) for _ in range(3))
+            state.reward_sq = np.zeros(b)
         if self.known != "none":
             p, r = true_model(spec)
             if self.known in ("transitions", "both"):
@@ -175,7 +213,8 @@ class ModelBasedPlanner(InContextLearner):
         """Q of the current plan: ``[B, nO, na]``, or ``[B, na]`` at ``obs``."""
         b, n, na, _ = state.counts.shape
         counts, r_sum = self.model(state)
-        args = (counts, state.n_sa, r_sum, state.r_max, state.values, float(self.gamma), self.optimism)
+        args = (counts, state.n_sa, r_sum, state.r_max, state.values, float(self.gamma), self.optimism,
+                *self._prior_args(state))
         if obs is None:
             out = np.empty((b, n, na))
             _q_all(*args, out)
@@ -189,7 +228,14 @@ class ModelBasedPlanner(InContextLearner):
         if sweeps > 0:
             counts, r_sum = self.model(state)
             _sweeps(counts, state.n_sa, r_sum, state.r_max, state.mask, state.terminal,
-                    state.values, float(self.gamma), self.optimism, int(sweeps))
+                    state.values, float(self.gamma), self.optimism, *self._prior_args(state), int(sweeps))
+
+    #: Keep the prior's statistics even without a prior (the prior's training collects them from plain ``mbrl``).
+    tracks_prior_statistics = False
+    _NO_PRIOR = (np.zeros((1, 1, 1, 1), dtype=np.float32), np.zeros((1, 1, 1)), False)
+
+    def _prior_args(self, state: PlannerState) -> tuple:
+        return self._NO_PRIOR if self._prior is None else (state.pseudo, state.pseudo_total, True)
 
     def act(self, state: PlannerState, obs: np.ndarray):
         return argmax_random_ties(self.q_values(state, obs), state.mask, state.rng), state
@@ -215,6 +261,33 @@ class ModelBasedPlanner(InContextLearner):
             state.known_counts[pair] += state.true_transition[pair]
         if state.known_r_sum is not None:
             state.known_r_sum[pair] += state.true_reward[pair]
+        if state.pseudo is not None:
+            self._update_prior(state, pair, np.asarray(t.next_obs, dtype=np.int64), np.asarray(t.rewards, dtype=np.float64))
+
+    def _update_prior(self, state: PlannerState, pair: tuple, next_obs: np.ndarray, rewards: np.ndarray) -> None:
+        """The prior's statistics after one step of ``pair``'s environments, then :meth:`refresh_prior`."""
+        envs, obs = pair[0], pair[1]
+        state.visits[envs, obs] += 1.0
+        state.arrival_sum[envs, next_obs] += rewards
+        state.arrival_n[envs, next_obs] += 1.0
+        state.reward_sq[envs] += rewards ** 2
+        self.refresh_prior(state)
+
+    @staticmethod
+    def prior_inputs(state: PlannerState) -> np.ndarray:
+        """The prior network's features ``[B, nO, na, nO, NUM_FEATURES]`` of the history so far."""
+        from .transition_prior import prior_features
+
+        rms = np.sqrt(state.reward_sq / np.maximum(state.visits.sum(-1), 1.0))[:, None] + 1e-8
+        arrival = state.arrival_sum / np.maximum(state.arrival_n, 1.0) / rms
+        return prior_features(state.counts, state.n_sa, state.terminal, state.visits, arrival)
+
+    def refresh_prior(self, state: PlannerState) -> None:
+        """Recompute the pseudo-counts of every pair (the network also reads what other steps revealed about
+        the ids around a pair, so every pair's may change)."""
+        g = self._prior.pseudo_counts(self.prior_inputs(state))
+        state.pseudo = np.ascontiguousarray(g, dtype=np.float32)
+        state.pseudo_total = g.sum(-1, dtype=np.float64)
 
 
 @numba.njit(cache=True)

@@ -1,0 +1,145 @@
+"""The planner's learned transition prior (``mbrl:prior=...``): its features, its file format, its backup, and
+its training script on a tiny budget."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from anymdp_agent.baselines import make_learner
+from anymdp_agent.baselines.model_based import ModelBasedPlanner
+from anymdp_agent.baselines.transition_prior import (BUNDLED, NUM_FEATURES, TransitionPrior, prior_cross_entropy,
+                                                     prior_features)
+from anymdp_agent.envs import sample_anymdp_task
+from anymdp_agent.evaluation import load_suite, run_learner
+from anymdp_agent.training import transition_prior as recipe
+
+from test_baselines import Recorder, task_suite
+
+
+def random_statistics(rng, b=2, n=6, na=3, visits=12):
+    counts = np.zeros((b, n, na, n))
+    for _ in range(visits):
+        counts[rng.integers(b), rng.integers(n), rng.integers(na), rng.integers(n)] += 1
+    return (counts, counts.sum(-1), rng.random((b, n)) < 0.2, rng.integers(0, 5, (b, n)).astype(float),
+            rng.normal(size=(b, n)))
+
+
+def test_features_are_equivariant_under_relabelling_the_observation_ids():
+    rng = np.random.default_rng(0)
+    counts, n_sa, terminal, visits, arrival = random_statistics(rng)
+    f = prior_features(counts, n_sa, terminal, visits, arrival)
+    assert f.shape == (2, 6, 3, 6, NUM_FEATURES) and f.dtype == np.float32
+    perm = rng.permutation(6)
+    g = prior_features(counts[:, perm][..., perm], n_sa[:, perm], terminal[:, perm], visits[:, perm], arrival[:, perm])
+    np.testing.assert_allclose(g, f[:, perm][:, :, :, perm], rtol=1e-6, atol=1e-6)
+    # the first feature is the pair's empirical row, the second its log visit count
+    np.testing.assert_allclose(f[..., 0], counts / np.maximum(n_sa, 1)[..., None], rtol=1e-6)
+    np.testing.assert_allclose(f[..., 1], np.broadcast_to(np.log1p(n_sa)[..., None], f.shape[:-1]), rtol=1e-6)
+
+
+def test_save_and_load_round_trip_and_clear_errors(tmp_path):
+    torch.manual_seed(0)
+    prior = TransitionPrior(hidden=8)
+    torch.nn.init.normal_(prior.net[-1].weight)
+    path = prior.save(tmp_path / "p", {"note": "test"})
+    assert sorted(p.name for p in path.iterdir()) == ["COMPLETE", "config.json", "model.safetensors"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+    config = json.loads((path / "config.json").read_text())
+    assert config["hidden"] == 8 and config["note"] == "test" and config["num_features"] == NUM_FEATURES
+    x = np.random.default_rng(1).normal(size=(5, NUM_FEATURES)).astype(np.float32)
+    back = TransitionPrior.load(path)
+    np.testing.assert_array_equal(back.pseudo_counts(x), prior.pseudo_counts(x))
+    assert (back.pseudo_counts(x) >= 0).all()
+    (path / "COMPLETE").unlink()
+    with pytest.raises(ValueError, match="not a saved transition prior.*prior=bundled"):
+        TransitionPrior.load(path)
+    with pytest.raises(ValueError, match="not a saved transition prior"):
+        make_learner(f"mbrl:prior={tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match="hidden >= 1"):
+        TransitionPrior(hidden=0)
+
+
+def test_an_untrained_prior_is_about_zero_and_the_bundled_one_loads():
+    x = np.zeros((3, NUM_FEATURES), dtype=np.float32)
+    assert (TransitionPrior().pseudo_counts(x) < 1e-3).all()
+    learner = make_learner("mbrl:prior=bundled")
+    assert learner.prior == "bundled" and learner.hyperparameters()["prior"] == "bundled"
+    assert json.loads((BUNDLED / "config.json").read_text())["validation_cross_entropy"] < \
+        json.loads((BUNDLED / "config.json").read_text())["validation_cross_entropy_untrained"]
+
+
+class _ZeroPrior(torch.nn.Module):
+    def pseudo_counts(self, features):
+        return np.zeros(features.shape[:-1], dtype=np.float32)
+
+
+class _ConstantPrior(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def pseudo_counts(self, features):
+        return np.full(features.shape[:-1], self.value, dtype=np.float32)
+
+
+def _with_prior(prior, **kwargs):
+    planner = ModelBasedPlanner(**kwargs)
+    planner._prior = prior
+    return planner
+
+
+def test_a_zero_prior_is_exactly_mbrl():
+    tasks = [sample_anymdp_task(12, 4, seed=s) for s in (5, 6, 7)]
+    plain, zero = Recorder(ModelBasedPlanner()), Recorder(_with_prior(_ZeroPrior()))
+    run_learner(plain, task_suite(tasks), 600, seed=3)
+    run_learner(zero, task_suite(tasks), 600, seed=3)
+    np.testing.assert_array_equal(plain.actions, zero.actions)
+    np.testing.assert_allclose(plain._state.values, zero._state.values)
+
+
+def test_tried_pairs_are_worth_the_larger_of_the_empirical_and_the_posterior_mean_backup():
+    """By hand: with pseudo-counts g, a tried pair's Q is max(empirical backup, backup on (c + g) / (n + sum g))."""
+    gamma, g = 0.9, 0.5
+    tasks = [sample_anymdp_task(12, 3, seed=s) for s in (11, 12)]
+    rec = Recorder(_with_prior(_ConstantPrior(g), gamma=gamma, sweeps=2))
+    run_learner(rec, task_suite(tasks), 200, seed=4)
+    planner, st = rec._inner, rec._state
+    assert st.visits.sum() == 2 * 200 and np.allclose(st.pseudo, g)
+    n, v = st.n_sa, st.values
+    r_hat = st.reward_sum / np.maximum(n, 1)
+    empirical = r_hat + gamma * np.einsum("bsat,bt->bsa", st.counts / np.maximum(n, 1)[..., None], v)
+    posterior = r_hat + gamma * np.einsum("bsat,bt->bsa", (st.counts + g) / (n + g * 12)[..., None], v)
+    expected = np.where(n > 0, np.maximum(empirical, posterior), (np.maximum(st.r_max, 0) / (1 - gamma))[:, None, None])
+    np.testing.assert_allclose(planner.q_values(st), expected, rtol=1e-4, atol=1e-4)
+    assert (posterior > empirical + 1e-6)[n > 0].any() and (posterior < empirical - 1e-6)[n > 0].any()
+
+
+def test_cross_entropy_is_lowest_at_the_true_row():
+    true = torch.tensor([[0.7, 0.3, 0.0]])
+    counts, n = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([1.0])
+    at_truth = prior_cross_entropy(torch.tensor([[0.0, 1.0 / 0.7 * 0.3, 0.0]]), counts, n, true)
+    smoothed = prior_cross_entropy(torch.full((1, 3), 0.3), counts, n, true)
+    assert at_truth < smoothed
+    assert torch.isclose(at_truth, -(true * torch.log(true.clamp(min=1e-12))).sum())
+
+
+@pytest.mark.slow
+def test_training_script_learns_a_prior_better_than_none_and_is_reproducible(tmp_path):
+    args = ["--scale", "0.05", "--steps", "300", "--iters", "20", "--eval_every", "10"]
+    assert recipe.main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert recipe.main(args + ["--out", str(tmp_path / "b")]) == 0
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["validation_cross_entropy"] < config["validation_cross_entropy_untrained"] - 0.1
+    assert config["command"].startswith("python -m anymdp_agent.training.transition_prior --out")
+    x = np.random.default_rng(0).normal(size=(4, NUM_FEATURES)).astype(np.float32)
+    a, b = TransitionPrior.load(tmp_path / "a"), TransitionPrior.load(tmp_path / "b")
+    np.testing.assert_array_equal(a.pseudo_counts(x), b.pseudo_counts(x))
+    # the learned prior runs in the planner on a suite it has not seen
+    suite = load_suite("anymdp-8", 2, split="test")
+    run_learner(make_learner(f"mbrl:prior={tmp_path / 'a'}"), suite, 50, seed=0)
+    with pytest.raises(SystemExit):
+        recipe.main(["--iters", "0"])
