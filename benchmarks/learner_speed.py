@@ -1,12 +1,13 @@
-"""Learner-steps/s of the bundled agent next to the count-based planner (``mbrl``), through the harness.
+"""Learner-steps/s of the bundled agent and of the planner with its learned transition prior
+(``mbrl:prior=bundled``) next to the count-based planner (``mbrl``), through the harness.
 
     python -m benchmarks.learner_speed            # B = 1, 64, 1024 on anymdp-16 (about 2 minutes)
     python -m benchmarks.learner_speed --quick    # B = 1 and 64, fewer steps (~30 s)
 
 One process pinned to one core, 1 thread. A timed call is ``run_learner(learner, suite, steps)``: the whole
 in-context loop the evaluation runs (act, env step, observe, episode-end rows), from a fresh state, on
-``B`` AnyMDP-16 validation tasks. The agent and ``mbrl`` are timed round-robin (1 warm-up round, then
-``--repeats`` timed rounds), so the ratio agent / mbrl is measured side by side under the same load.
+``B`` AnyMDP-16 validation tasks. The three are timed round-robin (1 warm-up round, then ``--repeats`` timed
+rounds), so the ratios to ``mbrl`` are measured side by side under the same load.
 Return-driven meta-training (``training/meta_rl.py``) pays this cost for every step of every run it learns from.
 """
 
@@ -41,13 +42,15 @@ def main(argv=None) -> None:
         steps = {1: 300, 64: 300, 1024: 100}[b] // (3 if args.quick else 1)
         suite = load_suite("anymdp-16", b, split="validation")
         agent = AgentLearner(args.agent or bundled_agent_path())
-        mbrl = make_learner("mbrl")
+        learners = (("agent", agent), ("mbrl:prior=bundled", make_learner("mbrl:prior=bundled")), ("mbrl", make_learner("mbrl")))
         contenders = [Contender(name, (lambda rep, lr=lr: (lambda: run_learner(lr, suite, steps, seed=rep))), b * steps)
-                      for name, lr in (("agent", agent), ("mbrl", mbrl))]
+                      for name, lr in learners]
         run_alternating(contenders, args.repeats)
-        a, m = contenders
-        rows.append([str(b), fmt_rate(a.rates), fmt_rate(m.rates), f"{med(a.rates) / med(m.rates):.3f}"])
-    print(table(["B", "agent learner-steps/s", "mbrl learner-steps/s", "agent / mbrl"], rows))
+        a, p, m = contenders
+        rows.append([str(b), fmt_rate(a.rates), fmt_rate(p.rates), fmt_rate(m.rates), f"{med(a.rates) / med(m.rates):.3f}",
+                     f"{med(p.rates) / med(m.rates):.3f}"])
+    print(table(["B", "agent learner-steps/s", "mbrl:prior learner-steps/s", "mbrl learner-steps/s", "agent / mbrl",
+                 "mbrl:prior / mbrl"], rows))
 
 
 if __name__ == "__main__":

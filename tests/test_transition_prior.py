@@ -41,6 +41,17 @@ def test_features_are_equivariant_under_relabelling_the_observation_ids():
     np.testing.assert_allclose(f[..., 1], np.broadcast_to(np.log1p(n_sa)[..., None], f.shape[:-1]), rtol=1e-6)
 
 
+def test_features_of_some_rows_are_those_rows_of_all_features():
+    """The planner refreshes the pairs at the observation just left with the row form; it must be the same
+    function as the full one."""
+    rng = np.random.default_rng(2)
+    counts, n_sa, terminal, visits, arrival = random_statistics(rng, b=3, visits=30)
+    full = prior_features(counts, n_sa, terminal, visits, arrival)
+    envs, states = np.array([0, 2, 2, 1]), np.array([5, 0, 3, 3])
+    rows = prior_features(counts, n_sa, terminal, visits, arrival, envs, states)
+    np.testing.assert_array_equal(rows, full[envs, states])
+
+
 def test_save_and_load_round_trip_and_clear_errors(tmp_path):
     torch.manual_seed(0)
     prior = TransitionPrior(hidden=8)

@@ -46,8 +46,8 @@ class _Collector(ModelBasedPlanner):
         self._step = 0
         return super().initial_state(spec, seed)
 
-    def refresh_prior(self, state: PlannerState) -> None:
-        self._step += 1
+    def refresh_prior(self, state: PlannerState, envs=None, states=None) -> None:
+        self._step += 1  # called once per step (for every pair, or for the observation just left)
         if self._step in self._snapshots:
             tried = state.n_sa >= 1
             self._examples.append((self.prior_inputs(state)[tried], state.counts[tried].astype(np.float32),

@@ -38,36 +38,45 @@ CONFIG_NAME, WEIGHTS_NAME, COMPLETE_NAME = "config.json", "model.safetensors", "
 
 
 def prior_features(counts: np.ndarray, n_sa: np.ndarray, terminal: np.ndarray, visits: np.ndarray,
-                   arrival: np.ndarray) -> np.ndarray:
-    """The network's inputs ``[B, nO, na, nO, NUM_FEATURES]`` (float32) from the history's statistics.
+                   arrival: np.ndarray, envs: np.ndarray | None = None, states: np.ndarray | None = None) -> np.ndarray:
+    """The network's inputs (float32) from the history's statistics: ``[B, nO, na, nO, NUM_FEATURES]`` for every
+    pair, or ``[R, na, nO, NUM_FEATURES]`` for the pairs of the ``R`` rows ``(envs[i], states[i])`` only.
 
     ``counts [B, nO, na, nO]`` transition counts, ``n_sa [B, nO, na]`` their sums, ``terminal [B, nO]`` ids an
     episode ended in, ``visits [B, nO]`` how often each id was the current observation, ``arrival [B, nO]`` the
     mean reward of arriving at each id divided by the history's RMS reward (0 where never arrived at).
     """
-    counts = counts.astype(np.float64, copy=False)
     b, n, na, _ = counts.shape
-    p = counts / np.maximum(n_sa, 1.0)[..., None]
-    total = counts.sum(2, keepdims=True)                      # [B, s, 1, t]: from s under any action
-    other = total - counts                                    # the other actions' counts to t
-    n_other = n_sa.sum(2, keepdims=True) - n_sa
-    p_other = other / np.maximum(n_other, 1.0)[..., None]
+    if envs is None:
+        envs, states = np.repeat(np.arange(b), n), np.tile(np.arange(n), b)
+        return prior_features(counts, n_sa, terminal, visits, arrival, envs, states).reshape(b, n, na, n, NUM_FEATURES)
+    c = counts[envs, states].astype(np.float32)               # [R, na, t]
+    m = n_sa[envs, states].astype(np.float32)                 # [R, na]
+    p = c / np.maximum(m, 1.0)[..., None]
+    total = c.sum(1, keepdims=True)                           # [R, 1, t]: from s under any action
+    other = total - c                                         # the other actions' counts to t
+    m_other = m.sum(1, keepdims=True) - m
+    p_other = other / np.maximum(m_other, 1.0)[..., None]
     seen_from_s = (total > 0).sum(-1, keepdims=True)          # how many ids s was seen to lead to
-    edges = (counts.sum(2) > 0).astype(np.float64)            # [B, x, y]: x -> y observed
-    back = edges.transpose(0, 2, 1)[:, :, None, :]            # t -> s observed
+    edges = (counts.sum(2) > 0).astype(np.float32)            # [B, x, y]: x -> y observed
     two = np.minimum(edges @ edges, 1.0)
     sym = np.minimum(edges + edges.transpose(0, 2, 1), 1.0)
     near = np.minimum(sym @ sym, 1.0)
-    then = np.einsum("bsaj,bjt->bsat", p, edges)              # where the pair's targets were seen to lead
-    into = np.einsum("bsaj,btj->bsat", p, edges)              # what was seen to lead into them
-    then2 = np.einsum("bsaj,bjt->bsat", p, two)
-    around = np.einsum("bsaj,bjt->bsat", p, near)
-    rise = arrival[:, None, None, :] - np.einsum("bsaj,bj->bsa", p, arrival)[..., None]
-    parts = np.broadcast_arrays(
-        p, np.log1p(n_sa)[..., None], counts > 0, p_other, other > 0, np.log1p(n_other)[..., None], back,
-        np.eye(n, dtype=bool)[None, :, None, :], terminal[:, None, None, :], np.log1p(visits)[:, None, None, :],
-        np.log1p(seen_from_s), 1.0 / np.maximum(n_sa, 1.0)[..., None], then, into, then2, around, np.tanh(rise))
-    return np.stack(parts, -1).astype(np.float32)
+    back = edges[envs, :, states][:, None, :]                 # t -> s observed, [R, 1, t]
+    then = p @ edges[envs]                                    # where the pair's targets were seen to lead
+    into = p @ edges[envs].transpose(0, 2, 1)                 # what was seen to lead into them
+    then2 = p @ two[envs]
+    around = p @ near[envs]
+    arr = arrival[envs].astype(np.float32)[:, None, :]        # [R, 1, t]
+    rise = arr - (p * arr).sum(-1, keepdims=True)
+    self_loop = (np.arange(n)[None, :] == states[:, None])[:, None, :]
+    out = np.empty((len(envs), na, n, NUM_FEATURES), dtype=np.float32)
+    for k, x in enumerate((
+            p, np.log1p(m)[..., None], c > 0, p_other, other > 0, np.log1p(m_other)[..., None], back, self_loop,
+            terminal[envs][:, None, :], np.log1p(visits[envs]).astype(np.float32)[:, None, :], np.log1p(seen_from_s),
+            1.0 / np.maximum(m, 1.0)[..., None], then, into, then2, around, np.tanh(rise))):
+        out[..., k] = x
+    return out
 
 
 class TransitionPrior(nn.Module):
