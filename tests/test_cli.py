@@ -246,7 +246,7 @@ def test_demo_runs_the_bundled_agent_next_to_the_baselines(tmp_path, capsys):
     text = capsys.readouterr().out
     for name, agents in (("eval-anymdp-16", ["agent", "sequence-agent"]), ("eval-frozenlake", ["agent"])):
         result = json.loads((out / f"{name}.json").read_text())
-        assert list(result["learners"]) == agents + ["mbrl", "ucbq", "tql", "random", "oracle"]
+        assert list(result["learners"]) == agents + ["mbrl:prior=bundled", "mbrl", "ucbq", "tql", "random", "oracle"]
         assert result["learners"]["agent"]["hyperparameters"]["backbone"] == "planning"
         if "sequence-agent" in agents:  # the paper's route beside the default agent
             assert result["learners"]["sequence-agent"]["hyperparameters"]["backbone"] == "sequence"
@@ -254,6 +254,7 @@ def test_demo_runs_the_bundled_agent_next_to_the_baselines(tmp_path, capsys):
     assert len(re.findall(r"\nagent +-?\d", text)) == 2 and "success rate" in text and "demo finished" in text
     # the bundled agent is paired with every baseline on the same tasks, in the JSON and in the table
     pairs = result["paired"]
-    assert [(p["learner"], p["baseline"]) for p in pairs] == [("agent", b) for b in ("mbrl", "ucbq", "tql", "random",
-                                                                                      "oracle")]
-    assert text.count("\nagent - mbrl ") == 2 and text.count("\nagent - ") == 10
+    assert [(p["learner"], p["baseline"]) for p in pairs] == [("agent", b) for b in (
+        "mbrl:prior=bundled", "mbrl", "ucbq", "tql", "random", "oracle")] + [("mbrl:prior=bundled", "mbrl")]
+    assert text.count("\nagent - mbrl ") == 2 and text.count("\nagent - ") == 12
+    assert text.count("\nmbrl:prior=bundled - mbrl ") == 2  # the learned prior against the planner it builds on
