@@ -8,7 +8,7 @@ becomes one example: the prior network's features in, the task's *true* next-obs
 The network is fitted by the cross-entropy of the true rows under the posterior-mean estimate
 ``(counts + g) / (n + sum g)`` (:func:`~anymdp_agent.baselines.transition_prior.prior_cross_entropy`); the same
 score on histories from *validation* seeds picks the best of the evaluated iterations. No Gymnasium env, map or
-grid is used. About 5 minutes on one CPU core with the defaults; the result is written atomically to ``--out``.
+grid is used. About 11 minutes on one CPU core with the defaults; the result is written atomically to ``--out``.
 """
 
 from __future__ import annotations

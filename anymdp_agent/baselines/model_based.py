@@ -107,7 +107,8 @@ class PlannerState:
     known_counts: np.ndarray | None = None
     known_r_sum: np.ndarray | None = None
     # Only with a learned transition prior (``mbrl:prior=...``): its pseudo-counts [B, nO, na, nO] and their sums
-    # [B, nO, na], recomputed after every step, and the statistics its network reads besides the counts.
+    # [B, nO, na] (refreshed as ModelBasedPlanner.PRIOR_REFRESH says), and the statistics its network reads besides
+    # the counts.
     pseudo: np.ndarray | None = None
     pseudo_total: np.ndarray | None = None
     visits: np.ndarray | None = None        # [B, nO] steps taken from each observation
@@ -296,13 +297,10 @@ class ModelBasedPlanner(InContextLearner):
 
     def refresh_prior(self, state: PlannerState, envs: np.ndarray | None = None, states: np.ndarray | None = None) -> None:
         """Recompute the pseudo-counts of every pair, or of the pairs at the observations ``states`` of ``envs``."""
+        rows = Ellipsis if envs is None else (envs, states)
         g = self._prior.pseudo_counts(self.prior_inputs(state, envs, states))
-        if envs is None:
-            state.pseudo[...] = g
-            state.pseudo_total[...] = g.sum(-1, dtype=np.float64)
-        else:
-            state.pseudo[envs, states] = g
-            state.pseudo_total[envs, states] = g.sum(-1, dtype=np.float64)
+        state.pseudo[rows] = g
+        state.pseudo_total[rows] = g.sum(-1, dtype=np.float64)
 
 
 @numba.njit(cache=True)

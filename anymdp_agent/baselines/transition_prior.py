@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..fileio import dumps_json, replace_dir
+
 #: Per ``(s, a, t)`` inputs of the prior network (see :func:`prior_features`).
 NUM_FEATURES = 17
 #: The prior trained by ``python -m anymdp_agent.training.transition_prior`` and shipped with the package.
@@ -103,7 +105,7 @@ class TransitionPrior(nn.Module):
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` to ``path`` atomically: into a temporary folder beside
-        it, marked complete, then renamed over ``path``."""
+        it, marked complete, then put in place of ``path`` (:func:`~anymdp_agent.fileio.replace_dir`)."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -111,15 +113,12 @@ class TransitionPrior(nn.Module):
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp / WEIGHTS_NAME))
-            (tmp / CONFIG_NAME).write_text(json.dumps({"kind": "anymdp-transition-prior", "hidden": self.hidden,
+            (tmp / CONFIG_NAME).write_text(dumps_json({"kind": "anymdp-transition-prior", "hidden": self.hidden,
                                                        "num_features": NUM_FEATURES, **(metadata or {})}, indent=2))
             (tmp / COMPLETE_NAME).write_text("")
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.rename(path)
+            replace_dir(tmp, path)
         finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod
