@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..fileio import dumps_json, replace_dir
+from ..modeling_anymdp_agent import PRIOR_FEATURES, TransitionPriorNetwork, transition_prior_features
 
 #: Per ``(s, a, t)`` inputs of the prior network (see :func:`prior_features`).
-NUM_FEATURES = 17
+NUM_FEATURES = PRIOR_FEATURES
 #: The prior trained by ``python -m anymdp_agent.training.transition_prior`` and shipped with the package.
 BUNDLED = Path(__file__).resolve().parent.parent / "priors" / "anymdp-transition-prior"
 CONFIG_NAME, WEIGHTS_NAME, COMPLETE_NAME = "config.json", "model.safetensors", "COMPLETE"
@@ -41,62 +41,17 @@ CONFIG_NAME, WEIGHTS_NAME, COMPLETE_NAME = "config.json", "model.safetensors", "
 
 def prior_features(counts: np.ndarray, n_sa: np.ndarray, terminal: np.ndarray, visits: np.ndarray,
                    arrival: np.ndarray, envs: np.ndarray | None = None, states: np.ndarray | None = None) -> np.ndarray:
-    """The network's inputs (float32) from the history's statistics: ``[B, nO, na, nO, NUM_FEATURES]`` for every
-    pair, or ``[R, na, nO, NUM_FEATURES]`` for the pairs of the ``R`` rows ``(envs[i], states[i])`` only.
-
-    ``counts [B, nO, na, nO]`` transition counts, ``n_sa [B, nO, na]`` their sums, ``terminal [B, nO]`` ids an
-    episode ended in, ``visits [B, nO]`` how often each id was the current observation, ``arrival [B, nO]`` the
-    mean reward of arriving at each id divided by the history's RMS reward (0 where never arrived at).
-    """
-    b, n, na, _ = counts.shape
-    if envs is None:
-        envs, states = np.repeat(np.arange(b), n), np.tile(np.arange(n), b)
-        return prior_features(counts, n_sa, terminal, visits, arrival, envs, states).reshape(b, n, na, n, NUM_FEATURES)
-    c = counts[envs, states].astype(np.float32)               # [R, na, t]
-    m = n_sa[envs, states].astype(np.float32)                 # [R, na]
-    p = c / np.maximum(m, 1.0)[..., None]
-    total = c.sum(1, keepdims=True)                           # [R, 1, t]: from s under any action
-    other = total - c                                         # the other actions' counts to t
-    m_other = m.sum(1, keepdims=True) - m
-    p_other = other / np.maximum(m_other, 1.0)[..., None]
-    seen_from_s = (total > 0).sum(-1, keepdims=True)          # how many ids s was seen to lead to
-    edges = (counts.sum(2) > 0).astype(np.float32)            # [B, x, y]: x -> y observed
-    two = np.minimum(edges @ edges, 1.0)
-    sym = np.minimum(edges + edges.transpose(0, 2, 1), 1.0)
-    near = np.minimum(sym @ sym, 1.0)
-    back = edges[envs, :, states][:, None, :]                 # t -> s observed, [R, 1, t]
-    then = p @ edges[envs]                                    # where the pair's targets were seen to lead
-    into = p @ edges[envs].transpose(0, 2, 1)                 # what was seen to lead into them
-    then2 = p @ two[envs]
-    around = p @ near[envs]
-    arr = arrival[envs].astype(np.float32)[:, None, :]        # [R, 1, t]
-    rise = arr - (p * arr).sum(-1, keepdims=True)
-    self_loop = (np.arange(n)[None, :] == states[:, None])[:, None, :]
-    out = np.empty((len(envs), na, n, NUM_FEATURES), dtype=np.float32)
-    for k, x in enumerate((
-            p, np.log1p(m)[..., None], c > 0, p_other, other > 0, np.log1p(m_other)[..., None], back, self_loop,
-            terminal[envs][:, None, :], np.log1p(visits[envs]).astype(np.float32)[:, None, :], np.log1p(seen_from_s),
-            1.0 / np.maximum(m, 1.0)[..., None], then, into, then2, around, np.tanh(rise))):
-        out[..., k] = x
-    return out
+    """:func:`~anymdp_agent.modeling_anymdp_agent.transition_prior_features` on numpy arrays (float32 out): the
+    network's inputs, ``[B, nO, na, nO, NUM_FEATURES]`` for every pair, or ``[R, na, nO, NUM_FEATURES]`` for the
+    pairs of the ``R`` rows ``(envs[i], states[i])`` only. One definition serves the planner here and the agent."""
+    as_t = lambda x: None if x is None else torch.from_numpy(np.ascontiguousarray(x))  # noqa: E731
+    with torch.no_grad():
+        return transition_prior_features(as_t(counts), as_t(n_sa), as_t(terminal), as_t(visits), as_t(arrival),
+                                         as_t(envs), as_t(states)).numpy()
 
 
-class TransitionPrior(nn.Module):
-    """``features [..., NUM_FEATURES] -> pseudo-counts [...] >= 0``: a per-``(s, a, t)`` MLP. Initialised to a
-    prior of about zero (the empirical model)."""
-
-    def __init__(self, hidden: int = 32):
-        super().__init__()
-        if hidden < 1:
-            raise ValueError(f"TransitionPrior needs hidden >= 1, got {hidden}")
-        self.hidden = hidden
-        self.net = nn.Sequential(nn.Linear(NUM_FEATURES, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                                 nn.Linear(hidden, 1))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.constant_(self.net[-1].bias, -8.0)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return nn.functional.softplus(self.net(features)[..., 0])
+class TransitionPrior(TransitionPriorNetwork):
+    """The prior network as a file of its own (``mbrl:prior=PATH``): save, load and numpy pseudo-counts."""
 
     @torch.no_grad()
     def pseudo_counts(self, features: np.ndarray) -> np.ndarray:

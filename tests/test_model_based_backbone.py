@@ -1,0 +1,123 @@
+"""The ``model_based`` backbone: the count-based planner with a learned transition prior inside the agent.
+
+It must be the harness' ``mbrl:prior=...`` planner, decision for decision, when both read the same history, and
+with a zero prior exactly ``mbrl``; it loads and steps through the agent's own API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anymdp_agent.baselines.model_based import ModelBasedPlanner
+from anymdp_agent.baselines.transition_prior import TransitionPrior
+from anymdp_agent.configuration_anymdp_agent import AnyMDPAgentConfig
+from anymdp_agent.envs import sample_anymdp_task
+from anymdp_agent.evaluation import run_learner
+from anymdp_agent.modeling_anymdp_agent import AnyMDPAgentModel, transition_prior_features
+
+from test_baselines import Recorder, task_suite
+
+
+def zero_prior() -> TransitionPrior:
+    """A prior of pseudo-counts softplus(-200) = 0 in float32: the plain planner."""
+    prior = TransitionPrior(hidden=4)
+    torch.nn.init.constant_(prior.net[-1].bias, -200.0)
+    return prior
+
+
+def model_based_agent(prior: TransitionPrior, **kwargs) -> AnyMDPAgentModel:
+    cfg = AnyMDPAgentConfig(backbone="model_based", num_observations=16, num_actions=5, prior_hidden=prior.hidden,
+                            **kwargs)
+    model = AnyMDPAgentModel(cfg).eval()
+    model.model_based.prior.load_state_dict(prior.state_dict())
+    return model
+
+
+def replay(model: AnyMDPAgentModel, rec: Recorder, n_obs: int, mask: np.ndarray):
+    """Feed the recorded history to the agent row by row; return its greedy sets [T, B, A] and its state."""
+    b = rec.actions.shape[1]
+    full_mask = torch.zeros(b, model.config.num_actions, dtype=torch.bool)
+    full_mask[:, :mask.shape[1]] = torch.as_tensor(mask)
+    state = model.initial_state(b, num_observations=n_obs)
+    best = []
+    for obs, t in zip(rec.obs, rec._transitions):
+        logits, state = model._begin_row(state, torch.as_tensor(obs), full_mask)
+        best.append((logits == 0).numpy())
+        state = model.observe(state, torch.as_tensor(t.actions), torch.as_tensor(t.rewards, dtype=torch.float32),
+                              torch.as_tensor(t.next_obs), torch.as_tensor(t.terminated), torch.as_tensor(t.truncated),
+                              action_mask=full_mask)
+    # the agent plans when it next acts: one more row makes its plan the planner's after the last transition
+    _, state = model._begin_row(state, torch.as_tensor(rec._transitions[-1].next_obs), full_mask)
+    return np.stack(best), state
+
+
+@pytest.mark.parametrize("prior", ["none", "bundled"])
+def test_the_agent_takes_the_planners_decisions_on_the_planners_history(prior):
+    """Every action ``mbrl`` (or ``mbrl:prior=bundled``) took is among the agent's best actions on that history,
+    across episode ends and a task with fewer actions; the plans' values agree."""
+    tasks = [sample_anymdp_task(12, 4, seed=31), sample_anymdp_task(12, 5, seed=32), sample_anymdp_task(10, 5, seed=33)]
+    suite = task_suite(tasks)
+    planner = ModelBasedPlanner(prior="bundled" if prior == "bundled" else "")
+    rec = Recorder(planner)
+    run_learner(rec, suite, 700, seed=2)
+    model = model_based_agent(TransitionPrior.load("bundled") if prior == "bundled" else zero_prior())
+    best, state = replay(model, rec, suite.tasks.n_states, rec._mask)
+    taken = np.take_along_axis(best, rec.actions[..., None], -1)[..., 0]
+    assert taken.all(), f"{(~taken).sum()} of {taken.size} decisions differ"
+    assert any(t.terminated.any() for t in rec._transitions)  # episode ends were replayed
+    np.testing.assert_allclose(state.values.numpy(), rec._state.values, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(state.n_ss.numpy(), rec._state.counts)
+    np.testing.assert_array_equal(state.terminal.numpy(), rec._state.terminal)
+
+
+def test_an_untrained_model_based_agent_is_about_the_plain_planner_and_trains_only_its_prior():
+    model = model_based_agent(TransitionPrior(hidden=8))
+    torch.manual_seed(0)
+    fresh = AnyMDPAgentModel(model.config)
+    g = fresh.model_based.prior(torch.randn(64, 17))
+    assert torch.all(g < 1e-3)  # softplus(-8): the empirical model
+    names = {n for n, _ in fresh.named_parameters()}
+    assert names and all(n.startswith("model_based.prior.net.") for n in names)
+    with pytest.raises(ValueError, match="prior_hidden"):
+        AnyMDPAgentConfig(backbone="model_based", prior_hidden=0)
+
+
+def test_save_load_and_the_agent_api(tmp_path):
+    """Round trip through save_pretrained/from_pretrained; act and observe with episode ends and the forward pass."""
+    model = model_based_agent(TransitionPrior.load("bundled"), temperature_start=1.0, temperature_end=1.0,
+                              temperature_decay_steps=0)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = AnyMDPAgentModel.from_pretrained(tmp_path / "ckpt").eval()
+    for a, b in zip(model.parameters(), loaded.parameters()):
+        torch.testing.assert_close(a, b)
+    state = loaded.initial_state(3, num_observations=6)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(30):
+        obs = torch.tensor([step % 6, (step * 2) % 6, 1])
+        actions, logits, state = loaded.act(state, obs, generator=gen)
+        assert ((logits == 0) | (logits == loaded.model_based.NOT_BEST)).all()
+        assert (logits.gather(1, actions[:, None]) == 0).all()  # always one of the best actions
+        done = torch.tensor([step % 7 == 6, False, step % 5 == 4])
+        state = loaded.observe(state, actions, torch.randn(3), (obs + 1) % 6, done, torch.zeros(3, dtype=torch.bool))
+    # every step is counted, the last one when the next row begins (where its episode did not end)
+    assert state.terminal.any() and int(state.r_count.sum()) + int((state.last_action >= 0).sum()) == 90
+    obs = torch.randint(0, 6, (2, 12))
+    act = torch.randint(0, 5, (2, 12))
+    out = loaded(obs, act, torch.randn(2, 12), cache=loaded.initial_state(2, num_observations=6),
+                 labels=act)
+    assert out.observation_logits.shape == (2, 12, 6)
+    torch.testing.assert_close(out.observation_logits.exp().sum(-1), torch.ones(2, 12))
+    assert torch.isfinite(out.loss)
+
+
+def test_features_of_the_agent_and_the_planner_are_one_definition():
+    """The harness planner's numpy features are the agent's torch features."""
+    from anymdp_agent.baselines.transition_prior import prior_features
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 3, (2, 5, 3, 5)).astype(np.float32)
+    args = (counts, counts.sum(-1), rng.random((2, 5)) < 0.3, rng.integers(0, 9, (2, 5)).astype(float),
+            rng.normal(size=(2, 5)))
+    np.testing.assert_array_equal(prior_features(*args),
+                                  transition_prior_features(*(torch.as_tensor(x) for x in args)).numpy())
