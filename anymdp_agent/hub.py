@@ -221,6 +221,13 @@ def point_card_at(text: str, repo_id: str) -> str:
 
 
 def _backbone_text(config: dict) -> str:
+    if config["backbone"] == "model_based":
+        return ("Model-based backbone: the count-based planner (exact per-(observation, action) statistics, "
+                f"{config.get('planner_sweeps', 3)} value-iteration sweeps per step warm-started from the last values, "
+                f"discount {config.get('planning_gamma')}, optimism for untried pairs, greedy with random ties) with a "
+                f"learned transition prior: a network ({config.get('prior_hidden')} wide) that reads the history's "
+                "statistics and gives every tried pair pseudo-counts over next observations; a pair is worth the "
+                "larger of its empirical backup and its backup on the posterior-mean model.")
     if config["backbone"] == "planning":
         return ("Planning backbone: exact per-(observation, action) statistics held as a linear-attention "
                 f"state with one-hot keys, read by {config['planning_steps']} learned differentiable "
@@ -235,6 +242,8 @@ def _training_text(train: dict | None) -> str:
         return "No training record in this folder (`train_config.json` missing)."
     if "imitation" in train:  # two stages: imitation from a corpus, then return-driven meta-training
         return _two_stage_text(train)
+    if train.get("recipe") == "transition-prior":
+        return _prior_text(train)
     data = train.get("corpus") or "tasks generated on the fly (infinite-task training)"
     if train.get("corpus"):
         command = train.get("corpus_command")
@@ -244,6 +253,25 @@ def _training_text(train: dict | None) -> str:
             f"{train.get('seq_len')} rows per process; on-policy share {train.get('onpolicy_fraction')}.\n"
             f"- Checkpoint: step {train.get('step')} of {train.get('max_steps')}; compute to this checkpoint: "
             f"{train.get('compute', 'see train_config.json')}.\n"
+            "- Every setting is in `train_config.json` beside the weights.")
+
+
+def _prior_text(train: dict) -> str:
+    """The training section of a ``model_based`` agent made by ``anymdp_agent.training.transition_prior``."""
+    if train.get("corpus"):
+        command = train.get("corpus_command")
+        data = (f"histories of the first {train.get('corpus_sequences')} sequences of the corpus `{train['corpus']}`"
+                + (f", made with `{command}`" if command else "") + ", read with `datasets` and replayed")
+    else:
+        data = "histories of the count-based planner on tasks generated on the fly"
+    return (f"- Recipe: the transition prior (`{train.get('command')}`); data: {data}. Every tried pair at "
+            f"{len(train.get('snapshots', []))} points of each history is one example ({train.get('training_pairs')} "
+            "in all): the history's statistics in, the task's true next-observation row (from its seed) as the target; "
+            "the loss is the cross-entropy of the true row under the posterior-mean model.\n"
+            f"- Checkpoint: Adam iteration {train.get('step')} of {train.get('max_steps')}, picked by the same "
+            f"cross-entropy on histories of validation-seed tasks ({train.get('validation_cross_entropy')} against "
+            f"{train.get('validation_cross_entropy_untrained')} untrained); {train.get('seconds')} s on "
+            f"{train.get('processes')} process(es).\n"
             "- Every setting is in `train_config.json` beside the weights.")
 
 

@@ -165,3 +165,38 @@ def test_the_bundled_prior_planner_is_deterministic_given_the_seed_and_differs_f
         runs.append(rec.actions)
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], runs[2])  # the trained prior changes what the planner does
+
+
+@pytest.mark.slow
+def test_the_corpus_recipe_replays_the_corpus_and_writes_a_loadable_agent(tmp_path):
+    """``--corpus``: examples from a corpus written by the generator (true rows from each row's task seed), a
+    better prior than none on validation histories, and ``--agent_out`` writes the model_based agent with it."""
+    from transformers import AutoModel
+
+    from anymdp_agent.data import CorpusConfig, generate_corpus
+
+    corpus = tmp_path / "corpus"
+    generate_corpus(corpus, CorpusConfig(tasks=8, seq_len=400, n_states=(8, 10), n_actions=(2, 4), tasks_per_shard=4),
+                    command="anymdp-agent generate --out corpus --tasks 8")
+    parts = recipe.corpus_parts(str(corpus), 8, snapshots=(60, 150, 300))
+    assert len(parts) == 3 and all(len(p[0]) > 0 for p in parts)
+    features, counts, n_sa, true = parts[-1]
+    np.testing.assert_allclose(true.sum(-1), 1.0, atol=1e-5)               # true rows are distributions
+    assert (counts.sum(-1) == n_sa).all() and (n_sa >= 1).all()            # tried pairs only
+    assert ((counts > 0) <= (true > 0)).all()                               # every observed move is possible
+    args = ["--corpus", str(corpus), "--corpus_sequences", "8", "--scale", "0.05", "--steps", "400", "--iters", "30",
+            "--eval_every", "10", "--hidden", "8"]
+    assert recipe.main(args + ["--out", str(tmp_path / "prior"), "--agent_out", str(tmp_path / "agent")]) == 0
+    config = json.loads((tmp_path / "prior" / "config.json").read_text())
+    assert config["validation_cross_entropy"] < config["validation_cross_entropy_untrained"]
+    assert config["corpus_command"] == "anymdp-agent generate --out corpus --tasks 8"
+    agent = AutoModel.from_pretrained(tmp_path / "agent", trust_remote_code=True)
+    assert agent.config.backbone == "model_based"
+    prior = TransitionPrior.load(tmp_path / "prior")
+    for a, b in zip(agent.model_based.prior.parameters(), prior.parameters()):
+        torch.testing.assert_close(a, b)
+    card = (tmp_path / "agent" / "README.md").read_text()
+    assert "datasets:\n- corpus" in card and "anymdp-agent generate --out corpus --tasks 8" in card
+    assert not list(tmp_path.glob(".agent.*"))  # nothing half-written left beside it
+    with pytest.raises(SystemExit):
+        recipe.main(["--corpus", str(tmp_path / "nope")])

@@ -36,7 +36,7 @@ import torch
 
 from anymdp_agent import AnyMDPAgentConfig, AnyMDPAgentModel
 from anymdp_agent.data import CorpusConfig, MixtureConfig, check_corpus_features, roll_sequences
-from anymdp_agent.data.corpus import generate_command
+from anymdp_agent.data.corpus import generate_command, open_corpus
 from anymdp_agent.configuration_anymdp_agent import (END_TRUNCATED, IGNORE_INDEX, LABEL_TARGETS, NO_LABEL, NUM_PROMPTS,
                                                      UNKNOWN_TAG, label_kinds, label_prompt)
 from anymdp_agent.data.onpolicy import roll_learner
@@ -239,26 +239,8 @@ class CorpusSource:
     """
 
     def __init__(self, args: TrainArgs, rank: int = 0, world: int = 1):
-        from datasets import load_dataset
-
         self.args = args
-        local = Path(args.corpus)
-        try:
-            if local.is_dir():
-                # Read the parquet shards directly: datasets keys its cache of a folder with a card on the
-                # folder's name, so a corpus regenerated in place would otherwise come back stale.
-                files = sorted(str(p) for p in (local / "data").glob(f"{args.corpus_split}-*.parquet"))
-                if not files:
-                    raise ValueError(f"{local} holds no {args.corpus_split} shards (data/{args.corpus_split}-*.parquet)")
-                from anymdp_agent.data.corpus import check_corpus_files
-
-                check_corpus_files(files)  # truncated, 0-row or NaN/inf-reward shards refused, the file named
-                ds = load_dataset("parquet", data_files={args.corpus_split: files}, split=args.corpus_split,
-                                  streaming=args.streaming)
-            else:
-                ds = load_dataset(args.corpus, split=args.corpus_split, streaming=args.streaming)
-        except FileNotFoundError as e:
-            raise ValueError(f"no corpus at {args.corpus!r}: {e}") from e
+        ds = open_corpus(args.corpus, args.corpus_split, streaming=args.streaming)
         need = () if args.label == "mix" else (args.label,)
         kinds = check_corpus_features(ds.features, need)
         self.kinds = kinds if args.label == "mix" else need

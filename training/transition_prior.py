@@ -1,14 +1,26 @@
-"""Meta-train the planner's learned transition prior (``mbrl:prior=...``) on the package's own task samplers.
+"""Meta-train the learned transition prior of the ``model_based`` agent and of ``mbrl:prior=...``.
 
+    # the bundled agent's recipe: examples from a trajectory corpus, written as an agent checkpoint
+    anymdp-agent generate --out data/prior-corpus --tasks 1024 --seq-len 4096 --n-states 8:32 --n-actions 2:5 \
+        --weights explore=0.4,mixed_a=0.1,mixed_b=0.1,mixed_c=0.1,mixed_d=0.1,qlearn=0.1,random=0.1,distill_a=0,distill_b=0,oracle=0
+    python -m anymdp_agent.training.transition_prior --corpus data/prior-corpus --out runs/prior \
+        --agent_out runs/model-based-agent
+    # or from histories of the planner generated on the fly
     python -m anymdp_agent.training.transition_prior --out runs/transition-prior
 
-The count-based planner (``mbrl``) acts on tasks from the *train* seed range (AnyMDP at several sizes and
-action counts, and Garnet); at fixed steps of each run the history's statistics are taken, and every tried pair
-becomes one example: the prior network's features in, the task's *true* next-observation row as the target.
+Training examples come either from a trajectory corpus made by ``anymdp-agent generate`` and read with
+``datasets`` (``--corpus``: the behaviours' histories in each row are replayed, and each row's ``task_seed``
+gives the task's true model) or, without ``--corpus``, from the count-based planner (``mbrl``) acting on tasks
+from the *train* seed range (AnyMDP at several sizes and action counts, and Garnet). At fixed steps of each
+history its statistics are taken, and every tried pair becomes one example: the prior network's features in,
+the task's *true* next-observation row as the target.
 The network is fitted by the cross-entropy of the true rows under the posterior-mean estimate
 ``(counts + g) / (n + sum g)`` (:func:`~anymdp_agent.baselines.transition_prior.prior_cross_entropy`); the same
 score on histories from *validation* seeds picks the best of the evaluated iterations. No Gymnasium env, map or
-grid is used. About 11 minutes on one CPU core with the defaults; the result is written atomically to ``--out``.
+grid is used. About 11 minutes on one CPU core with the defaults; the prior is written atomically to ``--out``
+and, with ``--agent_out``, as a ``transformers`` checkpoint of the ``model_based`` agent (``AutoModel``-loadable,
+its training record in ``train_config.json``). The optimisation runs under ``accelerate`` (``accelerate launch -m
+anymdp_agent.training.transition_prior ...``: each process draws its own batches, gradients are averaged).
 """
 
 from __future__ import annotations
@@ -16,12 +28,15 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from anymdp_agent.baselines.model_based import ModelBasedPlanner, PlannerState, true_model
+from anymdp_agent.baselines.protocol import EnvSpec, Transition
 from anymdp_agent.baselines.transition_prior import TransitionPrior, prior_cross_entropy
+from anymdp_agent.data.corpus import generate_command
 from anymdp_agent.evaluation import load_suite, run_learner
 
 #: (suite, tasks, actions) of the training histories; the validation histories use the same families.
@@ -54,15 +69,70 @@ class _Collector(ModelBasedPlanner):
                                   state.n_sa[tried].astype(np.float32), self._true[tried]))
 
 
-def collect(split: str, steps: int, scale: float = 1.0, seed: int = 0) -> list[torch.Tensor]:
-    """Examples of every family: features ``[N, W, F]``, counts ``[N, W]``, visits ``[N]``, true rows ``[N, W]``
-    and the mask of real ids ``[N, W]``, padded to the largest id count ``W``."""
+class _Replay(ModelBasedPlanner):
+    """The planner's statistics of a recorded history (no planning, no prior): what the prior reads."""
+
+    tracks_prior_statistics = True
+
+    def refresh_prior(self, state: PlannerState, envs=None, states=None) -> None:
+        pass
+
+
+def corpus_parts(corpus: str, sequences: int, snapshots=SNAPSHOTS, batch: int = 64) -> list[tuple]:
+    """Examples from the first ``sequences`` rows of a corpus' train split: each row's history is replayed (every
+    row with an action is a transition to the next row's observation; a closing row ``-1`` marks it terminal),
+    and at each of ``snapshots`` (rows into the sequence) every tried pair is an example, with the true row of
+    the task named by the row's ``task_seed``, ``n_states`` and ``n_actions``."""
+    from anymdp_agent.data import check_corpus_features
+    from anymdp_agent.data.corpus import open_corpus
+    from anymdp_agent.envs import GENERATOR_VERSION, sample_anymdp_task, stack_tasks
+
+    ds = open_corpus(corpus, "train")
+    check_corpus_features(ds.features)
+    ds = ds.with_format("numpy")
+    sequences = min(sequences, len(ds))
     parts = []
-    for name, tasks, actions in FAMILIES:
-        suite = load_suite(name, max(int(tasks * scale), 2), n_actions=actions, split=split)
-        collector = _Collector(s for s in SNAPSHOTS if s <= steps)
-        run_learner(collector, suite, steps, seed=seed)
-        parts.extend(collector._examples)
+    for lo in range(0, sequences, batch):
+        rows = ds[lo:min(lo + batch, sequences)]
+        versions = set(np.asarray(rows["sampler_version"]).tolist())
+        if versions != {GENERATOR_VERSION}:
+            raise ValueError(f"{corpus} was generated by sampler version(s) {sorted(versions)}, this package samples "
+                             f"{GENERATOR_VERSION}: its task seeds name other tasks; regenerate the corpus")
+        tasks = [sample_anymdp_task(int(n), int(a), seed=int(s))
+                 for n, a, s in zip(rows["n_states"], rows["n_actions"], rows["task_seed"])]
+        spec = EnvSpec.from_tasks(stack_tasks(tasks))
+        true = true_model(spec)[0]
+        replay = _Replay()
+        state = replay.initial_state(spec, seed=0)
+        obs, act, rew = (np.stack(rows[k]) for k in ("observations", "actions", "rewards"))
+        keep = set(snapshots)
+        for j in range(obs.shape[1] - 1):
+            envs = np.nonzero(act[:, j] >= 0)[0]
+            if len(envs):
+                replay.record(state, Transition(obs=obs[envs, j], actions=act[envs, j], rewards=rew[envs, j].astype(np.float64),
+                                                next_obs=obs[envs, j + 1], terminated=act[envs, j + 1] == -1,
+                                                truncated=np.zeros(len(envs), dtype=bool)), envs)
+            if j + 1 in keep:
+                tried = state.n_sa >= 1
+                parts.append((replay.prior_inputs(state)[tried], state.counts[tried].astype(np.float32),
+                              state.n_sa[tried].astype(np.float32), true[tried]))
+    return parts
+
+
+def collect(split: str, steps: int, scale: float = 1.0, seed: int = 0, corpus: str = "",
+            corpus_sequences: int = 0) -> list[torch.Tensor]:
+    """Examples: features ``[N, W, F]``, counts ``[N, W]``, visits ``[N]``, true rows ``[N, W]`` and the mask of
+    real ids ``[N, W]``, padded to the largest id count ``W``; from ``corpus`` (its first ``corpus_sequences``
+    rows) or, without one, from ``mbrl`` acting on every family of ``split``."""
+    parts = []
+    if corpus:
+        parts = corpus_parts(corpus, corpus_sequences, [s for s in SNAPSHOTS if s <= steps])
+    else:
+        for name, tasks, actions in FAMILIES:
+            suite = load_suite(name, max(int(tasks * scale), 2), n_actions=actions, split=split)
+            collector = _Collector(s for s in SNAPSHOTS if s <= steps)
+            run_learner(collector, suite, steps, seed=seed)
+            parts.extend(collector._examples)
     width = max(p[1].shape[-1] for p in parts)
     def pad(x, axis):
         return np.pad(x, [(0, width - x.shape[axis]) if i == axis else (0, 0) for i in range(x.ndim)])
@@ -87,46 +157,95 @@ def _cross_entropy(prior: TransitionPrior, data, chunk: int = 8192) -> float:
 @dataclass
 class PriorArgs:
     out: str = "runs/transition-prior"
-    steps: int = 4000          # length of each collected run
+    steps: int = 4000          # length of each collected run (or replayed corpus history)
     iters: int = 3000          # Adam steps
-    batch: int = 4096          # examples per step
+    batch: int = 4096          # examples per step (per process)
     lr: float = 3e-3
     hidden: int = 32
     eval_every: int = 500
     scale: float = 1.0         # multiplies every family's task count (tests use a small one)
     seed: int = 0
+    corpus: str = ""           # a corpus folder or Hub id from anymdp-agent generate ("": mbrl histories on the fly)
+    corpus_sequences: int = 512  # corpus rows replayed for examples
+    agent_out: str = ""        # also write the model_based agent with this prior here ("": only the prior)
+
+
+def write_agent(prior: TransitionPrior, path: str, record: dict) -> Path:
+    """The ``model_based`` agent with ``prior`` as a ``transformers`` checkpoint at ``path`` (written into a
+    temporary folder beside it with ``train_config.json`` and its card, then put in place)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from anymdp_agent.configuration_anymdp_agent import AnyMDPAgentConfig
+    from anymdp_agent.fileio import replace_dir, write_json
+    from anymdp_agent.hub import write_model_card
+    from anymdp_agent.modeling_anymdp_agent import AnyMDPAgentModel
+
+    config = AnyMDPAgentConfig(backbone="model_based", num_observations=64, num_actions=5, prior_hidden=prior.hidden,
+                               temperature_start=1.0, temperature_end=1.0, temperature_decay_steps=0)
+    model = AnyMDPAgentModel(config)
+    model.model_based.prior.load_state_dict(prior.state_dict())
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        model.save_pretrained(tmp)
+        write_json(tmp / "train_config.json", record, indent=1)
+        write_model_card(tmp, repo_id=str(final))
+        replace_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def train(args: PriorArgs) -> dict:
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(args.seed)
     t0 = time.time()
-    data, val = collect("train", args.steps, args.scale), collect("validation", args.steps, args.scale / 2)
-    print(f"{len(data[1])} training and {len(val[1])} validation pairs in {time.time() - t0:.0f} s", flush=True)
+    data = collect("train", args.steps, args.scale, corpus=args.corpus, corpus_sequences=args.corpus_sequences)
+    val = collect("validation", args.steps, args.scale / 2)
+    say = accelerator.print
+    say(f"{len(data[1])} training and {len(val[1])} validation pairs in {time.time() - t0:.0f} s", flush=True)
     prior = TransitionPrior(args.hidden)
     opt = torch.optim.Adam(prior.parameters(), lr=args.lr)
-    rng = torch.Generator().manual_seed(args.seed)
+    model, opt = accelerator.prepare(prior, opt)
+    rng = torch.Generator().manual_seed(args.seed * 1000 + accelerator.process_index)  # each process its own batches
     best = (_cross_entropy(prior, val), 0, {k: v.clone() for k, v in prior.state_dict().items()})
     empirical = best[0]
     for it in range(1, args.iters + 1):
         idx = torch.randint(0, len(data[1]), (args.batch,), generator=rng)
-        loss = prior_cross_entropy(_pseudo(prior, data[0][idx], data[4][idx]), data[1][idx], data[2][idx], data[3][idx])
+        features, counts, n_sa, true, mask = (x[idx].to(accelerator.device) for x in data)
+        loss = prior_cross_entropy(model(features) * mask, counts, n_sa, true)
         opt.zero_grad()
-        loss.backward()
+        accelerator.backward(loss)
         opt.step()
         if it % args.eval_every == 0 or it == args.iters:
             score = _cross_entropy(prior, val)
-            print(f"iter {it}: train CE {loss.item():.4f}, validation CE {score:.4f}", flush=True)
+            say(f"iter {it}: train CE {loss.item():.4f}, validation CE {score:.4f}", flush=True)
             if score < best[0]:
                 best = (score, it, {k: v.clone() for k, v in prior.state_dict().items()})
     prior.load_state_dict(best[2])
+    source = ({"corpus": args.corpus, "corpus_local": Path(args.corpus).is_dir(),
+               "corpus_command": generate_command(args.corpus), "corpus_sequences": args.corpus_sequences}
+              if args.corpus else {"families": [list(f) for f in FAMILIES]})
     summary = {"validation_cross_entropy": round(best[0], 4), "validation_cross_entropy_untrained": round(empirical, 4),
                "iteration": best[1], "training_pairs": len(data[1]), "validation_pairs": len(val[1]),
-               "families": [list(f) for f in FAMILIES], "snapshots": list(SNAPSHOTS), "steps": args.steps,
+               **source, "snapshots": list(SNAPSHOTS), "steps": args.steps,
                "iters": args.iters, "lr": args.lr, "batch": args.batch, "seed": args.seed, "scale": args.scale,
+               "processes": accelerator.num_processes,
                "command": "python -m anymdp_agent.training.transition_prior" + "".join(
-                   f" --{k} {v}" for k, v in vars(args).items() if v != getattr(PriorArgs, k))}
-    prior.save(args.out, summary)
-    print(f"kept iteration {best[1]} (validation CE {best[0]:.4f}, untrained {empirical:.4f}) -> {args.out}", flush=True)
+                   f" --{k} {v}" for k, v in vars(args).items() if v != getattr(PriorArgs, k)),
+               "seconds": round(time.time() - t0)}
+    if accelerator.is_main_process:
+        prior.save(args.out, summary)
+        say(f"kept iteration {best[1]} (validation CE {best[0]:.4f}, untrained {empirical:.4f}) -> {args.out}", flush=True)
+        if args.agent_out:
+            record = {"recipe": "transition-prior", "step": best[1], "max_steps": args.iters, **summary}
+            say(f"agent -> {write_agent(prior, args.agent_out, record)}", flush=True)
+    accelerator.wait_for_everyone()
     return summary
 
 
@@ -135,8 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, default in vars(PriorArgs()).items():
         parser.add_argument(f"--{name}", type=type(default), default=default)
     args = PriorArgs(**vars(parser.parse_args(argv)))
-    if args.steps < 1 or args.iters < 1 or args.batch < 1 or args.eval_every < 1 or not args.lr > 0 or not args.scale > 0:
-        parser.error("steps, iters, batch and eval_every must be >= 1, lr and scale > 0")
+    if args.steps < 1 or args.iters < 1 or args.batch < 1 or args.eval_every < 1 or not args.lr > 0 or not args.scale > 0 \
+            or args.corpus_sequences < 1:
+        parser.error("steps, iters, batch, eval_every and corpus_sequences must be >= 1, lr and scale > 0")
+    if args.corpus:
+        from anymdp_agent.data.corpus import open_corpus
+
+        try:  # a missing or malformed corpus is named before any work
+            open_corpus(args.corpus, "train")
+        except ValueError as e:
+            parser.error(f"--corpus: {e}")
     train(args)
     return 0
 

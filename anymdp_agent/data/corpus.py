@@ -401,6 +401,26 @@ def read_corpus_meta(path: str | os.PathLike) -> dict:
     return meta
 
 
+def open_corpus(corpus: str | os.PathLike, split: str = "train", streaming: bool = False):
+    """``split`` of a corpus as a ``datasets`` dataset: a local folder written by ``anymdp-agent generate`` (its
+    parquet shards read directly, each checked first) or a Hub id; a clear error when there is none."""
+    from datasets import load_dataset
+
+    local = Path(corpus)
+    try:
+        if str(corpus) and local.is_dir():
+            # Read the parquet shards directly: datasets keys its cache of a folder with a card on the
+            # folder's name, so a corpus regenerated in place would otherwise come back stale.
+            files = sorted(str(p) for p in (local / "data").glob(f"{split}-*.parquet"))
+            if not files:
+                raise ValueError(f"{local} holds no {split} shards (data/{split}-*.parquet)")
+            check_corpus_files(files)  # truncated, 0-row or NaN/inf-reward shards refused, the file named
+            return load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming)
+        return load_dataset(str(corpus), split=split, streaming=streaming)
+    except FileNotFoundError as e:
+        raise ValueError(f"no corpus at {str(corpus)!r}: {e}") from e
+
+
 def generate_command(corpus: str | os.PathLike, split: str = "train") -> str | None:
     """The ``anymdp-agent generate`` command that wrote ``split`` of the local corpus folder ``corpus``, as its
     ``corpus.json`` records it; ``None`` for a Hub id, a folder without one, or a record without the command."""
