@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # range (torch>=2.4) is then already satisfied, so no CUDA wheels are ever pulled.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-fast wheel-smoke demo bench clean
+.PHONY: install test test-fast wheel-smoke demo bench clean train-default
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ wheel-smoke:
 
 demo: install
 	$(VENV)/bin/anymdp-agent demo
+
+# The bundled default agent's recipe (about 7 minutes on one core): a corpus, the transition prior's stage 1 on it,
+# stage 2 on the planner's histories, the agent checkpoint; then python training/bundle.py evaluates and bundles it.
+PRIOR_CORPUS_WEIGHTS := explore=0.4,mixed_a=0.1,mixed_b=0.1,mixed_c=0.1,mixed_d=0.1,qlearn=0.1,random=0.1,distill_a=0,distill_b=0,oracle=0
+train-default: install
+	$(VENV)/bin/anymdp-agent generate --out data/prior-corpus --tasks 1024 --seq-len 4096 --n-states 8:32 \
+		--n-actions 2:5 --weights $(PRIOR_CORPUS_WEIGHTS) --no-progress
+	$(PY) -m anymdp_agent.training.transition_prior --corpus data/prior-corpus --out runs/prior-stage1
+	$(PY) -m anymdp_agent.training.transition_prior --init_from runs/prior-stage1 --iters 1500 --out runs/prior \
+		--agent_out runs/anymdp-agent-model-based-cpu
 
 bench: install
 	$(PY) -m pip install --quiet -e ".[bench]"

@@ -106,8 +106,14 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         planner_sweeps: value-iteration sweeps after every transition, warm-started from the previous values.
         planner_optimism: an untried pair is worth ``planner_optimism * max(r_max, 0) / (1 - planning_gamma)``.
         prior_hidden: width of the transition prior network (two tanh layers).
+        prior_weight: the prior's pseudo-counts are multiplied by this in the posterior-mean model (1: the
+            calibrated posterior the prior is trained for; more: more weight on the prior, more retrying of pairs
+            whose few visits landed badly).
         prior_refresh: every this many transitions the prior's pseudo-counts of every pair are recomputed; in
             between, after each transition, those of the observation just left.
+        prior_refresh_fraction: with ``f > 0``, every pair's are recomputed after ``max(prior_refresh, f * steps)``
+            transitions (``steps``: the history's so far), so their cost per step falls as the history grows
+            (what they read besides a pair's own counts settles); 0 (the default): every ``prior_refresh``.
 
     Sampling (the schedule this checkpoint is measured with; ``act`` uses it when no temperature is given, and
     so does the learner wrapper ``AgentLearner`` unless told otherwise):
@@ -160,6 +166,8 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         planner_optimism: float = 1.0,
         prior_hidden: int = 32,
         prior_refresh: int = 16,
+        prior_refresh_fraction: float = 0.0,
+        prior_weight: float = 1.0,
         **kwargs,
     ):
         self.num_observations = num_observations
@@ -196,6 +204,8 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.planner_optimism = planner_optimism
         self.prior_hidden = prior_hidden
         self.prior_refresh = prior_refresh
+        self.prior_refresh_fraction = prior_refresh_fraction
+        self.prior_weight = prior_weight
         self.validate_settings()
         super().__init__(**kwargs)
 
@@ -208,9 +218,10 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be a positive integer, got {value!r}")
-        o = self.planner_optimism
-        if isinstance(o, bool) or not isinstance(o, (int, float)) or not math.isfinite(o) or o < 0:
-            raise ValueError(f"AnyMDPAgentConfig.planner_optimism must be a finite number >= 0, got {o!r}")
+        for name in ("planner_optimism", "prior_refresh_fraction", "prior_weight"):
+            o = getattr(self, name)
+            if isinstance(o, bool) or not isinstance(o, (int, float)) or not math.isfinite(o) or o < 0:
+                raise ValueError(f"AnyMDPAgentConfig.{name} must be a finite number >= 0, got {o!r}")
         if self.num_tags <= UNKNOWN_TAG:
             raise ValueError(f"AnyMDPAgentConfig.num_tags must be > {UNKNOWN_TAG} (the 'unknown' tag the agent is "
                              f"told), got {self.num_tags}")

@@ -174,9 +174,9 @@ def _is_hub_id(text: str) -> bool:
 def corpus_name(train: dict | None) -> str | None:
     """The training corpus of a checkpoint, as its card's ``datasets:`` names it: the Hub id it was read
     from, else the name of the local corpus folder (the card's text says how it was made); ``None`` for
-    tasks generated on the fly. A two-stage agent names the corpus of its imitation stage."""
+    tasks generated on the fly. A two-stage agent names the corpus of its first stage."""
     train = train or {}
-    record = train if train.get("corpus") else (train.get("imitation") or {})
+    record = train if train.get("corpus") else (train.get("imitation") or train.get("first_stage") or {})
     corpus = record.get("corpus") or ""
     if not corpus:
         return None
@@ -256,21 +256,32 @@ def _training_text(train: dict | None) -> str:
             "- Every setting is in `train_config.json` beside the weights.")
 
 
-def _prior_text(train: dict) -> str:
-    """The training section of a ``model_based`` agent made by ``anymdp_agent.training.transition_prior``."""
+def _prior_data(train: dict) -> str:
     if train.get("corpus"):
         command = train.get("corpus_command")
-        data = (f"histories of the first {train.get('corpus_sequences')} sequences of the corpus `{train['corpus']}`"
+        return (f"histories of the first {train.get('corpus_sequences')} sequences of the corpus `{train['corpus']}`"
                 + (f", made with `{command}`" if command else "") + ", read with `datasets` and replayed")
+    return "histories of the count-based planner on tasks of the package's samplers generated on the fly (train seeds)"
+
+
+def _prior_text(train: dict) -> str:
+    """The training section of a ``model_based`` agent made by ``anymdp_agent.training.transition_prior`` (one
+    stage, or a stage on top of a first one, ``first_stage``)."""
+    first = train.get("first_stage")
+    stages = ""
+    if first:
+        stages = (f"- Stage 1 (`{first.get('command')}`): {_prior_data(first)}; {first.get('training_pairs')} examples, "
+                  f"validation cross-entropy {first.get('validation_cross_entropy')}.\n"
+                  "- Stage 2, from the stage-1 prior: ")
     else:
-        data = "histories of the count-based planner on tasks generated on the fly"
-    return (f"- Recipe: the transition prior (`{train.get('command')}`); data: {data}. Every tried pair at "
+        stages = "- Recipe: "
+    return (f"{stages}the transition prior (`{train.get('command')}`); data: {_prior_data(train)}. Every tried pair at "
             f"{len(train.get('snapshots', []))} points of each history is one example ({train.get('training_pairs')} "
             "in all): the history's statistics in, the task's true next-observation row (from its seed) as the target; "
             "the loss is the cross-entropy of the true row under the posterior-mean model.\n"
             f"- Checkpoint: Adam iteration {train.get('step')} of {train.get('max_steps')}, picked by the same "
             f"cross-entropy on histories of validation-seed tasks ({train.get('validation_cross_entropy')} against "
-            f"{train.get('validation_cross_entropy_untrained')} untrained); {train.get('seconds')} s on "
+            f"{train.get('validation_cross_entropy_untrained')} at the stage's start); {train.get('seconds')} s on "
             f"{train.get('processes')} process(es).\n"
             "- Every setting is in `train_config.json` beside the weights.")
 

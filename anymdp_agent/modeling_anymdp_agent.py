@@ -967,8 +967,8 @@ class ModelBasedPlanner(nn.Module):
     :data:`NOT_BEST` elsewhere, so sampling at any temperature > 0 breaks ties at random.
 
     The learned part is :class:`TransitionPriorNetwork` (``prior_hidden > 0``): from the history's statistics it
-    gives every pair pseudo-counts ``g`` over next observations, and a tried pair is worth the larger of its
-    empirical backup and its backup on the posterior-mean model ``(counts + g) / (n + sum g)``: a pair whose few
+    gives every pair pseudo-counts ``g`` over next observations (times ``prior_weight``), and a tried pair is worth
+    the larger of its empirical backup and its backup on the posterior-mean model ``(counts + g) / (n + sum g)``: a pair whose few
     visits happened to land badly keeps the value its prior says it may have, until visits settle it. With
     ``g = 0`` this is exactly the classic planner (untrained, ``g`` is about 3e-4). The pseudo-counts of the
     observation just left are recomputed after every transition, those of every pair every ``prior_refresh``
@@ -1032,9 +1032,12 @@ class ModelBasedPlanner(nn.Module):
         return t
 
     def refresh_prior(self, t: dict[str, torch.Tensor], pending: torch.Tensor) -> None:
-        """Recompute the pseudo-counts of the ``pending`` histories: every pair's where ``prior_refresh``
-        transitions have passed, else those of the observation just left."""
-        full = pending & (t["since_refresh"] >= self.config.prior_refresh)
+        """Recompute the pseudo-counts of the ``pending`` histories: every pair's where ``prior_refresh`` transitions
+        (or ``prior_refresh_fraction`` of the history's, if more) have passed, else those of the observation just
+        left."""
+        cfg = self.config
+        due = (t["r_count"] * cfg.prior_refresh_fraction).clamp(min=cfg.prior_refresh)
+        full = pending & (t["since_refresh"] >= due)
         rows = pending & ~full
         n = t["n_sa"].shape[1]
         envs_full = torch.nonzero(full)[:, 0]
@@ -1046,7 +1049,7 @@ class ModelBasedPlanner(nn.Module):
         rms = torch.sqrt(t["r_sq"] / t["visits"].sum(-1).clamp(min=1.0))[:, None] + 1e-8
         arrival = t["arrival_sum"] / t["arrival_n"].clamp(min=1.0) / rms
         g = self.prior(transition_prior_features(t["n_ss"], t["n_sa"], t["terminal"], t["visits"], arrival,
-                                                 envs, states)).double()
+                                                 envs, states)).double() * cfg.prior_weight
         t["pseudo"][envs, states] = g
         t["pseudo_total"][envs, states] = g.sum(-1)
         t["since_refresh"][envs_full] = 0

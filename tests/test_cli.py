@@ -246,8 +246,8 @@ def test_demo_runs_the_bundled_agent_next_to_the_baselines(tmp_path, capsys):
     text = capsys.readouterr().out
     for name, agents in (("eval-anymdp-16", ["agent", "sequence-agent"]), ("eval-frozenlake", ["agent"])):
         result = json.loads((out / f"{name}.json").read_text())
-        assert list(result["learners"]) == agents + ["mbrl:prior=bundled", "mbrl", "ucbq", "tql", "random", "oracle"]
-        assert result["learners"]["agent"]["hyperparameters"]["backbone"] == "planning"
+        assert list(result["learners"]) == agents + ["mbrl", "ucbq", "tql", "random", "oracle"]
+        assert result["learners"]["agent"]["hyperparameters"]["backbone"] == "model_based"
         if "sequence-agent" in agents:  # the paper's route beside the default agent
             assert result["learners"]["sequence-agent"]["hyperparameters"]["backbone"] == "sequence"
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -255,6 +255,5 @@ def test_demo_runs_the_bundled_agent_next_to_the_baselines(tmp_path, capsys):
     # the bundled agent is paired with every baseline on the same tasks, in the JSON and in the table
     pairs = result["paired"]
     assert [(p["learner"], p["baseline"]) for p in pairs] == [("agent", b) for b in (
-        "mbrl:prior=bundled", "mbrl", "ucbq", "tql", "random", "oracle")] + [("mbrl:prior=bundled", "mbrl")]
-    assert text.count("\nagent - mbrl ") == 2 and text.count("\nagent - ") == 12
-    assert text.count("\nmbrl:prior=bundled - mbrl ") == 2  # the learned prior against the planner it builds on
+        "mbrl", "ucbq", "tql", "random", "oracle")]
+    assert text.count("\nagent - mbrl ") == 2 and text.count("\nagent - ") == 10

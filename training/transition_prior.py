@@ -26,6 +26,7 @@ anymdp_agent.training.transition_prior ...``: each process draws its own batches
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,7 @@ class PriorArgs:
     corpus: str = ""           # a corpus folder or Hub id from anymdp-agent generate ("": mbrl histories on the fly)
     corpus_sequences: int = 512  # corpus rows replayed for examples
     agent_out: str = ""        # also write the model_based agent with this prior here ("": only the prior)
+    init_from: str = ""        # start from this saved prior (a later stage on top of an earlier one)
 
 
 def write_agent(prior: TransitionPrior, path: str, record: dict) -> Path:
@@ -210,6 +212,15 @@ def train(args: PriorArgs) -> dict:
     say = accelerator.print
     say(f"{len(data[1])} training and {len(val[1])} validation pairs in {time.time() - t0:.0f} s", flush=True)
     prior = TransitionPrior(args.hidden)
+    earlier = None
+    if args.init_from:
+        start = TransitionPrior.load(args.init_from)
+        if start.hidden != args.hidden:
+            raise ValueError(f"--init_from {args.init_from} is {start.hidden} wide, --hidden is {args.hidden}: pass "
+                             f"--hidden {start.hidden}")
+        prior.load_state_dict(start.state_dict())
+        earlier = {k: v for k, v in json.loads((Path(args.init_from) / "config.json").read_text()).items()
+                   if k not in ("kind", "hidden", "num_features")}
     opt = torch.optim.Adam(prior.parameters(), lr=args.lr)
     model, opt = accelerator.prepare(prior, opt)
     rng = torch.Generator().manual_seed(args.seed * 1000 + accelerator.process_index)  # each process its own batches
@@ -235,7 +246,7 @@ def train(args: PriorArgs) -> dict:
                "iteration": best[1], "training_pairs": len(data[1]), "validation_pairs": len(val[1]),
                **source, "snapshots": list(SNAPSHOTS), "steps": args.steps,
                "iters": args.iters, "lr": args.lr, "batch": args.batch, "seed": args.seed, "scale": args.scale,
-               "processes": accelerator.num_processes,
+               "processes": accelerator.num_processes, **({"first_stage": earlier} if earlier else {}),
                "command": "python -m anymdp_agent.training.transition_prior" + "".join(
                    f" --{k} {v}" for k, v in vars(args).items() if v != getattr(PriorArgs, k)),
                "seconds": round(time.time() - t0)}

@@ -8,6 +8,7 @@ observation, action)``, :func:`q_value`, is compiled with numba and is the one p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numba
@@ -160,14 +161,18 @@ class ModelBasedPlanner(InContextLearner):
 
     ``prior`` (``"bundled"`` or the folder of a trained :class:`~.transition_prior.TransitionPrior`) is the planner
     with a *learned* prior over next observations, meta-trained on the package's own task samplers: every tried
-    pair is worth the larger of its empirical backup and its backup on the prior's posterior-mean model. It reads
-    nothing but the history; with a zero prior it is exactly ``mbrl``.
+    pair is worth the larger of its empirical backup and its backup on the prior's posterior-mean model, with the
+    prior's pseudo-counts times ``prior_weight`` (1: the calibrated posterior mean; more: more weight on the prior,
+    so a pair whose few visits landed badly keeps more of its prior value). It reads nothing but the history; with
+    a zero prior it is exactly ``mbrl``.
     """
 
     name = "mbrl"
 
     def __init__(self, gamma: float = 0.99, sweeps: int = 3, lookahead: int = 0, optimism: float = 1.0,
-                 known: str = "none", prior: str = ""):
+                 known: str = "none", prior: str = "", prior_weight: float = 1.0):
+        if not prior_weight >= 0 or not math.isfinite(prior_weight):
+            raise ValueError(f"ModelBasedPlanner needs a finite prior_weight >= 0, got {prior_weight}")
         if not 0 <= gamma < 1 or sweeps < 1 or lookahead < 0 or not optimism >= 0:
             raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1, lookahead >= 0 and optimism >= 0, got "
                              f"gamma={gamma}, sweeps={sweeps}, lookahead={lookahead}, optimism={optimism}")
@@ -175,7 +180,7 @@ class ModelBasedPlanner(InContextLearner):
             raise ValueError(f"ModelBasedPlanner: known must be one of {', '.join(KNOWN_PARTS)}, got {known!r}")
         self.gamma, self.sweeps, self.lookahead, self.optimism = gamma, sweeps, lookahead, float(optimism)
         self.known = known
-        self.prior = prior
+        self.prior, self.prior_weight = prior, float(prior_weight)
         self._prior = None
         if prior:
             from .transition_prior import TransitionPrior
@@ -298,7 +303,7 @@ class ModelBasedPlanner(InContextLearner):
     def refresh_prior(self, state: PlannerState, envs: np.ndarray | None = None, states: np.ndarray | None = None) -> None:
         """Recompute the pseudo-counts of every pair, or of the pairs at the observations ``states`` of ``envs``."""
         rows = Ellipsis if envs is None else (envs, states)
-        g = self._prior.pseudo_counts(self.prior_inputs(state, envs, states))
+        g = self._prior.pseudo_counts(self.prior_inputs(state, envs, states)) * np.float32(self.prior_weight)
         state.pseudo[rows] = g
         state.pseudo_total[rows] = g.sum(-1, dtype=np.float64)
 

@@ -12,7 +12,7 @@ import math
 
 from transformers import PreTrainedConfig
 
-BACKBONES = ("planning", "sequence")
+BACKBONES = ("planning", "sequence", "model_based")
 
 # ---------------------------------------------------------------------- the corpus/model contract
 
@@ -65,8 +65,11 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             and :data:`PLANNER_PROMPT`).
 
     Backbone:
-        backbone: ``"planning"`` (CPU default: in-context (observation, action) statistics memory and
-            learned differentiable value iteration) or ``"sequence"`` (gated linear attention stack).
+        backbone: ``"model_based"`` (the bundled default: the count-based model-based planner -- exact
+            statistics, value iteration warm-started from the last values, optimism for untried pairs -- with a
+            learned transition prior that reads the history), ``"planning"`` (in-context (observation, action)
+            statistics memory and learned differentiable value iteration) or ``"sequence"`` (gated linear
+            attention stack).
         hidden_size, num_hidden_layers, num_heads, intermediate_size: the sequence backbone's width,
             depth, heads and MLP width (the planning backbone's token encoder uses ``hidden_size``).
         chunk_size: chunk length of the chunkwise-parallel form (training); the recurrent form steps
@@ -98,6 +101,19 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             and adjusts the discount, the optimism for untried pairs and the temperature per row, so one
             agent can choose its horizon and exploration per task. Zero-initialised: at first it is the
             fixed-setting planner. Off by default (checkpoints without it load unchanged).
+
+    Model-based backbone (``backbone="model_based"``; its discount is ``planning_gamma``, fixed):
+        planner_sweeps: value-iteration sweeps after every transition, warm-started from the previous values.
+        planner_optimism: an untried pair is worth ``planner_optimism * max(r_max, 0) / (1 - planning_gamma)``.
+        prior_hidden: width of the transition prior network (two tanh layers).
+        prior_weight: the prior's pseudo-counts are multiplied by this in the posterior-mean model (1: the
+            calibrated posterior the prior is trained for; more: more weight on the prior, more retrying of pairs
+            whose few visits landed badly).
+        prior_refresh: every this many transitions the prior's pseudo-counts of every pair are recomputed; in
+            between, after each transition, those of the observation just left.
+        prior_refresh_fraction: with ``f > 0``, every pair's are recomputed after ``max(prior_refresh, f * steps)``
+            transitions (``steps``: the history's so far), so their cost per step falls as the history grows
+            (what they read besides a pair's own counts settles); 0 (the default): every ``prior_refresh``.
 
     Sampling (the schedule this checkpoint is measured with; ``act`` uses it when no temperature is given, and
     so does the learner wrapper ``AgentLearner`` unless told otherwise):
@@ -146,6 +162,12 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         warmup_start: float = 1e-3,
         initializer_range: float = 0.02,
         rms_norm_eps: float = 1e-6,
+        planner_sweeps: int = 3,
+        planner_optimism: float = 1.0,
+        prior_hidden: int = 32,
+        prior_refresh: int = 16,
+        prior_refresh_fraction: float = 0.0,
+        prior_weight: float = 1.0,
         **kwargs,
     ):
         self.num_observations = num_observations
@@ -178,17 +200,28 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.warmup_start = warmup_start
         self.initializer_range = initializer_range
         self.rms_norm_eps = rms_norm_eps
+        self.planner_sweeps = planner_sweeps
+        self.planner_optimism = planner_optimism
+        self.prior_hidden = prior_hidden
+        self.prior_refresh = prior_refresh
+        self.prior_refresh_fraction = prior_refresh_fraction
+        self.prior_weight = prior_weight
         self.validate_settings()
         super().__init__(**kwargs)
 
     def validate_settings(self) -> None:
         """Raise ``ValueError`` naming the first setting the model cannot be built with."""
         positive = ("num_observations", "num_actions", "num_tags", "num_prompts", "hidden_size", "num_hidden_layers",
-                    "num_heads", "intermediate_size", "chunk_size", "planning_steps", "bonus_hidden")
+                    "num_heads", "intermediate_size", "chunk_size", "planning_steps", "bonus_hidden", "planner_sweeps",
+                    "prior_refresh", "prior_hidden")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("planner_optimism", "prior_refresh_fraction", "prior_weight"):
+            o = getattr(self, name)
+            if isinstance(o, bool) or not isinstance(o, (int, float)) or not math.isfinite(o) or o < 0:
+                raise ValueError(f"AnyMDPAgentConfig.{name} must be a finite number >= 0, got {o!r}")
         if self.num_tags <= UNKNOWN_TAG:
             raise ValueError(f"AnyMDPAgentConfig.num_tags must be > {UNKNOWN_TAG} (the 'unknown' tag the agent is "
                              f"told), got {self.num_tags}")

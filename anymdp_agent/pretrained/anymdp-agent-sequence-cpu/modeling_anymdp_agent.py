@@ -868,6 +868,279 @@ class SequenceBackbone(nn.Module):
         return AnyMDPAgentCache(with_action(cache, actions, rewards), layers)
 
 
+# ---------------------------------------------------------------------- model-based backbone
+
+#: Per ``(s, a, t)`` inputs of the transition prior network (:func:`transition_prior_features`).
+PRIOR_FEATURES = 17
+
+
+def transition_prior_features(counts, n_sa, terminal, visits, arrival, envs=None, states=None) -> torch.Tensor:
+    """The transition prior's inputs (float32) from a history's statistics: ``[B, nO, na, nO, PRIOR_FEATURES]``
+    for every pair, or ``[R, na, nO, PRIOR_FEATURES]`` for the pairs of the ``R`` rows ``(envs[i], states[i])``.
+
+    ``counts [B, nO, na, nO]`` transition counts, ``n_sa [B, nO, na]`` their sums, ``terminal [B, nO]`` ids an
+    episode ended in, ``visits [B, nO]`` how often each id was left by a transition, ``arrival [B, nO]`` the mean
+    reward of arriving at each id divided by the history's RMS reward (0 where never arrived at).
+
+    Per ``(s, a, t)``: the pair's empirical row ``p``, its visits, whether ``t`` was seen from it; the other
+    actions' row at ``s``, whether they reached ``t``, their visits; whether ``t`` was seen to lead back to ``s``;
+    whether ``t`` is ``s``; whether ``t`` ended an episode; ``t``'s visits; how many ids ``s`` was seen to lead
+    to; ``1 / n``; where the pair's targets were seen to lead next (one and two steps), what leads into them,
+    what is near them; and the mean reward of arriving at ``t`` relative to arriving at the pair's targets.
+    Every feature is the same function of every id, so the prior is equivariant under relabelling ids.
+    """
+    counts = torch.as_tensor(counts)
+    b, n, na, _ = counts.shape
+    if envs is None:
+        envs = torch.arange(b, device=counts.device).repeat_interleave(n)
+        states = torch.arange(n, device=counts.device).repeat(b)
+        return transition_prior_features(counts, n_sa, terminal, visits, arrival, envs, states).reshape(
+            b, n, na, n, PRIOR_FEATURES)
+    f32 = torch.float32
+    envs, states = torch.as_tensor(envs).long(), torch.as_tensor(states).long()
+    c = counts[envs, states].to(f32)                          # [R, na, t]
+    m = torch.as_tensor(n_sa)[envs, states].to(f32)           # [R, na]
+    p = c / m.clamp(min=1.0)[..., None]
+    total = c.sum(1, keepdim=True)                            # [R, 1, t]: from s under any action
+    other = total - c                                         # the other actions' counts to t
+    m_other = m.sum(1, keepdim=True) - m
+    p_other = other / m_other.clamp(min=1.0)[..., None]
+    seen_from_s = (total > 0).to(f32).sum(-1, keepdim=True)   # how many ids s was seen to lead to
+    edges = (counts.sum(2) > 0).to(f32)                       # [B, x, y]: x -> y observed
+    two = (edges @ edges).clamp(max=1.0)
+    sym = (edges + edges.transpose(1, 2)).clamp(max=1.0)
+    near = (sym @ sym).clamp(max=1.0)
+    e = edges[envs]                                           # [R, x, y]
+    back = edges.transpose(1, 2)[envs, states][:, None, :]    # t -> s observed, [R, 1, t]
+    then = p @ e                                              # where the pair's targets were seen to lead
+    into = p @ e.transpose(1, 2)                              # what was seen to lead into them
+    then2 = p @ two[envs]
+    around = p @ near[envs]
+    arr = torch.as_tensor(arrival)[envs].to(f32)[:, None, :]  # [R, 1, t]
+    rise = arr - (p * arr).sum(-1, keepdim=True)
+    self_loop = (torch.arange(n, device=counts.device)[None, :] == states[:, None])[:, None, :]
+    shape = (len(envs), na, n)
+    parts = (p, torch.log1p(m)[..., None], c > 0, p_other, other > 0, torch.log1p(m_other)[..., None], back, self_loop,
+             torch.as_tensor(terminal)[envs][:, None, :], torch.log1p(torch.as_tensor(visits)[envs].to(f32))[:, None, :],
+             torch.log1p(seen_from_s), 1.0 / m.clamp(min=1.0)[..., None], then, into, then2, around, torch.tanh(rise))
+    return torch.stack([x.to(f32).expand(shape) for x in parts], -1)
+
+
+class TransitionPriorNetwork(nn.Module):
+    """``features [..., PRIOR_FEATURES] -> pseudo-counts [...] >= 0``: a per-``(s, a, t)`` MLP, the same for every
+    id, so one prior serves any number of states and actions. With the pseudo-counts ``g`` a tried pair's
+    posterior-mean model is ``(counts + g) / (n + sum g)``. Initialised to a prior of about zero (the empirical
+    model)."""
+
+    def __init__(self, hidden: int = 32):
+        super().__init__()
+        if hidden < 1:
+            raise ValueError(f"the transition prior needs hidden >= 1, got {hidden}")
+        self.hidden = hidden
+        self.net = nn.Sequential(nn.Linear(PRIOR_FEATURES, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+                                 nn.Linear(hidden, 1))
+        for layer in self.net:  # initialised by reset_to_empirical, not as a generic Linear
+            layer.prior_layer = True
+        self.reset_to_empirical()
+
+    def reset_to_empirical(self) -> None:
+        """Hidden layers at a fan-in scale, the output at a pseudo-count of ``softplus(-8)``, about 3e-4."""
+        for layer in (self.net[0], self.net[2]):
+            init.normal_(layer.weight, mean=0.0, std=layer.in_features ** -0.5)
+            init.zeros_(layer.bias)
+        init.zeros_(self.net[-1].weight)
+        init.constant_(self.net[-1].bias, -8.0)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.softplus(self.net(features)[..., 0])
+
+
+class ModelBasedPlanner(nn.Module):
+    """The count-based model-based planner with a learned transition prior (the ``model_based`` backbone).
+
+    The state is exact statistics of the history per ``(observation, action)``: visit counts, reward sums,
+    next-observation counts, observed terminal observations, the largest reward, and the values ``V`` of the
+    last plan. After every transition, ``planner_sweeps`` synchronous value-iteration sweeps warm-started from
+    ``V`` update the plan, with the discount ``planning_gamma``; an untried pair is worth
+    ``planner_optimism * max(r_max, 0) / (1 - gamma)``, and terminal observations 0. The policy is greedy on
+    the plan's Q at the current observation, ties shared uniformly: its logits are 0 on the best actions and
+    :data:`NOT_BEST` elsewhere, so sampling at any temperature > 0 breaks ties at random.
+
+    The learned part is :class:`TransitionPriorNetwork` (``prior_hidden > 0``): from the history's statistics it
+    gives every pair pseudo-counts ``g`` over next observations (times ``prior_weight``), and a tried pair is worth
+    the larger of its empirical backup and its backup on the posterior-mean model ``(counts + g) / (n + sum g)``: a pair whose few
+    visits happened to land badly keeps the value its prior says it may have, until visits settle it. With
+    ``g = 0`` this is exactly the classic planner (untrained, ``g`` is about 3e-4). The pseudo-counts of the
+    observation just left are recomputed after every transition, those of every pair every ``prior_refresh``
+    transitions. Nothing here is differentiated through the plan: the prior is trained on its own, by the
+    cross-entropy of the true next-observation rows of training tasks (``anymdp_agent.training.transition_prior``),
+    and :meth:`forward`'s observation logits are its posterior-mean prediction.
+
+    Cost per step is constant in the history's length: a few dense ``[S*A, S] x [S]`` products per history.
+    """
+
+    NOT_BEST = -1e4
+    #: Q values this close (relative) count as tied: the same tolerance as the harness planner's.
+    TIE = 1e-9
+
+    def __init__(self, config: AnyMDPAgentConfig):
+        super().__init__()
+        self.config = config
+        self.prior = TransitionPriorNetwork(config.prior_hidden)
+
+    # -- state ---------------------------------------------------------------------------------
+    def initial_cache(self, batch: int, n_obs: int, device) -> AnyMDPAgentCache:
+        a = self.config.num_actions
+        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
+        return AnyMDPAgentCache({
+            **initial_rows(batch, device),
+            "n_sa": z(batch, n_obs, a), "r_sum": z(batch, n_obs, a), "n_ss": z(batch, n_obs, a, n_obs),
+            "terminal": torch.zeros(batch, n_obs, dtype=torch.bool, device=device), "r_max": z(batch),
+            "r_count": z(batch), "r_sq": z(batch), "values": z(batch, n_obs),
+            "pseudo": z(batch, n_obs, a, n_obs), "pseudo_total": z(batch, n_obs, a), "visits": z(batch, n_obs),
+            "arrival_sum": z(batch, n_obs), "arrival_n": z(batch, n_obs),
+            # the observation the last transition left (-1: none since the last plan), transitions since every
+            # pair's pseudo-counts were recomputed
+            "left": torch.full((batch,), -1, dtype=torch.long, device=device),
+            "since_refresh": torch.zeros(batch, dtype=torch.long, device=device)})
+
+    @staticmethod
+    def state_observations(cache: AnyMDPAgentCache) -> int:
+        return int(cache.n_sa.shape[1])
+
+    # -- the model's updates -------------------------------------------------------------------
+    def record(self, cache: AnyMDPAgentCache, observations: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The statistics with the last row's transition into ``observations`` (and its episode end) in them."""
+        t = {k: v.clone() for k, v in cache.tensors.items()}
+        prev_obs, prev_act, prev_rew = cache.last_obs, cache.last_action, cache.last_reward.double()
+        real = torch.nonzero(prev_act >= 0)[:, 0]
+        if len(real):
+            s, a, s2, r = prev_obs[real], prev_act[real], observations[real], prev_rew[real]
+            t["n_ss"][real, s, a, s2] += 1.0
+            t["n_sa"][real, s, a] += 1.0
+            t["r_sum"][real, s, a] += r
+            t["r_max"][real] = torch.maximum(t["r_max"][real], r)
+            t["r_count"][real] += 1.0
+            t["r_sq"][real] += r * r
+            t["visits"][real, s] += 1.0
+            t["arrival_sum"][real, s2] += r
+            t["arrival_n"][real, s2] += 1.0
+            t["left"][real] = s
+            t["since_refresh"][real] += 1
+        ended = torch.nonzero(prev_act == END_TERMINATED)[:, 0]
+        t["terminal"][ended, prev_obs[ended]] = True
+        return t
+
+    def refresh_prior(self, t: dict[str, torch.Tensor], pending: torch.Tensor) -> None:
+        """Recompute the pseudo-counts of the ``pending`` histories: every pair's where ``prior_refresh`` transitions
+        (or ``prior_refresh_fraction`` of the history's, if more) have passed, else those of the observation just
+        left."""
+        cfg = self.config
+        due = (t["r_count"] * cfg.prior_refresh_fraction).clamp(min=cfg.prior_refresh)
+        full = pending & (t["since_refresh"] >= due)
+        rows = pending & ~full
+        n = t["n_sa"].shape[1]
+        envs_full = torch.nonzero(full)[:, 0]
+        envs_row = torch.nonzero(rows)[:, 0]
+        envs = torch.cat([envs_full.repeat_interleave(n), envs_row])
+        states = torch.cat([torch.arange(n, device=envs.device).repeat(len(envs_full)), t["left"][envs_row]])
+        if not len(envs):
+            return
+        rms = torch.sqrt(t["r_sq"] / t["visits"].sum(-1).clamp(min=1.0))[:, None] + 1e-8
+        arrival = t["arrival_sum"] / t["arrival_n"].clamp(min=1.0) / rms
+        g = self.prior(transition_prior_features(t["n_ss"], t["n_sa"], t["terminal"], t["visits"], arrival,
+                                                 envs, states)).double() * cfg.prior_weight
+        t["pseudo"][envs, states] = g
+        t["pseudo_total"][envs, states] = g.sum(-1)
+        t["since_refresh"][envs_full] = 0
+
+    def q_values(self, t: dict[str, torch.Tensor], values: torch.Tensor) -> torch.Tensor:
+        """Q ``[B, S, A]`` of one backup of ``values [B, S]`` on each history's model."""
+        gamma = self.config.planning_gamma
+        n_sa, n_ss = t["n_sa"], t["n_ss"]
+        b, s, a = n_sa.shape
+        tried = n_sa > 0
+        r_mean = t["r_sum"] / n_sa.clamp(min=1.0)
+        acc = torch.bmm(n_ss.view(b, s * a, s), values[..., None]).view(b, s, a)
+        q = r_mean + gamma * acc / n_sa.clamp(min=1.0)
+        acc_prior = acc + torch.bmm(t["pseudo"].view(b, s * a, s), values[..., None]).view(b, s, a)
+        q = torch.maximum(q, r_mean + gamma * acc_prior / (n_sa + t["pseudo_total"]).clamp(min=1e-300))
+        optimistic = self.config.planner_optimism * t["r_max"].clamp(min=0.0) / (1.0 - gamma)
+        return torch.where(tried, q, optimistic[:, None, None])
+
+    def plan(self, t: dict[str, torch.Tensor], pending: torch.Tensor, allowed: torch.Tensor) -> None:
+        """``planner_sweeps`` synchronous value-iteration sweeps of the ``pending`` histories, in place."""
+        v = t["values"]
+        for _ in range(self.config.planner_sweeps):
+            q = self.q_values(t, v).masked_fill(~allowed[:, None, :], -torch.inf)
+            v = q.max(-1).values.masked_fill(t["terminal"], 0.0)
+        t["values"] = torch.where(pending[:, None], v, t["values"])
+
+    def step(self, cache: AnyMDPAgentCache, observations: torch.Tensor, action_mask=None, policy: bool = True):
+        """The state after a new row at ``observations [B]`` and, with ``policy``, the Q ``[B, A]`` there (after
+        the prior's refresh and the plan of every history that made a transition since its last plan)."""
+        t = self.record(cache, observations)
+        if not policy:
+            return None, t
+        allowed = (torch.ones(len(observations), self.config.num_actions, dtype=torch.bool, device=observations.device)
+                   if action_mask is None else action_mask)
+        pending = t["left"] >= 0
+        if bool(pending.any()):
+            self.refresh_prior(t, pending)
+            self.plan(t, pending, allowed)
+            t["left"] = torch.full_like(t["left"], -1)
+        q = self.q_values(t, t["values"])
+        q_now = q[torch.arange(len(observations), device=q.device), observations]
+        return q_now.masked_fill(~allowed, -torch.inf), t
+
+    def greedy_logits(self, q: torch.Tensor) -> torch.Tensor:
+        """0 on the best actions of ``q [B, A]`` (within :data:`TIE` of the largest, relative), :data:`NOT_BEST`
+        elsewhere (float32)."""
+        top = q.max(-1, keepdim=True).values
+        best = q >= top - self.TIE * (1.0 + top.abs())
+        return torch.where(best, 0.0, self.NOT_BEST).float()
+
+    # -- the backbone interface (shared with the other backbones) ---------------------------------
+    def forward(self, observations, actions, rewards, cache: AnyMDPAgentCache, action_mask=None, tags=None,
+                prompts=None, recurrent: bool = False, policy: bool = True):
+        """``(policy_logits, observation_logits, reward_prediction, reward_scale, cache)`` for ``[B, T]`` rows,
+        stepped one row at a time (the plan is not differentiated). The observation logits are the log of each
+        row's posterior-mean next-observation distribution for its own pair (uniform for a pair never tried and
+        without pseudo-counts), the reward prediction the pair's mean reward so far."""
+        outs_pi, outs_obs, outs_rew, outs_scale = [], [], [], []
+        for j in range(observations.shape[1]):
+            o = observations[:, j]
+            q, t = self.step(cache, o, action_mask, policy)
+            b, s, a, _ = t["n_ss"].shape
+            outs_pi.append(self.greedy_logits(q) if policy else torch.zeros(b, a, device=o.device))
+            act = actions[:, j].clamp(min=0)
+            idx = torch.arange(b, device=o.device)
+            row = t["n_ss"][idx, o, act] + t["pseudo"][idx, o, act]
+            total = row.sum(-1, keepdim=True)
+            prob = torch.where(total > 0, row / total.clamp(min=1e-300), torch.full_like(row, 1.0 / s))
+            outs_obs.append(torch.log(prob.clamp(min=1e-12)).float())
+            outs_rew.append((t["r_sum"][idx, o, act] / t["n_sa"][idx, o, act].clamp(min=1.0)).float())
+            outs_scale.append(reward_scale(t["r_sq"], t["r_count"]))
+            t.update(after_rows(cache, o[:, None], actions[:, j:j + 1], rewards[:, j:j + 1]))
+            cache = AnyMDPAgentCache(t, cache.layers)
+        return (torch.stack(outs_pi, 1), torch.stack(outs_obs, 1), torch.stack(outs_rew, 1),
+                torch.stack(outs_scale, 1), cache)
+
+    def begin_row(self, cache: AnyMDPAgentCache, observations: torch.Tensor, action_mask=None, policy: bool = True):
+        """Policy logits ``[B, A]`` at a new row's observations ``[B]`` and the state with the row in it
+        (``policy=False``: the state only, the logits zeros)."""
+        q, t = self.step(cache, observations, action_mask, policy)
+        b = observations.shape[0]
+        t.update(after_rows(cache, observations[:, None], torch.zeros_like(observations)[:, None],
+                            torch.zeros(b, 1, device=observations.device)))
+        logits = self.greedy_logits(q) if policy else torch.zeros(b, self.config.num_actions, device=observations.device)
+        return logits, AnyMDPAgentCache(t, cache.layers)
+
+    def end_row(self, cache: AnyMDPAgentCache, actions: torch.Tensor, rewards: torch.Tensor) -> AnyMDPAgentCache:
+        """The state with the current row's action (or episode-end id) and reward; the next row counts them."""
+        return AnyMDPAgentCache(with_action(cache, actions, rewards), cache.layers)
+
+
 # ---------------------------------------------------------------------- the model
 
 
@@ -880,7 +1153,7 @@ class AnyMDPAgentPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and not getattr(module, "prior_layer", False):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -902,6 +1175,8 @@ class AnyMDPAgentPreTrainedModel(PreTrainedModel):
             if self.config.context_adaptation:
                 init.zeros_(module.context.weight)
                 init.zeros_(module.context.bias)
+        if isinstance(module, TransitionPriorNetwork):
+            module.reset_to_empirical()
 
 
 class WeightsDoNotMatchConfig(ValueError):
@@ -909,7 +1184,8 @@ class WeightsDoNotMatchConfig(ValueError):
 
 
 #: Where each backbone lives in the model (and so in the checkpoint's weight names).
-BACKBONE_MODULES = {"planning": ("planner", InContextPlanner), "sequence": ("backbone", SequenceBackbone)}
+BACKBONE_MODULES = {"planning": ("planner", InContextPlanner), "sequence": ("backbone", SequenceBackbone),
+                    "model_based": ("model_based", ModelBasedPlanner)}
 
 #: Checkpoint weight names of earlier versions (sequence heads at the top level) -> today's.
 LEGACY_KEY_MAPPING = {r"^(policy_head|observation_head|reward_head)\.": r"backbone.\1."}
@@ -946,7 +1222,7 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
         self.post_init()
 
     @property
-    def core(self) -> InContextPlanner | SequenceBackbone:
+    def core(self) -> InContextPlanner | SequenceBackbone | ModelBasedPlanner:
         """The backbone module (``self.planner`` or ``self.backbone``, as the weights name it)."""
         return getattr(self, self._backbone_name)
 
