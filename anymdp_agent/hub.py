@@ -226,8 +226,9 @@ def _backbone_text(config: dict) -> str:
                 f"{config.get('planner_sweeps', 3)} value-iteration sweeps per step warm-started from the last values, "
                 f"discount {config.get('planning_gamma')}, optimism for untried pairs, greedy with random ties) with a "
                 f"learned transition prior: a network ({config.get('prior_hidden')} wide) that reads the history's "
-                "statistics and gives every tried pair pseudo-counts over next observations; a pair is worth the "
-                "larger of its empirical backup and its backup on the posterior-mean model.")
+                "statistics and gives every tried pair pseudo-counts over next observations (weighted by "
+                f"{config.get('prior_weight', 1.0)}); a pair is worth the larger of its empirical backup and its backup "
+                "on the posterior-mean model.")
     if config["backbone"] == "planning":
         return ("Planning backbone: exact per-(observation, action) statistics held as a linear-attention "
                 f"state with one-hot keys, read by {config['planning_steps']} learned differentiable "

@@ -431,7 +431,8 @@ def test_make_learner_parses_options():
     assert isinstance(learner, ModelBasedPlanner)
     assert learner.sweeps == 5 and isinstance(learner.sweeps, int)
     assert learner.gamma == 0.9
-    assert learner.hyperparameters() == {"gamma": 0.9, "sweeps": 5, "lookahead": 0, "optimism": 1.0, "known": "none", "prior": ""}
+    assert learner.hyperparameters() == {"gamma": 0.9, "sweeps": 5, "lookahead": 0, "optimism": 1.0, "known": "none", "prior": "",
+                                        "prior_weight": 1.0}
     assert make_learner("mbrl:optimism=4").optimism == 4.0
     assert "sweeps=5" in repr(learner)
     t = make_learner("tql: alpha = 0.25 ")

@@ -318,7 +318,8 @@ def test_evaluate_result_record(small_result):
         assert max(st + ln for st, ln in zip(ep["start"], ep["length"])) <= 600
         assert e["seconds"] > 0
     assert result["learners"]["mbrl:sweeps=2"]["hyperparameters"] == {"gamma": 0.99, "sweeps": 2, "lookahead": 0,
-                                                                           "optimism": 1.0, "known": "none", "prior": ""}
+                                                                           "optimism": 1.0, "known": "none", "prior": "",
+                                                                           "prior_weight": 1.0}
     assert result["learners"]["oracle"]["hyperparameters"] == {"gamma": 0.994}
     assert result["learners"]["random"]["hyperparameters"] == {}
 

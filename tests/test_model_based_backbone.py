@@ -52,16 +52,17 @@ def replay(model: AnyMDPAgentModel, rec: Recorder, n_obs: int, mask: np.ndarray)
     return np.stack(best), state
 
 
-@pytest.mark.parametrize("prior", ["none", "bundled"])
-def test_the_agent_takes_the_planners_decisions_on_the_planners_history(prior):
-    """Every action ``mbrl`` (or ``mbrl:prior=bundled``) took is among the agent's best actions on that history,
-    across episode ends and a task with fewer actions; the plans' values agree."""
+@pytest.mark.parametrize("prior, weight", [("none", 1.0), ("bundled", 1.0), ("bundled", 4.0)])
+def test_the_agent_takes_the_planners_decisions_on_the_planners_history(prior, weight):
+    """Every action ``mbrl`` (or ``mbrl:prior=bundled:prior_weight=W``) took is among the agent's best actions on
+    that history, across episode ends and a task with fewer actions; the plans' values agree."""
     tasks = [sample_anymdp_task(12, 4, seed=31), sample_anymdp_task(12, 5, seed=32), sample_anymdp_task(10, 5, seed=33)]
     suite = task_suite(tasks)
-    planner = ModelBasedPlanner(prior="bundled" if prior == "bundled" else "")
+    planner = ModelBasedPlanner(prior="bundled" if prior == "bundled" else "", prior_weight=weight)
     rec = Recorder(planner)
     run_learner(rec, suite, 700, seed=2)
-    model = model_based_agent(TransitionPrior.load("bundled") if prior == "bundled" else zero_prior())
+    model = model_based_agent(TransitionPrior.load("bundled") if prior == "bundled" else zero_prior(),
+                              prior_weight=weight)
     best, state = replay(model, rec, suite.tasks.n_states, rec._mask)
     taken = np.take_along_axis(best, rec.actions[..., None], -1)[..., 0]
     assert taken.all(), f"{(~taken).sum()} of {taken.size} decisions differ"
@@ -121,3 +122,28 @@ def test_features_of_the_agent_and_the_planner_are_one_definition():
             rng.normal(size=(2, 5)))
     np.testing.assert_array_equal(prior_features(*args),
                                   transition_prior_features(*(torch.as_tensor(x) for x in args)).numpy())
+
+
+def test_every_pairs_pseudo_counts_are_refreshed_on_the_schedule():
+    """Every pair's pseudo-counts are recomputed after max(prior_refresh, prior_refresh_fraction * steps)
+    transitions, those of the observation just left after every other one."""
+    model = model_based_agent(TransitionPrior.load("bundled"), prior_refresh=4, prior_refresh_fraction=0.5)
+    state = model.initial_state(1, num_observations=5)
+    since, full_at = 0, []
+    for step in range(60):
+        _, state = model._begin_row(state, torch.tensor([step % 5]), None)
+        if step and int(state.since_refresh) == 0:
+            full_at.append(step)
+        state = model.observe(state, torch.tensor([step % 3]), torch.tensor([1.0]), torch.tensor([(step + 1) % 5]),
+                              torch.tensor([False]), torch.tensor([False]))
+    expected, since = [], 0
+    for step in range(1, 60):  # the plan at row `step` follows transition number `step`
+        since += 1
+        if since >= max(4, 0.5 * step):
+            expected.append(step)
+            since = 0
+    assert full_at == expected and len(expected) < 59 // 4  # fewer than a fixed every-4 schedule
+    with pytest.raises(ValueError, match="prior_refresh_fraction"):
+        AnyMDPAgentConfig(backbone="model_based", prior_refresh_fraction=-1.0)
+    with pytest.raises(ValueError, match="prior_weight"):
+        ModelBasedPlanner(prior_weight=-1.0)

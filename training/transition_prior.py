@@ -170,9 +170,12 @@ class PriorArgs:
     corpus_sequences: int = 512  # corpus rows replayed for examples
     agent_out: str = ""        # also write the model_based agent with this prior here ("": only the prior)
     init_from: str = ""        # start from this saved prior (a later stage on top of an earlier one)
+    prior_weight: float = 4.0  # the agent's weight on the prior's pseudo-counts (chosen on validation seeds)
+    refresh_fraction: float = 0.125  # the agent's prior_refresh_fraction (the same scores, fewer full refreshes)
 
 
-def write_agent(prior: TransitionPrior, path: str, record: dict) -> Path:
+def write_agent(prior: TransitionPrior, path: str, record: dict, prior_weight: float = 1.0,
+                refresh_fraction: float = 0.0) -> Path:
     """The ``model_based`` agent with ``prior`` as a ``transformers`` checkpoint at ``path`` (written into a
     temporary folder beside it with ``train_config.json`` and its card, then put in place)."""
     import shutil
@@ -185,6 +188,7 @@ def write_agent(prior: TransitionPrior, path: str, record: dict) -> Path:
     from anymdp_agent.modeling_anymdp_agent import AnyMDPAgentModel
 
     config = AnyMDPAgentConfig(backbone="model_based", num_observations=64, num_actions=5, prior_hidden=prior.hidden,
+                               prior_weight=prior_weight, prior_refresh_fraction=refresh_fraction,
                                temperature_start=1.0, temperature_end=1.0, temperature_decay_steps=0)
     model = AnyMDPAgentModel(config)
     model.model_based.prior.load_state_dict(prior.state_dict())
@@ -255,7 +259,8 @@ def train(args: PriorArgs) -> dict:
         say(f"kept iteration {best[1]} (validation CE {best[0]:.4f}, untrained {empirical:.4f}) -> {args.out}", flush=True)
         if args.agent_out:
             record = {"recipe": "transition-prior", "step": best[1], "max_steps": args.iters, **summary}
-            say(f"agent -> {write_agent(prior, args.agent_out, record)}", flush=True)
+            say(f"agent -> {write_agent(prior, args.agent_out, record, args.prior_weight, args.refresh_fraction)}",
+                flush=True)
     accelerator.wait_for_everyone()
     return summary
 
@@ -266,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}", type=type(default), default=default)
     args = PriorArgs(**vars(parser.parse_args(argv)))
     if args.steps < 1 or args.iters < 1 or args.batch < 1 or args.eval_every < 1 or not args.lr > 0 or not args.scale > 0 \
-            or args.corpus_sequences < 1:
-        parser.error("steps, iters, batch, eval_every and corpus_sequences must be >= 1, lr and scale > 0")
+            or args.corpus_sequences < 1 or not args.prior_weight >= 0 or not args.refresh_fraction >= 0:
+        parser.error("steps, iters, batch, eval_every and corpus_sequences must be >= 1, lr and scale > 0, "
+                     "prior_weight and refresh_fraction >= 0")
     if args.corpus:
         from anymdp_agent.data.corpus import open_corpus
 
