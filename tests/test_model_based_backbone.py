@@ -147,3 +147,23 @@ def test_every_pairs_pseudo_counts_are_refreshed_on_the_schedule():
         AnyMDPAgentConfig(backbone="model_based", prior_refresh_fraction=-1.0)
     with pytest.raises(ValueError, match="prior_weight"):
         ModelBasedPlanner(prior_weight=-1.0)
+
+
+def test_with_prior_seen_only_ids_beyond_the_environments_change_nothing():
+    """``prior_seen_only``: no pseudo-counts on ids the history never showed, so a state started with the whole
+    vocabulary (``initial_state`` without ``num_observations``) plans as one with exactly the environment's ids.
+    Without it, the prior spreads mass over ids that never occur."""
+    tasks = [sample_anymdp_task(8, 4, seed=41), sample_anymdp_task(8, 4, seed=42)]
+    rec = Recorder(ModelBasedPlanner())
+    run_learner(rec, task_suite(tasks), 300, seed=1)
+    states = {}
+    for seen_only in (True, False):
+        model = model_based_agent(TransitionPrior.load("bundled"), prior_seen_only=seen_only, prior_weight=4.0)
+        for n_obs in (8, 16):
+            _, state = replay(model, rec, n_obs, rec._mask)
+            states[seen_only, n_obs] = state
+    exact, wide = states[True, 8], states[True, 16]
+    torch.testing.assert_close(wide.pseudo[:, :8, :, :8], exact.pseudo)
+    assert (wide.pseudo[:, :, :, 8:] == 0).all()
+    torch.testing.assert_close(wide.values[:, :8], exact.values)
+    assert (states[False, 16].pseudo[:, :8, :, 8:] > 0).any()  # the default spreads mass over unused ids

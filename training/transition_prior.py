@@ -172,10 +172,11 @@ class PriorArgs:
     init_from: str = ""        # start from this saved prior (a later stage on top of an earlier one)
     prior_weight: float = 4.0  # the agent's weight on the prior's pseudo-counts (chosen on validation seeds)
     refresh_fraction: float = 0.125  # the agent's prior_refresh_fraction (the same scores, fewer full refreshes)
+    seen_only: bool = True     # the agent's prior_seen_only: no prior mass on ids the history has never shown
 
 
 def write_agent(prior: TransitionPrior, path: str, record: dict, prior_weight: float = 1.0,
-                refresh_fraction: float = 0.0) -> Path:
+                refresh_fraction: float = 0.0, seen_only: bool = False) -> Path:
     """The ``model_based`` agent with ``prior`` as a ``transformers`` checkpoint at ``path`` (written into a
     temporary folder beside it with ``train_config.json`` and its card, then put in place)."""
     import shutil
@@ -189,6 +190,7 @@ def write_agent(prior: TransitionPrior, path: str, record: dict, prior_weight: f
 
     config = AnyMDPAgentConfig(backbone="model_based", num_observations=64, num_actions=5, prior_hidden=prior.hidden,
                                prior_weight=prior_weight, prior_refresh_fraction=refresh_fraction,
+                               prior_seen_only=seen_only,
                                temperature_start=1.0, temperature_end=1.0, temperature_decay_steps=0)
     model = AnyMDPAgentModel(config)
     model.model_based.prior.load_state_dict(prior.state_dict())
@@ -259,16 +261,25 @@ def train(args: PriorArgs) -> dict:
         say(f"kept iteration {best[1]} (validation CE {best[0]:.4f}, untrained {empirical:.4f}) -> {args.out}", flush=True)
         if args.agent_out:
             record = {"recipe": "transition-prior", "step": best[1], "max_steps": args.iters, **summary}
-            say(f"agent -> {write_agent(prior, args.agent_out, record, args.prior_weight, args.refresh_fraction)}",
+            say(f"agent -> {write_agent(prior, args.agent_out, record, args.prior_weight, args.refresh_fraction, args.seen_only)}",
                 flush=True)
     accelerator.wait_for_everyone()
     return summary
 
 
+def _flag(text: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no) for a boolean option."""
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value in ("true", "1", "yes")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     for name, default in vars(PriorArgs()).items():
-        parser.add_argument(f"--{name}", type=type(default), default=default)
+        kind = _flag if isinstance(default, bool) else type(default)
+        parser.add_argument(f"--{name}", type=kind, default=default)
     args = PriorArgs(**vars(parser.parse_args(argv)))
     if args.steps < 1 or args.iters < 1 or args.batch < 1 or args.eval_every < 1 or not args.lr > 0 or not args.scale > 0 \
             or args.corpus_sequences < 1 or not args.prior_weight >= 0 or not args.refresh_fraction >= 0:

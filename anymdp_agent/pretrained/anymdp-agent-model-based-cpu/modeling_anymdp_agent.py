@@ -1050,6 +1050,8 @@ class ModelBasedPlanner(nn.Module):
         arrival = t["arrival_sum"] / t["arrival_n"].clamp(min=1.0) / rms
         g = self.prior(transition_prior_features(t["n_ss"], t["n_sa"], t["terminal"], t["visits"], arrival,
                                                  envs, states)).double() * cfg.prior_weight
+        if cfg.prior_seen_only:  # no prior mass on ids the history has never shown
+            g = g * ((t["visits"] + t["arrival_n"]) > 0)[envs][:, None, :]
         t["pseudo"][envs, states] = g
         t["pseudo_total"][envs, states] = g.sum(-1)
         t["since_refresh"][envs_full] = 0

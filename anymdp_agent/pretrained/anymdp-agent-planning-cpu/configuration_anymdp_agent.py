@@ -109,6 +109,8 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         prior_weight: the prior's pseudo-counts are multiplied by this in the posterior-mean model (1: the
             calibrated posterior the prior is trained for; more: more weight on the prior, more retrying of pairs
             whose few visits landed badly).
+        prior_seen_only: no prior mass on ids the history has never shown (arrived at or left), so ids beyond the
+            environment's (a state started with the whole vocabulary) change nothing. Off by default.
         prior_refresh: every this many transitions the prior's pseudo-counts of every pair are recomputed; in
             between, after each transition, those of the observation just left.
         prior_refresh_fraction: with ``f > 0``, every pair's are recomputed after ``max(prior_refresh, f * steps)``
@@ -168,6 +170,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         prior_refresh: int = 16,
         prior_refresh_fraction: float = 0.0,
         prior_weight: float = 1.0,
+        prior_seen_only: bool = False,
         **kwargs,
     ):
         self.num_observations = num_observations
@@ -206,6 +209,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.prior_refresh = prior_refresh
         self.prior_refresh_fraction = prior_refresh_fraction
         self.prior_weight = prior_weight
+        self.prior_seen_only = prior_seen_only
         self.validate_settings()
         super().__init__(**kwargs)
 
@@ -228,7 +232,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         if self.num_actions < 2:
             raise ValueError(f"AnyMDPAgentConfig.num_actions must be >= 2, got {self.num_actions}")
         for name in ("carry_values", "memory_decay", "context_adaptation", "use_flash_linear_attention",
-                     "observation_statistics", "statistics_lookahead"):
+                     "observation_statistics", "statistics_lookahead", "prior_seen_only"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.backbone not in BACKBONES:
