@@ -198,5 +198,6 @@ def test_the_corpus_recipe_replays_the_corpus_and_writes_a_loadable_agent(tmp_pa
     card = (tmp_path / "agent" / "README.md").read_text()
     assert "datasets:\n- corpus" in card and "anymdp-agent generate --out corpus --tasks 8" in card
     assert not list(tmp_path.glob(".agent.*"))  # nothing half-written left beside it
-    with pytest.raises(SystemExit):
-        recipe.main(["--corpus", str(tmp_path / "nope")])
+    for missing in (str(tmp_path / "nope"), "nope"):  # a missing folder, or a name that is no folder (Hub offline)
+        with pytest.raises(SystemExit):
+            recipe.main(["--corpus", missing])

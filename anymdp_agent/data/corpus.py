@@ -419,6 +419,9 @@ def open_corpus(corpus: str | os.PathLike, split: str = "train", streaming: bool
         return load_dataset(str(corpus), split=split, streaming=streaming)
     except FileNotFoundError as e:
         raise ValueError(f"no corpus at {str(corpus)!r}: {e}") from e
+    except ConnectionError as e:  # not a local folder, and the Hub cannot be reached (offline, no network)
+        raise ValueError(f"no corpus at {str(corpus)!r}: it is not a local folder and the Hub could not be reached "
+                         f"({type(e).__name__}); pass the folder that anymdp-agent generate wrote") from e
 
 
 def generate_command(corpus: str | os.PathLike, split: str = "train") -> str | None:
