@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -47,6 +48,22 @@ def replace_dir(new: str | os.PathLike, final: str | os.PathLike, old: str | os.
     os.replace(new, final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+@contextlib.contextmanager
+def staged_dir(path: str | os.PathLike):
+    """Yield a new empty folder beside ``path`` to write into; when the block ends without error, put it in place
+    of ``path`` (:func:`replace_dir`). On an error, or after the move, nothing of it is left behind."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def finite_json(obj):

@@ -248,7 +248,7 @@ def _training_text(train: dict | None) -> str:
     data = train.get("corpus") or "tasks generated on the fly (infinite-task training)"
     if train.get("corpus"):
         command = train.get("corpus_command")
-        data = f"the corpus `{data}`" + (f", made with `{command}`" if command else "") + ", read with `datasets`"
+        data = _corpus_text(data, command)
     return (f"- Recipe: `{train.get('recipe', 'custom')}`; data: {data}; label: {train.get('label')}; "
             f"{train.get('max_steps')} optimiser steps of {train.get('batch_size')} sequences x "
             f"{train.get('seq_len')} rows per process; on-policy share {train.get('onpolicy_fraction')}.\n"
@@ -257,11 +257,16 @@ def _training_text(train: dict | None) -> str:
             "- Every setting is in `train_config.json` beside the weights.")
 
 
+def _corpus_text(corpus: str, command: str | None) -> str:
+    """How a card names a training corpus: ``the corpus `NAME`, made with `COMMAND`, read with `datasets```."""
+    return f"the corpus `{corpus}`" + (f", made with `{command}`" if command else "") + ", read with `datasets`"
+
+
 def _prior_data(train: dict) -> str:
     if train.get("corpus"):
         command = train.get("corpus_command")
-        return (f"histories of the first {train.get('corpus_sequences')} sequences of the corpus `{train['corpus']}`"
-                + (f", made with `{command}`" if command else "") + ", read with `datasets` and replayed")
+        return (f"histories of the first {train.get('corpus_sequences')} sequences of "
+                f"{_corpus_text(train['corpus'], command)} and replayed")
     return "histories of the count-based planner on tasks of the package's samplers generated on the fly (train seeds)"
 
 
@@ -269,7 +274,6 @@ def _prior_text(train: dict) -> str:
     """The training section of a ``model_based`` agent made by ``anymdp_agent.training.transition_prior`` (one
     stage, or a stage on top of a first one, ``first_stage``)."""
     first = train.get("first_stage")
-    stages = ""
     if first:
         stages = (f"- Stage 1 (`{first.get('command')}`): {_prior_data(first)}; {first.get('training_pairs')} examples, "
                   f"validation cross-entropy {first.get('validation_cross_entropy')}.\n"
@@ -292,9 +296,8 @@ def _two_stage_text(train: dict) -> str:
     first, args = train["imitation"], train.get("args", {})
     corpus = first.get("corpus") or "tasks generated on the fly"
     command = train.get("corpus_command")
-    made = f", made with `{command}`" if command else ""
-    return (f"1. **Imitation from a trajectory corpus** (recipe `{first.get('recipe', 'custom')}`): the corpus "
-            f"`{corpus}`{made}, read with `datasets`; label: the {first.get('label')} action given the same "
+    return (f"1. **Imitation from a trajectory corpus** (recipe `{first.get('recipe', 'custom')}`): "
+            f"{_corpus_text(corpus, command)}; label: the {first.get('label')} action given the same "
             f"history; {first.get('max_steps')} optimiser steps of {first.get('batch_size')} sequences x "
             f"{first.get('seq_len')} rows; checkpoint of step {first.get('step')} (picked on validation seeds).\n"
             f"2. **Return-driven meta-training** (recipe `{args.get('recipe', 'custom')}`, `training/meta_rl.py`): "

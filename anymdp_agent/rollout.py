@@ -98,8 +98,6 @@ def run_in_context(learner: InContextLearner, envs, spec: EnvSpec, steps: int, s
 #: The checkpoint bundled with the package (``anymdp_agent/pretrained/<name>/``), the default agent: the
 #: ``model_based`` backbone with a transition prior trained from a corpus (``anymdp_agent.training.transition_prior``).
 DEFAULT_AGENT = "anymdp-agent-model-based-cpu"
-#: The earlier default: the ``planning`` backbone imitating the count-based planner (``cpu-default``).
-PLANNING_AGENT = "anymdp-agent-planning-cpu"
 #: The bundled agent of return-driven meta-training (two stages, ``training/meta_rl.py``); not the default: on the
 #: test suites it is below the default on AnyMDP-16 and FrozenLake (its card has the numbers).
 META_AGENT = "anymdp-agent-meta-cpu"

@@ -37,6 +37,7 @@ import torch
 from anymdp_agent.baselines.model_based import ModelBasedPlanner, PlannerState, true_model
 from anymdp_agent.baselines.protocol import EnvSpec, Transition
 from anymdp_agent.baselines.transition_prior import TransitionPrior, prior_cross_entropy
+from anymdp_agent.configuration_anymdp_agent import END_TERMINATED
 from anymdp_agent.data.corpus import generate_command
 from anymdp_agent.evaluation import load_suite, run_learner
 
@@ -81,7 +82,8 @@ class _Replay(ModelBasedPlanner):
 
 def corpus_parts(corpus: str, sequences: int, snapshots=SNAPSHOTS, batch: int = 64) -> list[tuple]:
     """Examples from the first ``sequences`` rows of a corpus' train split: each row's history is replayed (every
-    row with an action is a transition to the next row's observation; a closing row ``-1`` marks it terminal),
+    row with an action is a transition to the next row's observation; a closing row ``END_TERMINATED`` marks it
+    terminal),
     and at each of ``snapshots`` (rows into the sequence) every tried pair is an example, with the true row of
     the task named by the row's ``task_seed``, ``n_states`` and ``n_actions``."""
     from anymdp_agent.data import check_corpus_features
@@ -92,6 +94,7 @@ def corpus_parts(corpus: str, sequences: int, snapshots=SNAPSHOTS, batch: int = 
     check_corpus_features(ds.features)
     ds = ds.with_format("numpy")
     sequences = min(sequences, len(ds))
+    keep = set(snapshots)
     parts = []
     for lo in range(0, sequences, batch):
         rows = ds[lo:min(lo + batch, sequences)]
@@ -106,12 +109,11 @@ def corpus_parts(corpus: str, sequences: int, snapshots=SNAPSHOTS, batch: int = 
         replay = _Replay()
         state = replay.initial_state(spec, seed=0)
         obs, act, rew = (np.stack(rows[k]) for k in ("observations", "actions", "rewards"))
-        keep = set(snapshots)
         for j in range(obs.shape[1] - 1):
             envs = np.nonzero(act[:, j] >= 0)[0]
             if len(envs):
                 replay.record(state, Transition(obs=obs[envs, j], actions=act[envs, j], rewards=rew[envs, j].astype(np.float64),
-                                                next_obs=obs[envs, j + 1], terminated=act[envs, j + 1] == -1,
+                                                next_obs=obs[envs, j + 1], terminated=act[envs, j + 1] == END_TERMINATED,
                                                 truncated=np.zeros(len(envs), dtype=bool)), envs)
             if j + 1 in keep:
                 tried = state.n_sa >= 1
@@ -179,12 +181,8 @@ def write_agent(prior: TransitionPrior, path: str, record: dict, prior_weight: f
                 refresh_fraction: float = 0.0, seen_only: bool = False) -> Path:
     """The ``model_based`` agent with ``prior`` as a ``transformers`` checkpoint at ``path`` (written into a
     temporary folder beside it with ``train_config.json`` and its card, then put in place)."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
     from anymdp_agent.configuration_anymdp_agent import AnyMDPAgentConfig
-    from anymdp_agent.fileio import replace_dir, write_json
+    from anymdp_agent.fileio import staged_dir, write_json
     from anymdp_agent.hub import write_model_card
     from anymdp_agent.modeling_anymdp_agent import AnyMDPAgentModel
 
@@ -195,15 +193,10 @@ def write_agent(prior: TransitionPrior, path: str, record: dict, prior_weight: f
     model = AnyMDPAgentModel(config)
     model.model_based.prior.load_state_dict(prior.state_dict())
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with staged_dir(final) as tmp:
         model.save_pretrained(tmp)
         write_json(tmp / "train_config.json", record, indent=1)
         write_model_card(tmp, repo_id=str(final))
-        replace_dir(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -235,7 +228,7 @@ def train(args: PriorArgs) -> dict:
     for it in range(1, args.iters + 1):
         idx = torch.randint(0, len(data[1]), (args.batch,), generator=rng)
         features, counts, n_sa, true, mask = (x[idx].to(accelerator.device) for x in data)
-        loss = prior_cross_entropy(model(features) * mask, counts, n_sa, true)
+        loss = prior_cross_entropy(_pseudo(model, features, mask), counts, n_sa, true)
         opt.zero_grad()
         accelerator.backward(loss)
         opt.step()

@@ -171,11 +171,11 @@ class ModelBasedPlanner(InContextLearner):
 
     def __init__(self, gamma: float = 0.99, sweeps: int = 3, lookahead: int = 0, optimism: float = 1.0,
                  known: str = "none", prior: str = "", prior_weight: float = 1.0):
-        if not prior_weight >= 0 or not math.isfinite(prior_weight):
-            raise ValueError(f"ModelBasedPlanner needs a finite prior_weight >= 0, got {prior_weight}")
-        if not 0 <= gamma < 1 or sweeps < 1 or lookahead < 0 or not optimism >= 0:
-            raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1, lookahead >= 0 and optimism >= 0, got "
-                             f"gamma={gamma}, sweeps={sweeps}, lookahead={lookahead}, optimism={optimism}")
+        if not 0 <= gamma < 1 or sweeps < 1 or lookahead < 0 or not optimism >= 0 \
+                or not (prior_weight >= 0 and math.isfinite(prior_weight)):
+            raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1, lookahead >= 0, optimism >= 0 and a "
+                             f"finite prior_weight >= 0, got gamma={gamma}, sweeps={sweeps}, lookahead={lookahead}, "
+                             f"optimism={optimism}, prior_weight={prior_weight}")
         if known not in KNOWN_PARTS:
             raise ValueError(f"ModelBasedPlanner: known must be one of {', '.join(KNOWN_PARTS)}, got {known!r}")
         self.gamma, self.sweeps, self.lookahead, self.optimism = gamma, sweeps, lookahead, float(optimism)
@@ -294,10 +294,13 @@ class ModelBasedPlanner(InContextLearner):
     def prior_inputs(state: PlannerState, envs: np.ndarray | None = None, states: np.ndarray | None = None) -> np.ndarray:
         """The prior network's features of the history so far: ``[B, nO, na, nO, NUM_FEATURES]``, or of the rows
         ``(envs[i], states[i])`` only."""
+        import torch
+
+        from ..modeling_anymdp_agent import relative_arrival
         from .transition_prior import prior_features
 
-        rms = np.sqrt(state.reward_sq / np.maximum(state.visits.sum(-1), 1.0))[:, None] + 1e-8
-        arrival = state.arrival_sum / np.maximum(state.arrival_n, 1.0) / rms
+        arrival = relative_arrival(*(torch.from_numpy(x) for x in (state.arrival_sum, state.arrival_n, state.reward_sq,
+                                                                    state.visits.sum(-1)))).numpy()
         return prior_features(state.counts, state.n_sa, state.terminal, state.visits, arrival, envs, states)
 
     def refresh_prior(self, state: PlannerState, envs: np.ndarray | None = None, states: np.ndarray | None = None) -> None:

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..fileio import dumps_json, replace_dir
+from ..fileio import dumps_json, staged_dir
 from ..modeling_anymdp_agent import PRIOR_FEATURES, TransitionPriorNetwork, transition_prior_features
 
 #: Per ``(s, a, t)`` inputs of the prior network (see :func:`prior_features`).
@@ -60,20 +58,15 @@ class TransitionPrior(TransitionPriorNetwork):
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` to ``path`` atomically: into a temporary folder beside
-        it, marked complete, then put in place of ``path`` (:func:`~anymdp_agent.fileio.replace_dir`)."""
+        it, marked complete, then put in place of ``path`` (:func:`~anymdp_agent.fileio.staged_dir`)."""
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with staged_dir(path) as tmp:
             save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp / WEIGHTS_NAME))
             (tmp / CONFIG_NAME).write_text(dumps_json({"kind": "anymdp-transition-prior", "hidden": self.hidden,
                                                        "num_features": NUM_FEATURES, **(metadata or {})}, indent=2))
             (tmp / COMPLETE_NAME).write_text("")
-            replace_dir(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod

@@ -926,6 +926,14 @@ def transition_prior_features(counts, n_sa, terminal, visits, arrival, envs=None
     return torch.stack([x.to(f32).expand(shape) for x in parts], -1)
 
 
+def relative_arrival(arrival_sum, arrival_n, reward_sq, steps) -> torch.Tensor:
+    """The ``arrival`` input of :func:`transition_prior_features`: the mean reward of arriving at each id
+    (``arrival_sum / arrival_n`` ``[B, nO]``, 0 where never arrived at) over the history's RMS reward
+    (``sqrt(reward_sq / steps)``, ``[B]``)."""
+    rms = torch.sqrt(reward_sq / steps.clamp(min=1.0))[:, None] + 1e-8
+    return arrival_sum / arrival_n.clamp(min=1.0) / rms
+
+
 class TransitionPriorNetwork(nn.Module):
     """``features [..., PRIOR_FEATURES] -> pseudo-counts [...] >= 0``: a per-``(s, a, t)`` MLP, the same for every
     id, so one prior serves any number of states and actions. With the pseudo-counts ``g`` a tried pair's
@@ -966,13 +974,14 @@ class ModelBasedPlanner(nn.Module):
     the plan's Q at the current observation, ties shared uniformly: its logits are 0 on the best actions and
     :data:`NOT_BEST` elsewhere, so sampling at any temperature > 0 breaks ties at random.
 
-    The learned part is :class:`TransitionPriorNetwork` (``prior_hidden > 0``): from the history's statistics it
+    The learned part is :class:`TransitionPriorNetwork` (``prior_hidden`` wide): from the history's statistics it
     gives every pair pseudo-counts ``g`` over next observations (times ``prior_weight``), and a tried pair is worth
     the larger of its empirical backup and its backup on the posterior-mean model ``(counts + g) / (n + sum g)``: a pair whose few
     visits happened to land badly keeps the value its prior says it may have, until visits settle it. With
     ``g = 0`` this is exactly the classic planner (untrained, ``g`` is about 3e-4). The pseudo-counts of the
-    observation just left are recomputed after every transition, those of every pair every ``prior_refresh``
-    transitions. Nothing here is differentiated through the plan: the prior is trained on its own, by the
+    observation just left are recomputed after every transition, those of every pair after
+    ``max(prior_refresh, prior_refresh_fraction * steps)`` transitions; with ``prior_seen_only`` ids the history
+    has never shown get none. Nothing here is differentiated through the plan: the prior is trained on its own, by the
     cross-entropy of the true next-observation rows of training tasks (``anymdp_agent.training.transition_prior``),
     and :meth:`forward`'s observation logits are its posterior-mean prediction.
 
@@ -1046,8 +1055,7 @@ class ModelBasedPlanner(nn.Module):
         states = torch.cat([torch.arange(n, device=envs.device).repeat(len(envs_full)), t["left"][envs_row]])
         if not len(envs):
             return
-        rms = torch.sqrt(t["r_sq"] / t["visits"].sum(-1).clamp(min=1.0))[:, None] + 1e-8
-        arrival = t["arrival_sum"] / t["arrival_n"].clamp(min=1.0) / rms
+        arrival = relative_arrival(t["arrival_sum"], t["arrival_n"], t["r_sq"], t["visits"].sum(-1))
         g = self.prior(transition_prior_features(t["n_ss"], t["n_sa"], t["terminal"], t["visits"], arrival,
                                                  envs, states)).double() * cfg.prior_weight
         if cfg.prior_seen_only:  # no prior mass on ids the history has never shown
