@@ -258,8 +258,10 @@ class AgentLearner(InContextLearner):
 
 
 def bundled_agent_names() -> list[str]:
-    """Names of the checkpoints shipped inside the package (``agent:<name>`` reaches each)."""
-    return sorted(p.name for p in pretrained_dir().glob("*") if (p / "config.json").is_file())
+    """Names of the checkpoints shipped inside the package (``agent:<name>`` reaches each); a folder being built
+    (a hidden ``.<name>.tmp`` of ``training/bundle.py``) is none."""
+    return sorted(p.name for p in pretrained_dir().glob("*") if (p / "config.json").is_file()
+                  and not p.name.startswith("."))
 
 
 def parse_agent_spec(spec: str, load: bool = True) -> AgentLearner | None:

@@ -10,8 +10,9 @@ import pytest
 from huggingface_hub import DatasetCard, ModelCard
 
 from anymdp_agent.hub import pretrained_dir, render_model_card, write_model_card
+from anymdp_agent.rollout import bundled_agent_names
 
-BUNDLED = sorted(p for p in pretrained_dir().iterdir() if (p / "config.json").is_file())
+BUNDLED = [pretrained_dir() / name for name in bundled_agent_names()]
 
 
 def _expected_metrics(result: dict) -> dict[str, float]:

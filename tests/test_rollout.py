@@ -273,3 +273,14 @@ def test_agent_learner_takes_the_checkpoints_schedule_unless_told():
 def test_config_rejects_a_bad_sampling_schedule(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AnyMDPAgentConfig(**kwargs)
+
+
+def test_a_bundle_being_built_is_no_bundled_checkpoint(tmp_path, monkeypatch):
+    """``training/bundle.py`` builds under a hidden ``.<name>.tmp`` folder: it is not offered as a checkpoint."""
+    import anymdp_agent.rollout as rollout
+
+    for name in ("anymdp-agent-x", ".anymdp-agent-x.tmp"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    monkeypatch.setattr(rollout, "pretrained_dir", lambda: tmp_path)
+    assert rollout.bundled_agent_names() == ["anymdp-agent-x"]
