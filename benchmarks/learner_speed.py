@@ -3,10 +3,11 @@
 
     python -m benchmarks.learner_speed            # B = 1, 64, 1024 on anymdp-16 (about 2 minutes)
     python -m benchmarks.learner_speed --quick    # B = 1 and 64, fewer steps (~30 s)
+    python -m benchmarks.learner_speed --quick --suite anymdp-64   # where the prior's network costs most
 
 One process pinned to one core, 1 thread. A timed call is ``run_learner(learner, suite, steps)``: the whole
 in-context loop the evaluation runs (act, env step, observe, episode-end rows), from a fresh state, on
-``B`` AnyMDP-16 validation tasks. The three are timed round-robin (1 warm-up round, then ``--repeats`` timed
+``B`` validation tasks of ``--suite`` (AnyMDP-16 by default). The three are timed round-robin (1 warm-up round, then ``--repeats`` timed
 rounds), so the ratios to ``mbrl`` are measured side by side under the same load.
 Return-driven meta-training (``training/meta_rl.py``) pays this cost for every step of every run it learns from.
 """
@@ -29,18 +30,22 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--agent", default=None, help="checkpoint folder (default: the bundled agent)")
+    ap.add_argument("--suite", default="anymdp-16", help="the tasks (an anymdp-N or garnet-N suite name)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from anymdp_agent.baselines import make_learner
-    from anymdp_agent.evaluation import load_suite, run_learner
+    from anymdp_agent.evaluation import check_suite_name, load_suite, run_learner
+
+    check_suite_name(args.suite)  # a clear error before anything runs
     from anymdp_agent.rollout import AgentLearner, bundled_agent_path
 
     print(machine_line())
+    print(f"suite: {args.suite}")
     batches = (1, 64) if args.quick else (1, 64, 1024)
     rows = []
     for b in batches:
         steps = {1: 300, 64: 300, 1024: 100}[b] // (3 if args.quick else 1)
-        suite = load_suite("anymdp-16", b, split="validation")
+        suite = load_suite(args.suite, b, split="validation")
         agent = AgentLearner(args.agent or bundled_agent_path())
         learners = (("agent", agent), ("mbrl:prior=bundled", make_learner("mbrl:prior=bundled")), ("mbrl", make_learner("mbrl")))
         contenders = [Contender(name, (lambda rep, lr=lr: (lambda: run_learner(lr, suite, steps, seed=rep))), b * steps)

@@ -167,3 +167,27 @@ def test_with_prior_seen_only_ids_beyond_the_environments_change_nothing():
     assert (wide.pseudo[:, :, :, 8:] == 0).all()
     torch.testing.assert_close(wide.values[:, :8], exact.values)
     assert (states[False, 16].pseudo[:, :8, :, 8:] > 0).any()  # the default spreads mass over unused ids
+
+
+@pytest.mark.parametrize("seen_only", [True, False])
+def test_the_prior_runs_only_where_it_counts_and_gives_what_the_whole_network_would(seen_only):
+    """Tried pairs get ``prior(features) * prior_weight`` (at the ids the history showed, with ``prior_seen_only``),
+    exactly what the network gives when run on every pair and id; untried pairs, whose value is the optimism, get
+    no pseudo-counts (their observation prediction is uniform)."""
+    tasks = [sample_anymdp_task(12, 4, seed=51), sample_anymdp_task(10, 5, seed=52)]
+    rec = Recorder(ModelBasedPlanner())
+    run_learner(rec, task_suite(tasks), 150, seed=3)
+    model = model_based_agent(TransitionPrior.load("bundled"), prior_refresh=1, prior_weight=4.0,
+                              prior_seen_only=seen_only)
+    _, state = replay(model, rec, 14, rec._mask)  # every step a full refresh: the pseudo-counts of the whole history
+    arrival = state.arrival_sum / state.arrival_n.clamp(min=1.0) / (
+        torch.sqrt(state.r_sq / state.visits.sum(-1).clamp(min=1.0))[:, None] + 1e-8)
+    with torch.no_grad():
+        every = model.model_based.prior(transition_prior_features(
+            state.n_ss, state.n_sa, state.terminal, state.visits, arrival)).double() * 4.0
+    tried = (state.n_sa > 0)[..., None]
+    shown = ((state.visits + state.arrival_n) > 0)[:, None, None, :] if seen_only else torch.ones_like(tried)
+    assert (~tried).any() and tried.any()
+    torch.testing.assert_close(state.pseudo, torch.where(tried & shown, every, torch.zeros_like(every)),
+                               rtol=1e-5, atol=1e-6)  # float32 network, other batch shapes
+    torch.testing.assert_close(state.pseudo_total, state.pseudo.sum(-1))

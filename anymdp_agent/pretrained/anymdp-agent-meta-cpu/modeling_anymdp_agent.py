@@ -980,8 +980,9 @@ class ModelBasedPlanner(nn.Module):
     visits happened to land badly keeps the value its prior says it may have, until visits settle it. With
     ``g = 0`` this is exactly the classic planner (untrained, ``g`` is about 3e-4). The pseudo-counts of the
     observation just left are recomputed after every transition, those of every pair after
-    ``max(prior_refresh, prior_refresh_fraction * steps)`` transitions; with ``prior_seen_only`` ids the history
-    has never shown get none. Nothing here is differentiated through the plan: the prior is trained on its own, by the
+    ``max(prior_refresh, prior_refresh_fraction * steps)`` transitions; only tried pairs get them (an untried
+    pair is worth the optimism), and with ``prior_seen_only`` only at ids the history has shown, so the network
+    runs on those alone. Nothing here is differentiated through the plan: the prior is trained on its own, by the
     cross-entropy of the true next-observation rows of training tasks (``anymdp_agent.training.transition_prior``),
     and :meth:`forward`'s observation logits are its posterior-mean prediction.
 
@@ -1055,28 +1056,45 @@ class ModelBasedPlanner(nn.Module):
         states = torch.cat([torch.arange(n, device=envs.device).repeat(len(envs_full)), t["left"][envs_row]])
         if not len(envs):
             return
-        arrival = relative_arrival(t["arrival_sum"], t["arrival_n"], t["r_sq"], t["visits"].sum(-1))
-        g = self.prior(transition_prior_features(t["n_ss"], t["n_sa"], t["terminal"], t["visits"], arrival,
-                                                 envs, states)).double() * cfg.prior_weight
-        if cfg.prior_seen_only:  # no prior mass on ids the history has never shown
-            g = g * ((t["visits"] + t["arrival_n"]) > 0)[envs][:, None, :]
+        t["since_refresh"][envs_full] = 0
+        # only tried pairs get pseudo-counts (an untried pair is worth the optimism whatever they are), so the
+        # network runs on the rows with a tried pair and, with prior_seen_only, on the ids the history has shown
+        tried = t["n_sa"][envs, states] > 0                                  # [R, A]
+        g = torch.zeros(len(envs), n_a := tried.shape[1], n, dtype=t["pseudo"].dtype, device=envs.device)
+        live = torch.nonzero(tried.any(-1))[:, 0]
+        if len(live):
+            keep = tried[live][:, :, None].expand(-1, n_a, n)
+            if cfg.prior_seen_only:  # no prior mass on ids the history has never shown
+                keep = keep & ((t["visits"] + t["arrival_n"]) > 0)[envs[live]][:, None, :]
+            arrival = relative_arrival(t["arrival_sum"], t["arrival_n"], t["r_sq"], t["visits"].sum(-1))
+            features = transition_prior_features(t["n_ss"], t["n_sa"], t["terminal"], t["visits"], arrival,
+                                                 envs[live], states[live])
+            g_live = torch.zeros(keep.shape, dtype=g.dtype, device=g.device)
+            g_live[keep] = self.prior(features[keep]).to(g.dtype) * cfg.prior_weight
+            g[live] = g_live
         t["pseudo"][envs, states] = g
         t["pseudo_total"][envs, states] = g.sum(-1)
-        t["since_refresh"][envs_full] = 0
 
-    def q_values(self, t: dict[str, torch.Tensor], values: torch.Tensor) -> torch.Tensor:
-        """Q ``[B, S, A]`` of one backup of ``values [B, S]`` on each history's model."""
+    def q_values(self, t: dict[str, torch.Tensor], values: torch.Tensor, observations=None) -> torch.Tensor:
+        """Q ``[B, S, A]`` of one backup of ``values [B, S]`` on each history's model (with ``observations [B]``:
+        Q ``[B, A]`` at those only)."""
         gamma = self.config.planning_gamma
-        n_sa, n_ss = t["n_sa"], t["n_ss"]
+        stats = [t[k] for k in ("n_sa", "n_ss", "pseudo", "pseudo_total", "r_sum")]
+        if observations is not None:
+            rows = torch.arange(len(observations), device=values.device)
+            stats = [x[rows, observations][:, None] for x in stats]
+        n_sa, n_ss, pseudo, pseudo_total, r_sum = stats
         b, s, a = n_sa.shape
+        n_obs = values.shape[-1]
         tried = n_sa > 0
-        r_mean = t["r_sum"] / n_sa.clamp(min=1.0)
-        acc = torch.bmm(n_ss.view(b, s * a, s), values[..., None]).view(b, s, a)
+        r_mean = r_sum / n_sa.clamp(min=1.0)
+        acc = torch.bmm(n_ss.reshape(b, s * a, n_obs), values[..., None]).view(b, s, a)
         q = r_mean + gamma * acc / n_sa.clamp(min=1.0)
-        acc_prior = acc + torch.bmm(t["pseudo"].view(b, s * a, s), values[..., None]).view(b, s, a)
-        q = torch.maximum(q, r_mean + gamma * acc_prior / (n_sa + t["pseudo_total"]).clamp(min=1e-300))
+        acc_prior = acc + torch.bmm(pseudo.reshape(b, s * a, n_obs), values[..., None]).view(b, s, a)
+        q = torch.maximum(q, r_mean + gamma * acc_prior / (n_sa + pseudo_total).clamp(min=1e-300))
         optimistic = self.config.planner_optimism * t["r_max"].clamp(min=0.0) / (1.0 - gamma)
-        return torch.where(tried, q, optimistic[:, None, None])
+        q = torch.where(tried, q, optimistic[:, None, None])
+        return q if observations is None else q[:, 0]
 
     def plan(self, t: dict[str, torch.Tensor], pending: torch.Tensor, allowed: torch.Tensor) -> None:
         """``planner_sweeps`` synchronous value-iteration sweeps of the ``pending`` histories, in place."""
@@ -1099,8 +1117,7 @@ class ModelBasedPlanner(nn.Module):
             self.refresh_prior(t, pending)
             self.plan(t, pending, allowed)
             t["left"] = torch.full_like(t["left"], -1)
-        q = self.q_values(t, t["values"])
-        q_now = q[torch.arange(len(observations), device=q.device), observations]
+        q_now = self.q_values(t, t["values"], observations)
         return q_now.masked_fill(~allowed, -torch.inf), t
 
     def greedy_logits(self, q: torch.Tensor) -> torch.Tensor:
@@ -1115,8 +1132,7 @@ class ModelBasedPlanner(nn.Module):
                 prompts=None, recurrent: bool = False, policy: bool = True):
         """``(policy_logits, observation_logits, reward_prediction, reward_scale, cache)`` for ``[B, T]`` rows,
         stepped one row at a time (the plan is not differentiated). The observation logits are the log of each
-        row's posterior-mean next-observation distribution for its own pair (uniform for a pair never tried and
-        without pseudo-counts), the reward prediction the pair's mean reward so far."""
+        row's posterior-mean next-observation distribution for its own pair (uniform for a pair never tried), the reward prediction the pair's mean reward so far."""
         outs_pi, outs_obs, outs_rew, outs_scale = [], [], [], []
         for j in range(observations.shape[1]):
             o = observations[:, j]
