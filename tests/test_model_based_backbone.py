@@ -14,7 +14,7 @@ from anymdp_agent.baselines.transition_prior import TransitionPrior
 from anymdp_agent.configuration_anymdp_agent import AnyMDPAgentConfig
 from anymdp_agent.envs import sample_anymdp_task
 from anymdp_agent.evaluation import run_learner
-from anymdp_agent.modeling_anymdp_agent import AnyMDPAgentModel, transition_prior_features
+from anymdp_agent.modeling_anymdp_agent import AnyMDPAgentModel, relative_arrival, transition_prior_features
 
 from test_baselines import Recorder, task_suite
 
@@ -180,8 +180,7 @@ def test_the_prior_runs_only_where_it_counts_and_gives_what_the_whole_network_wo
     model = model_based_agent(TransitionPrior.load("bundled"), prior_refresh=1, prior_weight=4.0,
                               prior_seen_only=seen_only)
     _, state = replay(model, rec, 14, rec._mask)  # every step a full refresh: the pseudo-counts of the whole history
-    arrival = state.arrival_sum / state.arrival_n.clamp(min=1.0) / (
-        torch.sqrt(state.r_sq / state.visits.sum(-1).clamp(min=1.0))[:, None] + 1e-8)
+    arrival = relative_arrival(state.arrival_sum, state.arrival_n, state.r_sq, state.visits.sum(-1))
     with torch.no_grad():
         every = model.model_based.prior(transition_prior_features(
             state.n_ss, state.n_sa, state.terminal, state.visits, arrival)).double() * 4.0
