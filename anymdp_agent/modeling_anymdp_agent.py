@@ -1059,19 +1059,18 @@ class ModelBasedPlanner(nn.Module):
         t["since_refresh"][envs_full] = 0
         # only tried pairs get pseudo-counts (an untried pair is worth the optimism whatever they are), so the
         # network runs on the rows with a tried pair and, with prior_seen_only, on the ids the history has shown
-        tried = t["n_sa"][envs, states] > 0                                  # [R, A]
-        g = torch.zeros(len(envs), n_a := tried.shape[1], n, dtype=t["pseudo"].dtype, device=envs.device)
-        live = torch.nonzero(tried.any(-1))[:, 0]
+        keep = (t["n_sa"][envs, states] > 0)[:, :, None].expand(-1, -1, n)  # [R, A, nO]
+        if cfg.prior_seen_only:  # no prior mass on ids the history has never shown
+            keep = keep & ((t["visits"] + t["arrival_n"]) > 0)[envs][:, None, :]
+        g = torch.zeros(keep.shape, dtype=t["pseudo"].dtype, device=envs.device)
+        live = torch.nonzero(keep.flatten(1).any(-1))[:, 0]  # rows with something to compute
         if len(live):
-            keep = tried[live][:, :, None].expand(-1, n_a, n)
-            if cfg.prior_seen_only:  # no prior mass on ids the history has never shown
-                keep = keep & ((t["visits"] + t["arrival_n"]) > 0)[envs[live]][:, None, :]
             arrival = relative_arrival(t["arrival_sum"], t["arrival_n"], t["r_sq"], t["visits"].sum(-1))
             features = transition_prior_features(t["n_ss"], t["n_sa"], t["terminal"], t["visits"], arrival,
                                                  envs[live], states[live])
-            g_live = torch.zeros(keep.shape, dtype=g.dtype, device=g.device)
-            g_live[keep] = self.prior(features[keep]).to(g.dtype) * cfg.prior_weight
-            g[live] = g_live
+            mask = keep[live]
+            g[live] = torch.zeros_like(g[live]).masked_scatter(
+                mask, self.prior(features[mask]).to(g.dtype) * cfg.prior_weight)
         t["pseudo"][envs, states] = g
         t["pseudo_total"][envs, states] = g.sum(-1)
 
@@ -1132,7 +1131,8 @@ class ModelBasedPlanner(nn.Module):
                 prompts=None, recurrent: bool = False, policy: bool = True):
         """``(policy_logits, observation_logits, reward_prediction, reward_scale, cache)`` for ``[B, T]`` rows,
         stepped one row at a time (the plan is not differentiated). The observation logits are the log of each
-        row's posterior-mean next-observation distribution for its own pair (uniform for a pair never tried), the reward prediction the pair's mean reward so far."""
+        row's posterior-mean next-observation distribution for its own pair (uniform for a pair never tried), the
+        reward prediction the pair's mean reward so far."""
         outs_pi, outs_obs, outs_rew, outs_scale = [], [], [], []
         for j in range(observations.shape[1]):
             o = observations[:, j]

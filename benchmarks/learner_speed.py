@@ -7,8 +7,8 @@
 
 One process pinned to one core, 1 thread. A timed call is ``run_learner(learner, suite, steps)``: the whole
 in-context loop the evaluation runs (act, env step, observe, episode-end rows), from a fresh state, on
-``B`` validation tasks of ``--suite`` (AnyMDP-16 by default). The three are timed round-robin (1 warm-up round, then ``--repeats`` timed
-rounds), so the ratios to ``mbrl`` are measured side by side under the same load.
+``B`` validation tasks of ``--suite`` (AnyMDP-16 by default). The three are timed round-robin (1 warm-up
+round, then ``--repeats`` timed rounds), so the ratios to ``mbrl`` are measured side by side under the same load.
 Return-driven meta-training (``training/meta_rl.py``) pays this cost for every step of every run it learns from.
 """
 
@@ -36,8 +36,9 @@ def main(argv=None) -> None:
     from anymdp_agent.baselines import make_learner
     from anymdp_agent.evaluation import check_suite_name, load_suite, run_learner
 
-    check_suite_name(args.suite)  # a clear error before anything runs
     from anymdp_agent.rollout import AgentLearner, bundled_agent_path
+
+    check_suite_name(args.suite)  # a clear error before anything runs
 
     print(machine_line())
     print(f"suite: {args.suite}")
