@@ -35,7 +35,6 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     from anymdp_agent.baselines import make_learner
     from anymdp_agent.evaluation import check_suite_name, load_suite, run_learner
-
     from anymdp_agent.rollout import AgentLearner, bundled_agent_path
 
     check_suite_name(args.suite)  # a clear error before anything runs

@@ -25,7 +25,6 @@ anymdp_agent.training.transition_prior ...``: each process draws its own batches
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass
@@ -260,20 +259,11 @@ def train(args: PriorArgs) -> dict:
     return summary
 
 
-def _flag(text: str) -> bool:
-    """``true``/``false`` (also 1/0, yes/no) for a boolean option."""
-    value = text.strip().lower()
-    if value not in ("true", "false", "1", "0", "yes", "no"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return value in ("true", "1", "yes")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    for name, default in vars(PriorArgs()).items():
-        kind = _flag if isinstance(default, bool) else type(default)
-        parser.add_argument(f"--{name}", type=kind, default=default)
-    args = PriorArgs(**vars(parser.parse_args(argv)))
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(PriorArgs, description=__doc__.split("\n\n")[1])
+    args, *_ = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False, return_remaining_strings=False)
     if args.steps < 1 or args.iters < 1 or args.batch < 1 or args.eval_every < 1 or not args.lr > 0 or not args.scale > 0 \
             or args.corpus_sequences < 1 or not args.prior_weight >= 0 or not args.refresh_fraction >= 0:
         parser.error("steps, iters, batch, eval_every and corpus_sequences must be >= 1, lr and scale > 0, "

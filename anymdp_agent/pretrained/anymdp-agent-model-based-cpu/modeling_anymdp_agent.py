@@ -1069,7 +1069,7 @@ class ModelBasedPlanner(nn.Module):
             features = transition_prior_features(t["n_ss"], t["n_sa"], t["terminal"], t["visits"], arrival,
                                                  envs[live], states[live])
             mask = keep[live]
-            g[live] = torch.zeros_like(g[live]).masked_scatter(
+            g[live] = g.new_zeros(mask.shape).masked_scatter(
                 mask, self.prior(features[mask]).to(g.dtype) * cfg.prior_weight)
         t["pseudo"][envs, states] = g
         t["pseudo_total"][envs, states] = g.sum(-1)
