@@ -59,6 +59,8 @@ class AnyMDPAgentConfig(PreTrainedConfig):
     Vocabulary (one model serves every task that fits):
         num_observations: observation ids ``0..num_observations-1``.
         num_actions: actions ``0..num_actions-1``; a task with fewer actions masks the rest.
+        (For the ``model_based`` backbone both are only the default sizes of ``initial_state``, which takes
+        any: nothing in it is sized by the vocabulary.)
         num_tags: behaviour tags (:data:`TAGS`: ``opt, explore, qlearn, random, unknown``; the agent is
             told the last, ``unknown``).
         num_prompts: prompts naming the label kind / oracle discount of a sequence (:data:`ORACLE_PROMPTS`

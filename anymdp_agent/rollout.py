@@ -214,22 +214,28 @@ class AgentLearner(InContextLearner):
                                     np.asarray(steps)).numpy()
 
     def check_spec(self, spec: EnvSpec) -> None:
+        if self._model.size_free:  # the model_based backbone: a state of any size (AnyMDPAgentModel.size_free)
+            return
         cfg = self._model.config
         if spec.n_actions > cfg.num_actions:
             raise ValueError(f"the environments have {spec.n_actions} actions but the agent knows {cfg.num_actions}: "
-                             "use an agent trained with more actions")
+                             "use an agent trained with more actions, or a model_based one (any number)")
         if spec.n_observations > cfg.num_observations:
             raise ValueError(f"the environments have {spec.n_observations} observations but the agent's vocabulary "
-                             f"holds {cfg.num_observations}: use an agent with a larger vocabulary")
+                             f"holds {cfg.num_observations}: use an agent with a larger vocabulary, or a model_based "
+                             "one (any number)")
 
     def initial_state(self, spec: EnvSpec, seed: int) -> _AgentState:
         cfg = self._model.config
         self.check_spec(spec)
-        mask = np.zeros((spec.num_envs, cfg.num_actions), dtype=bool)
+        # the config's actions, the ones a task lacks masked; a size-free state grows to a task with more
+        n_actions = max(cfg.num_actions, spec.n_actions) if self._model.size_free else cfg.num_actions
+        mask = np.zeros((spec.num_envs, n_actions), dtype=bool)
         mask[:, :spec.n_actions] = spec.action_mask
         device = self._model.device
         gen = torch.Generator(device=device).manual_seed(int(seed))
-        cache = self._model.initial_state(spec.num_envs, num_observations=spec.n_observations, device=device)
+        cache = self._model.initial_state(spec.num_envs, num_observations=spec.n_observations, device=device,
+                                          num_actions=n_actions if self._model.size_free else None)
         return _AgentState(cache=cache, mask=torch.as_tensor(mask, device=device),
                            steps=np.zeros(spec.num_envs, dtype=np.int64), generator=gen)
 

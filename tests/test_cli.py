@@ -101,12 +101,15 @@ def test_eval_paired_prints_and_stores_the_difference(tmp_path, capsys):
 
 def test_an_agent_that_cannot_run_fails_before_the_baselines_and_leaves_no_folder(tmp_path, capsys):
     out = tmp_path / "a" / "b"
-    with pytest.raises(SystemExit) as exc:  # Taxi has 6 actions, the bundled agent knows 5
-        main(["eval", "--suite", "gym:Taxi-v4", "--learners", "random,agent", "--tasks", "1", "--steps", "100000",
+    # Taxi has 6 actions; an agent that embeds ids knows 5 (the default, model_based agent takes any number)
+    agent = "agent:anymdp-agent-planning-cpu"
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--suite", "gym:Taxi-v4", "--learners", f"random,{agent}", "--tasks", "1", "--steps", "100000",
               "--no-progress", "--out", str(out)])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "learner 'agent' cannot run on suite gym:Taxi-v4: the environments have 6 actions but the agent knows 5" in err
+    assert (f"learner '{agent}' cannot run on suite gym:Taxi-v4: the environments have 6 actions but the agent "
+            "knows 5: use an agent trained with more actions, or a model_based one (any number)") in err
     assert os.listdir(tmp_path) == []  # no empty --out folder (nor its parent)
 
 

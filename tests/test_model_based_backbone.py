@@ -14,6 +14,7 @@ from anymdp_agent.baselines.transition_prior import TransitionPrior
 from anymdp_agent.configuration_anymdp_agent import AnyMDPAgentConfig
 from anymdp_agent.envs import sample_anymdp_task
 from anymdp_agent.evaluation import run_learner
+from anymdp_agent.rollout import AgentLearner
 from anymdp_agent.modeling_anymdp_agent import AnyMDPAgentModel, relative_arrival, transition_prior_features
 
 from test_baselines import Recorder, task_suite
@@ -34,12 +35,13 @@ def model_based_agent(prior: TransitionPrior, **kwargs) -> AnyMDPAgentModel:
     return model
 
 
-def replay(model: AnyMDPAgentModel, rec: Recorder, n_obs: int, mask: np.ndarray):
-    """Feed the recorded history to the agent row by row; return its greedy sets [T, B, A] and its state."""
+def replay(model: AnyMDPAgentModel, rec: Recorder, n_obs: int, mask: np.ndarray, num_actions: int | None = None):
+    """Feed the recorded history to the agent row by row (a state of ``num_actions`` actions, the config's by
+    default); return its greedy sets [T, B, A] and its state."""
     b = rec.actions.shape[1]
-    full_mask = torch.zeros(b, model.config.num_actions, dtype=torch.bool)
+    full_mask = torch.zeros(b, num_actions or model.config.num_actions, dtype=torch.bool)
     full_mask[:, :mask.shape[1]] = torch.as_tensor(mask)
-    state = model.initial_state(b, num_observations=n_obs)
+    state = model.initial_state(b, num_observations=n_obs, num_actions=num_actions)
     best = []
     for obs, t in zip(rec.obs, rec._transitions):
         logits, state = model._begin_row(state, torch.as_tensor(obs), full_mask)
@@ -70,6 +72,51 @@ def test_the_agent_takes_the_planners_decisions_on_the_planners_history(prior, w
     np.testing.assert_allclose(state.values.numpy(), rec._state.values, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(state.n_ss.numpy(), rec._state.counts)
     np.testing.assert_array_equal(state.terminal.numpy(), rec._state.terminal)
+
+
+def test_a_state_may_hold_more_ids_and_actions_than_the_config_names():
+    """The backbone is sized by nothing learned: an agent configured for 16 ids and 5 actions, started with 24 ids
+    and 7 actions, takes the harness planner's decisions on a 24-state, 7-action task, and runs in the harness
+    (which refuses such tasks to the backbones that embed ids)."""
+    tasks = [sample_anymdp_task(24, 7, seed=41), sample_anymdp_task(24, 6, seed=42)]
+    suite = task_suite(tasks)
+    rec = Recorder(ModelBasedPlanner(prior="bundled", prior_weight=4.0))
+    run_learner(rec, suite, 500, seed=3)
+    model = model_based_agent(TransitionPrior.load("bundled"), prior_weight=4.0)
+    assert model.size_free and model.config.num_observations == 16 and model.config.num_actions == 5
+    best, state = replay(model, rec, 24, rec._mask, num_actions=7)
+    assert best.shape[-1] == 7 and model.state_actions(state) == 7
+    assert (rec.actions >= 5).any()  # the actions beyond the config's were taken, by both
+    taken = np.take_along_axis(best, rec.actions[..., None], -1)[..., 0]
+    assert taken.all(), f"{(~taken).sum()} of {taken.size} decisions differ"
+    np.testing.assert_allclose(state.values.numpy(), rec._state.values, rtol=1e-4, atol=1e-4)
+
+    run = run_learner(AgentLearner(model), suite, 200, seed=0)
+    assert len(run.ret) > 0 and np.isfinite(run.ret).all()
+    planning = AnyMDPAgentModel(AnyMDPAgentConfig(backbone="planning", num_observations=16, num_actions=5,
+                                                  planning_steps=2, chunk_size=4))
+    assert not planning.size_free
+    with pytest.raises(ValueError, match="model_based one"):
+        run_learner(AgentLearner(planning), suite, 5)
+    with pytest.raises(ValueError, match="only the model_based backbone takes more"):
+        planning.initial_state(1, num_observations=24)
+    with pytest.raises(ValueError, match="num_actions=7"):
+        planning.initial_state(1, num_actions=7)
+
+
+def test_ids_and_actions_beyond_the_state_are_refused_with_the_fix():
+    model = model_based_agent(TransitionPrior.load("bundled"))
+    state = model.initial_state(2, num_observations=20, num_actions=6)
+    with pytest.raises(ValueError, match=r"observation id 20 is outside the state's 20 ids .*num_observations"):
+        model.act(state, torch.tensor([20, 1]))
+    with pytest.raises(ValueError, match=r"action_mask must have shape \[2, 6\]"):
+        model.act(state, torch.tensor([19, 1]), action_mask=torch.ones(2, 5, dtype=torch.bool))
+    _, _, state = model.act(state, torch.tensor([19, 1]))
+    with pytest.raises(ValueError, match=r"action 6 is outside 0..5 .*initial_state\(num_actions=...\)"):
+        model.observe(state, torch.tensor([6, 0]), torch.zeros(2), torch.tensor([0, 1]), torch.zeros(2, dtype=torch.bool),
+                      torch.zeros(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="num_actions must be a positive integer"):
+        model.initial_state(1, num_actions=0)
 
 
 def test_an_untrained_model_based_agent_is_about_the_plain_planner_and_trains_only_its_prior():

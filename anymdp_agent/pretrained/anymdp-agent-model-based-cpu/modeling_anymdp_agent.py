@@ -992,6 +992,9 @@ class ModelBasedPlanner(nn.Module):
     NOT_BEST = -1e4
     #: Q values this close (relative) count as tied: the same tolerance as the harness planner's.
     TIE = 1e-9
+    #: Nothing here is sized by the vocabulary: the statistics are per id and pair, and the prior is the same
+    #: network for every id and action, so a state may hold any number of observation ids and actions.
+    SIZE_FREE = True
 
     def __init__(self, config: AnyMDPAgentConfig):
         super().__init__()
@@ -999,8 +1002,8 @@ class ModelBasedPlanner(nn.Module):
         self.prior = TransitionPriorNetwork(config.prior_hidden)
 
     # -- state ---------------------------------------------------------------------------------
-    def initial_cache(self, batch: int, n_obs: int, device) -> AnyMDPAgentCache:
-        a = self.config.num_actions
+    def initial_cache(self, batch: int, n_obs: int, device, n_actions: int | None = None) -> AnyMDPAgentCache:
+        a = self.config.num_actions if n_actions is None else n_actions
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
         return AnyMDPAgentCache({
             **initial_rows(batch, device),
@@ -1017,6 +1020,10 @@ class ModelBasedPlanner(nn.Module):
     @staticmethod
     def state_observations(cache: AnyMDPAgentCache) -> int:
         return int(cache.n_sa.shape[1])
+
+    @staticmethod
+    def state_actions(cache: AnyMDPAgentCache) -> int:
+        return int(cache.n_sa.shape[2])
 
     # -- the model's updates -------------------------------------------------------------------
     def record(self, cache: AnyMDPAgentCache, observations: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -1109,7 +1116,7 @@ class ModelBasedPlanner(nn.Module):
         t = self.record(cache, observations)
         if not policy:
             return None, t
-        allowed = (torch.ones(len(observations), self.config.num_actions, dtype=torch.bool, device=observations.device)
+        allowed = (torch.ones(len(observations), t["n_sa"].shape[2], dtype=torch.bool, device=observations.device)
                    if action_mask is None else action_mask)
         pending = t["left"] >= 0
         if bool(pending.any()):
@@ -1159,7 +1166,7 @@ class ModelBasedPlanner(nn.Module):
         b = observations.shape[0]
         t.update(after_rows(cache, observations[:, None], torch.zeros_like(observations)[:, None],
                             torch.zeros(b, 1, device=observations.device)))
-        logits = self.greedy_logits(q) if policy else torch.zeros(b, self.config.num_actions, device=observations.device)
+        logits = self.greedy_logits(q) if policy else torch.zeros(b, self.state_actions(cache), device=observations.device)
         return logits, AnyMDPAgentCache(t, cache.layers)
 
     def end_row(self, cache: AnyMDPAgentCache, actions: torch.Tensor, rewards: torch.Tensor) -> AnyMDPAgentCache:
@@ -1212,6 +1219,8 @@ class WeightsDoNotMatchConfig(ValueError):
 #: Where each backbone lives in the model (and so in the checkpoint's weight names).
 BACKBONE_MODULES = {"planning": ("planner", InContextPlanner), "sequence": ("backbone", SequenceBackbone),
                     "model_based": ("model_based", ModelBasedPlanner)}
+#: The backbone whose states take any number of observation ids and actions (``SIZE_FREE``), for messages.
+BACKBONE_SIZE_FREE = "model_based"
 
 #: Checkpoint weight names of earlier versions (sequence heads at the top level) -> today's.
 LEGACY_KEY_MAPPING = {r"^(policy_head|observation_head|reward_head)\.": r"backbone.\1."}
@@ -1280,16 +1289,42 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
         return (model, info) if want_info else model
 
     # -- state ------------------------------------------------------------------------------------
-    def initial_state(self, batch_size: int, num_observations: int | None = None, device=None) -> AnyMDPAgentCache:
-        """A fresh state for ``batch_size`` histories. The planning backbone may hold statistics for
-        only the first ``num_observations`` ids (exact when the environments use no others)."""
-        vocab = self.config.num_observations
-        for name, value in (("batch_size", batch_size), ("num_observations", num_observations)):
+    @property
+    def size_free(self) -> bool:
+        """Whether a state may hold any number of observation ids and actions (the ``model_based`` backbone: its
+        statistics are per id and pair and its prior is one network for every id and action). The other
+        backbones embed ids, so their states hold at most ``config.num_observations`` ids and exactly
+        ``config.num_actions`` actions."""
+        return getattr(self.core, "SIZE_FREE", False)
+
+    def state_actions(self, state: AnyMDPAgentCache) -> int:
+        """Actions the state was started with (``config.num_actions`` unless ``initial_state(num_actions=...)``)."""
+        return self.core.state_actions(state) if self.size_free else self.config.num_actions
+
+    def initial_state(self, batch_size: int, num_observations: int | None = None, device=None,
+                      num_actions: int | None = None) -> AnyMDPAgentCache:
+        """A fresh state for ``batch_size`` histories, with statistics for observation ids
+        ``0..num_observations-1`` and actions ``0..num_actions-1`` (the config's sizes by default).
+
+        The statistics-based backbones may hold fewer ids than the vocabulary (exact when the environments use
+        no others, and cheaper). A :attr:`size_free` model (the ``model_based`` backbone, the bundled default)
+        also takes more ids and more actions than its config names: a 500-state, 6-action task needs only
+        ``initial_state(1, num_observations=500, num_actions=6)``."""
+        cfg = self.config
+        for name, value in (("batch_size", batch_size), ("num_observations", num_observations),
+                            ("num_actions", num_actions)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"initial_state: {name} must be a positive integer, got {value!r}")
-        n_obs = vocab if num_observations is None else num_observations
-        if n_obs > vocab:
-            raise ValueError(f"num_observations={n_obs} exceeds the model's vocabulary of {vocab} observation ids")
+        n_obs = cfg.num_observations if num_observations is None else num_observations
+        if self.size_free:
+            return self.core.initial_cache(batch_size, n_obs, device or self.device, num_actions)
+        if n_obs > cfg.num_observations:
+            raise ValueError(f"num_observations={n_obs} exceeds the model's vocabulary of {cfg.num_observations} "
+                             f"observation ids (only the {BACKBONE_SIZE_FREE} backbone takes more)")
+        if num_actions is not None and num_actions != cfg.num_actions:
+            raise ValueError(f"num_actions={num_actions}: a {cfg.backbone!r} agent's state has its config's "
+                             f"{cfg.num_actions} actions (mask the ones a task lacks with action_mask; only the "
+                             f"{BACKBONE_SIZE_FREE} backbone takes another number)")
         return self.core.initial_cache(batch_size, n_obs, device or self.device)
 
     # -- checks -----------------------------------------------------------------------------------
@@ -1305,7 +1340,7 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
                              f"{tuple(observations.shape)}, {tuple(actions.shape)}, {tuple(rewards.shape)}")
         self._check_batch(observations.shape[0], cache, "observations")
         self._check_observations(observations, cache)
-        self._check_actions(actions)
+        self._check_actions(actions, cache)
         self._check_rewards(rewards)
         if tags.shape != observations.shape:
             raise ValueError(f"tags must have shape {tuple(observations.shape)}, got {tuple(tags.shape)}")
@@ -1320,17 +1355,19 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
             if labels.shape != observations.shape:
                 raise ValueError(f"labels must have shape {tuple(observations.shape)}, got {tuple(labels.shape)}")
             lab = labels[labels != IGNORE_INDEX]
-            if lab.numel() and (lab.min() < 0 or lab.max() >= cfg.num_actions):
-                raise ValueError(f"labels must be actions 0..{cfg.num_actions - 1} or {IGNORE_INDEX}")
-        self._check_action_mask(action_mask, observations.shape[0])
+            n_act = self.state_actions(cache)
+            if lab.numel() and (lab.min() < 0 or lab.max() >= n_act):
+                raise ValueError(f"labels must be actions 0..{n_act - 1} or {IGNORE_INDEX}")
+        self._check_action_mask(action_mask, cache)
 
-    def _check_action_mask(self, action_mask, batch: int) -> None:
+    def _check_action_mask(self, action_mask, cache: AnyMDPAgentCache) -> None:
         if action_mask is None:
             return
         if action_mask.dtype != torch.bool:
             raise TypeError(f"action_mask must be a bool tensor (True = allowed), got dtype {action_mask.dtype}")
-        if action_mask.shape != (batch, self.config.num_actions):
-            raise ValueError(f"action_mask must have shape [{batch}, {self.config.num_actions}], "
+        batch, n_act = cache.batch_size, self.state_actions(cache)
+        if action_mask.shape != (batch, n_act):
+            raise ValueError(f"action_mask must have shape [{batch}, {n_act}] (the state's histories and actions), "
                              f"got {tuple(action_mask.shape)}")
         empty = ~action_mask.any(-1)
         if empty.any():
@@ -1341,7 +1378,7 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
         n_obs = self.core.state_observations(cache)
         bad = (observations < 0) | (observations >= n_obs)
         if bad.any():
-            if n_obs < self.config.num_observations:
+            if n_obs < self.config.num_observations or self.size_free:
                 where = (f"the state's {n_obs} ids (initial_state(num_observations={n_obs})): start the state "
                          "with enough ids for the environments")
             else:
@@ -1349,11 +1386,14 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
                          "vocabulary")
             raise ValueError(f"observation id {int(observations[bad][0])} is outside {where}")
 
-    def _check_actions(self, actions: torch.Tensor) -> None:
-        bad = (actions >= self.config.num_actions) | (actions < END_TRUNCATED)
+    def _check_actions(self, actions: torch.Tensor, cache: AnyMDPAgentCache) -> None:
+        n_act = self.state_actions(cache)
+        bad = (actions >= n_act) | (actions < END_TRUNCATED)
         if bad.any():
-            raise ValueError(f"action {int(actions[bad][0])} is outside 0..{self.config.num_actions - 1} (or the "
-                             f"episode-end ids {END_TERMINATED}, {END_TRUNCATED}): the task has more actions than the model")
+            fix = (f"start the state with initial_state(num_actions=...) for the task's actions" if self.size_free
+                   else "the task has more actions than the model")
+            raise ValueError(f"action {int(actions[bad][0])} is outside 0..{n_act - 1} (or the episode-end ids "
+                             f"{END_TERMINATED}, {END_TRUNCATED}): {fix}")
 
     @staticmethod
     def _check_rewards(rewards: torch.Tensor) -> None:
@@ -1444,7 +1484,7 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
         obs = observations.view(-1)
         self._check_batch(obs.shape[0], state, "observations")
         self._check_observations(obs, state)
-        self._check_action_mask(action_mask, obs.shape[0])
+        self._check_action_mask(action_mask, state)
         logits, state = self.core.begin_row(state, obs, action_mask, policy=policy)
         if action_mask is not None:
             logits = logits.masked_fill(~action_mask, torch.finfo(logits.dtype).min)
@@ -1454,7 +1494,7 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
     def _end_row(self, state: AnyMDPAgentCache, actions: torch.Tensor, rewards: torch.Tensor):
         """Feed the action token of the current row (an action, or an episode-end id) and its reward."""
         actions = actions.view(-1)
-        self._check_actions(actions)
+        self._check_actions(actions, state)
         return self.core.end_row(state, actions, rewards.float().view(-1))
 
     def sampling_temperature(self, steps) -> torch.Tensor:
