@@ -111,6 +111,14 @@ def test_a_rendered_card_parses_with_its_model_index(evaluated_checkpoint, tmp_p
     assert "| agent |" in card.text and "| random |" in card.text
 
 
+def test_a_card_says_which_task_sizes_its_checkpoint_takes(evaluated_checkpoint):
+    """A planning agent's card names its vocabulary; the model_based default's says any size (its state takes any)."""
+    planning = render_model_card(evaluated_checkpoint)
+    assert "vocabulary: 10 observation ids, 5 actions" in planning and "at most 10 observation ids" in planning
+    default = (pretrained_dir() / "anymdp-agent-model-based-cpu" / "README.md").read_text()
+    assert "any number of observation ids and actions" in default and "at most 64" not in default
+
+
 def test_quoting_is_left_to_the_yaml_writer(evaluated_checkpoint, tmp_path):
     """Descriptions with the characters that broke the hand-written YAML come back exactly."""
     folder = tmp_path / "ckpt"

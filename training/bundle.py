@@ -43,7 +43,11 @@ LIMITATIONS = {
         "explore beyond the planner's optimism and the prior's weight (4, chosen on validation seeds).\n"
         "- Planning costs O(states^2 x actions) per step, constant in the context's length; the prior's network runs "
         "on the pairs of the observation just left every step and on every pair after max(16, steps / 8) steps, so "
-        "it steps several times slower than the numba-compiled planner, most at 48-64 states."),
+        "it steps several times slower than the numba-compiled planner, most at 48-64 states.\n"
+        "- Its prior was trained on stochastic tasks (AnyMDP and Garnet). On Taxi (500 ids, deterministic moves; "
+        "2 runs x 3,000 steps, a transfer check) it scores 0.19 against `mbrl`'s 0.48, because it keeps retrying "
+        "pairs whose outcome is already certain; the planner inside it, with a zero prior, scores 0.43 "
+        "(`docs/training.md`)."),
     "anymdp-agent-planning-cpu": (
         "- The previous default agent (`cpu-default`: imitation of the planner on tasks generated on the fly). "
         "Most of the planning backbone's ability is built in (exact statistics and value iteration); "
