@@ -393,7 +393,8 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, ext
     card = ModelCard.from_template(
         model_card_data(name, results, train), template_str=template("model_card.md"), name=name,
         backbone=config["backbone"], parameters=f"{params:,}" if params is not None else "?",
-        sizes=_sizes_text(config), space_limits=_space_limits_text(config), backbone_text=_backbone_text(config), training=_training_text(train),
+        sizes=_sizes_text(config), space_limits=_space_limits_text(config), backbone_text=_backbone_text(config),
+        training=_training_text(train),
         evaluation=_evaluation_text(folder, results), limitations=extra_limitations.rstrip(),
         load_lines=load_lines(repo_id or load_from or folder, None if (repo_id or load_from) else bundled_as))
     return str(card).rstrip() + "\n"

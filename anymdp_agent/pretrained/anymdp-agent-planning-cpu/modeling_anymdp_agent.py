@@ -1390,7 +1390,7 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
         n_act = self.state_actions(cache)
         bad = (actions >= n_act) | (actions < END_TRUNCATED)
         if bad.any():
-            fix = (f"start the state with initial_state(num_actions=...) for the task's actions" if self.size_free
+            fix = ("start the state with initial_state(num_actions=...) for the task's actions" if self.size_free
                    else "the task has more actions than the model")
             raise ValueError(f"action {int(actions[bad][0])} is outside 0..{n_act - 1} (or the episode-end ids "
                              f"{END_TERMINATED}, {END_TRUNCATED}): {fix}")
