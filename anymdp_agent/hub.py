@@ -220,25 +220,20 @@ def point_card_at(text: str, repo_id: str) -> str:
     return new
 
 
-def _sizes_text(config: dict) -> str:
-    """What sizes of task the checkpoint takes: any, for the backbone whose state is sized by nothing learned."""
+def _space_texts(config: dict) -> tuple[str, str]:
+    """The card's two sentences on the task sizes a checkpoint takes: what it takes (any, for the backbone whose
+    state is sized by nothing learned; else its vocabulary) and the matching limitation."""
     from .modeling_anymdp_agent import BACKBONE_SIZE_FREE
 
+    n_obs, n_act = config["num_observations"], config["num_actions"]
     if config["backbone"] == BACKBONE_SIZE_FREE:
         return (f"any number of observation ids and actions (`initial_state(num_observations=..., num_actions=...)`; "
-                f"by default {config['num_observations']} ids and {config['num_actions']} actions)")
-    return f"vocabulary: {config['num_observations']} observation ids, {config['num_actions']} actions"
-
-
-def _space_limits_text(config: dict) -> str:
-    """The card's limitation on observation and action spaces."""
-    from .modeling_anymdp_agent import BACKBONE_SIZE_FREE
-
-    if config["backbone"] == BACKBONE_SIZE_FREE:
-        return ("Tabular, discrete observations and actions only (any number of each); planning costs O(states^2 x "
+                f"by default {n_obs} ids and {n_act} actions)",
+                "Tabular, discrete observations and actions only (any number of each); planning costs O(states^2 x "
                 "actions) per step, so very large spaces are slow.")
-    return (f"Tabular, discrete observations only, at most {config['num_observations']} observation ids and "
-            f"{config['num_actions']} actions; larger spaces need a model with a larger vocabulary.")
+    return (f"vocabulary: {n_obs} observation ids, {n_act} actions",
+            f"Tabular, discrete observations only, at most {n_obs} observation ids and {n_act} actions; larger "
+            "spaces need a model with a larger vocabulary.")
 
 
 def _backbone_text(config: dict) -> str:
@@ -390,11 +385,11 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, ext
         bundled_as = folder.name
     name = name or (repo_id.split("/")[-1] if repo_id else bundled_as or folder.name)
     params = _parameters(folder)
+    sizes, space_limits = _space_texts(config)
     card = ModelCard.from_template(
         model_card_data(name, results, train), template_str=template("model_card.md"), name=name,
         backbone=config["backbone"], parameters=f"{params:,}" if params is not None else "?",
-        sizes=_sizes_text(config), space_limits=_space_limits_text(config), backbone_text=_backbone_text(config),
-        training=_training_text(train),
+        sizes=sizes, space_limits=space_limits, backbone_text=_backbone_text(config), training=_training_text(train),
         evaluation=_evaluation_text(folder, results), limitations=extra_limitations.rstrip(),
         load_lines=load_lines(repo_id or load_from or folder, None if (repo_id or load_from) else bundled_as))
     return str(card).rstrip() + "\n"

@@ -1219,8 +1219,9 @@ class WeightsDoNotMatchConfig(ValueError):
 #: Where each backbone lives in the model (and so in the checkpoint's weight names).
 BACKBONE_MODULES = {"planning": ("planner", InContextPlanner), "sequence": ("backbone", SequenceBackbone),
                     "model_based": ("model_based", ModelBasedPlanner)}
-#: The backbone whose states take any number of observation ids and actions (``SIZE_FREE``), for messages.
-BACKBONE_SIZE_FREE = "model_based"
+#: The backbone whose states take any number of observation ids and actions (its module's ``SIZE_FREE``), for
+#: messages and cards that have a config but no model.
+BACKBONE_SIZE_FREE = next(name for name, (_, module) in BACKBONE_MODULES.items() if getattr(module, "SIZE_FREE", False))
 
 #: Checkpoint weight names of earlier versions (sequence heads at the top level) -> today's.
 LEGACY_KEY_MAPPING = {r"^(policy_head|observation_head|reward_head)\.": r"backbone.\1."}

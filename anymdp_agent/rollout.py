@@ -235,7 +235,7 @@ class AgentLearner(InContextLearner):
         device = self._model.device
         gen = torch.Generator(device=device).manual_seed(int(seed))
         cache = self._model.initial_state(spec.num_envs, num_observations=spec.n_observations, device=device,
-                                          num_actions=n_actions if self._model.size_free else None)
+                                          num_actions=n_actions)
         return _AgentState(cache=cache, mask=torch.as_tensor(mask, device=device),
                            steps=np.zeros(spec.num_envs, dtype=np.int64), generator=gen)
 
