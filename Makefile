@@ -29,7 +29,7 @@ wheel-smoke:
 demo: install
 	$(VENV)/bin/anymdp-agent demo
 
-# The bundled default agent's recipe (about 5.5 minutes on one core): a corpus, the transition prior's stage 1 on it,
+# The bundled default agent's recipe (about 11 minutes): a corpus, the transition prior's stage 1 on it,
 # stage 2 on the planner's histories, the agent checkpoint; then python training/bundle.py evaluates and bundles it.
 PRIOR_CORPUS_WEIGHTS := explore=0.4,mixed_a=0.1,mixed_b=0.1,mixed_c=0.1,mixed_d=0.1,qlearn=0.1,random=0.1,distill_a=0,distill_b=0,oracle=0
 train-default: install

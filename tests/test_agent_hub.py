@@ -131,7 +131,8 @@ def test_checkpoint_folder_is_self_contained(checkpoints, backbone):
             elif isinstance(node, (ast.Import, ast.ImportFrom)):
                 roots = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
                 for root in roots:
-                    assert root.split(".")[0] in {"__future__", "dataclasses", "functools", "inspect", "math", "torch", "transformers"}, root
+                    assert root.split(".")[0] in {"__future__", "dataclasses", "functools", "inspect", "math",
+                                                  "numbers", "torch", "transformers"}, root
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)

@@ -15,7 +15,8 @@ from anymdp_agent.configuration_anymdp_agent import AnyMDPAgentConfig
 from anymdp_agent.envs import sample_anymdp_task
 from anymdp_agent.evaluation import run_learner
 from anymdp_agent.rollout import AgentLearner
-from anymdp_agent.modeling_anymdp_agent import AnyMDPAgentModel, relative_arrival, transition_prior_features
+from anymdp_agent.modeling_anymdp_agent import (PRIOR_FEATURES, AnyMDPAgentModel, history_features, relative_arrival,
+                                                transition_prior_features)
 
 from test_baselines import Recorder, task_suite
 
@@ -117,13 +118,18 @@ def test_ids_and_actions_beyond_the_state_are_refused_with_the_fix():
                       torch.zeros(2, dtype=torch.bool))
     with pytest.raises(ValueError, match="num_actions must be a positive integer"):
         model.initial_state(1, num_actions=0)
+    with pytest.raises(ValueError, match="num_observations must be a positive integer"):
+        model.initial_state(1, num_observations=np.int64(0))
+    # a gymnasium space's n is a numpy integer: taken as the int it is
+    state = model.initial_state(np.int64(1), num_observations=np.int64(30), num_actions=np.int32(6))
+    assert state.n_sa.shape[1:] == (30, 6) and model.state_actions(state) == 6
 
 
 def test_an_untrained_model_based_agent_is_about_the_plain_planner_and_trains_only_its_prior():
     model = model_based_agent(TransitionPrior(hidden=8))
     torch.manual_seed(0)
     fresh = AnyMDPAgentModel(model.config)
-    g = fresh.model_based.prior(torch.randn(64, 17))
+    g = fresh.model_based.prior(torch.randn(64, PRIOR_FEATURES))
     assert torch.all(g < 1e-3)  # softplus(-8): the empirical model
     names = {n for n, _ in fresh.named_parameters()}
     assert names and all(n.startswith("model_based.prior.net.") for n in names)
@@ -169,6 +175,31 @@ def test_features_of_the_agent_and_the_planner_are_one_definition():
             rng.normal(size=(2, 5)))
     np.testing.assert_array_equal(prior_features(*args),
                                   transition_prior_features(*(torch.as_tensor(x) for x in args)).numpy())
+
+
+def test_the_history_features_say_how_deterministic_it_is_and_how_many_ids_it_showed():
+    """The prior's three whole-history inputs: the share of pairs tried twice or more that always landed on one
+    id, log(1 + how many such pairs), 1 / the ids shown; every (s, a, t) of a history reads the same three."""
+    counts = np.zeros((3, 6, 2, 6), dtype=np.float32)
+    counts[0, 0, 0, 1] = 3                        # deterministic: both repeated pairs land on one id
+    counts[0, 1, 1, 2] = 2
+    counts[0, 2, 0, 3] = 1                        # tried once: not counted either way
+    counts[1, 0, 0, [1, 2]] = [2, 1]              # one of two repeated pairs stochastic
+    counts[1, 1, 0, 4] = 5
+    # history 2: nothing yet
+    visits = counts.sum((2, 3))
+    whole = history_features(torch.as_tensor(counts), torch.as_tensor(counts.sum(-1)), torch.as_tensor(visits))
+    torch.testing.assert_close(whole, torch.tensor([[1.0, np.log1p(2), 1 / 4], [0.5, np.log1p(2), 1 / 4],
+                                                    [0.0, 0.0, 1.0]], dtype=torch.float32))
+    features = transition_prior_features(torch.as_tensor(counts), torch.as_tensor(counts.sum(-1)),
+                                         torch.zeros(3, 6, dtype=torch.bool), torch.as_tensor(visits),
+                                         torch.zeros(3, 6))
+    torch.testing.assert_close(features[..., -3:], whole[:, None, None, None, :].expand(3, 6, 2, 6, 3))
+    # ids the state holds but the history never showed change nothing
+    wide = np.zeros((3, 9, 2, 9), dtype=np.float32)
+    wide[:, :6, :, :6] = counts
+    torch.testing.assert_close(history_features(torch.as_tensor(wide), torch.as_tensor(wide.sum(-1)),
+                                                torch.as_tensor(wide.sum((2, 3)))), whole)
 
 
 def test_every_pairs_pseudo_counts_are_refreshed_on_the_schedule():

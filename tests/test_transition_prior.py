@@ -156,6 +156,20 @@ def test_training_script_learns_a_prior_better_than_none_and_is_reproducible(tmp
         recipe.main(["--iters", "0"])
 
 
+def test_the_training_families_include_deterministic_garnet_on_the_splits_seeds():
+    """``garnet-det-N``: Garnet with one successor per pair, on the split's own seeds (train and validation are
+    different tasks, and neither is a test task)."""
+    assert any(name.startswith("garnet-det-") for name, _, _ in recipe.FAMILIES)
+    train, val = (recipe.family_suite("garnet-det-12", 3, 4, split) for split in ("train", "validation"))
+    for suite in (train, val):
+        p = suite.tasks.transition
+        assert suite.num_envs == 3 and ((p == 0) | (p == 1)).all() and np.allclose(p.sum(-1), 1.0)
+    assert not set(train.seeds) & set(val.seeds)
+    assert not set(train.seeds) & set(load_suite("garnet-12", 3).seeds)
+    stochastic = recipe.family_suite("garnet-12", 3, 4, "train")
+    assert stochastic.seeds == train.seeds and ((stochastic.tasks.transition > 0).sum(-1) > 1).any()
+
+
 def test_the_bundled_prior_planner_is_deterministic_given_the_seed_and_differs_from_mbrl():
     tasks = [sample_anymdp_task(10, 4, seed=s) for s in (21, 22)]
     runs = []

@@ -35,7 +35,7 @@ BASELINES = ["mbrl", "mbrl:lookahead=1", "ucbq", "tql", "random", "oracle"]
 LIMITATIONS = {
     "anymdp-agent-model-based-cpu": (
         "- Most of its ability is built in: the count-based planner's exact statistics, value iteration and "
-        "optimism. What is learned is the transition prior (about 1,700 parameters), which reads the history's "
+        "optimism. What is learned is the transition prior (about 1,800 parameters), which reads the history's "
         "count statistics and says which few-visit transition estimates to distrust; untrained, the agent is that "
         "planner. It is a strong, cheap in-context learner, not evidence that a generic sequence model learns to plan.\n"
         "- Its gain over the planner is small: on validation tasks a few points of AUC on AnyMDP-16, and on the "
@@ -44,10 +44,12 @@ LIMITATIONS = {
         "- Planning costs O(states^2 x actions) per step, constant in the context's length; the prior's network runs "
         "on the pairs of the observation just left every step and on every pair after max(16, steps / 8) steps, so "
         "it steps several times slower than the numba-compiled planner, most at 48-64 states.\n"
-        "- Its prior was trained on stochastic tasks (AnyMDP and Garnet). On Taxi (500 ids, deterministic moves; "
-        "2 runs x 3,000 steps, a transfer check) it scores 0.19 against `mbrl`'s 0.48, because it keeps retrying "
-        "pairs whose outcome is already certain; the planner inside it, with a zero prior, scores 0.43 "
-        "(`docs/training.md`)."),
+        "- Its prior was trained on tasks of 8-48 states (AnyMDP, Garnet and deterministic Garnet); much larger "
+        "tasks are an extrapolation. It reads how deterministic the history looks and how many ids it has shown, "
+        "so on a deterministic task it stops spreading pseudo-counts over the other ids. On Taxi (500 ids, "
+        "deterministic moves; 2 runs x 3,000 steps, a transfer check) it still trails: 0.35 against `mbrl`'s "
+        "0.48 and 0.43 for the planner inside it with a zero prior (0.19 before it read those inputs; "
+        "`docs/training.md`)."),
     "anymdp-agent-planning-cpu": (
         "- The previous default agent (`cpu-default`: imitation of the planner on tasks generated on the fly). "
         "Most of the planning backbone's ability is built in (exact statistics and value iteration); "

@@ -11,7 +11,8 @@
 Training examples come either from a trajectory corpus made by ``anymdp-agent generate`` and read with
 ``datasets`` (``--corpus``: the behaviours' histories in each row are replayed, and each row's ``task_seed``
 gives the task's true model) or, without ``--corpus``, from the count-based planner (``mbrl``) acting on tasks
-from the *train* seed range (AnyMDP at several sizes and action counts, and Garnet). At fixed steps of each
+from the *train* seed range (AnyMDP at 8-48 states and 2-5 actions, Garnet, and deterministic Garnet at 16 and 48
+states: :data:`FAMILIES`). At fixed steps of each
 history its statistics are taken, and every tried pair becomes one example: the prior network's features in,
 the task's *true* next-observation row as the target.
 The network is fitted by the cross-entropy of the true rows under the posterior-mean estimate
@@ -26,6 +27,7 @@ anymdp_agent.training.transition_prior ...``: each process draws its own batches
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +40,15 @@ from anymdp_agent.baselines.protocol import EnvSpec, Transition
 from anymdp_agent.baselines.transition_prior import TransitionPrior, prior_cross_entropy
 from anymdp_agent.configuration_anymdp_agent import END_TERMINATED
 from anymdp_agent.data.corpus import generate_command
-from anymdp_agent.evaluation import load_suite, run_learner
+from anymdp_agent.envs.garnet import sample_garnet_task
+from anymdp_agent.evaluation import SEED_RANGES, Suite, load_suite, run_learner
 
 #: (suite, tasks, actions) of the training histories; the validation histories use the same families.
+#: ``garnet-det-N`` is deterministic Garnet (one successor per pair); the larger tasks show the prior histories
+#: with more ids than the corpus' 8-32.
 FAMILIES = (("anymdp-8", 48, 5), ("anymdp-16", 96, 5), ("anymdp-16", 48, 3), ("anymdp-24", 32, 4),
-            ("anymdp-32", 32, 5), ("anymdp-16", 32, 2), ("garnet-16", 32, 5))
+            ("anymdp-32", 32, 5), ("anymdp-16", 32, 2), ("garnet-16", 32, 5), ("garnet-det-16", 32, 5),
+            ("garnet-det-48", 16, 4), ("anymdp-48", 16, 5))
 #: Steps of each run at which the history's statistics become examples.
 SNAPSHOTS = (20, 60, 150, 400, 1000, 2000, 4000)
 
@@ -121,6 +127,18 @@ def corpus_parts(corpus: str, sequences: int, snapshots=SNAPSHOTS, batch: int = 
     return parts
 
 
+def family_suite(name: str, tasks: int, actions: int, split: str) -> Suite:
+    """The tasks of one of :data:`FAMILIES`: a suite of :func:`~anymdp_agent.evaluation.load_suite`, or
+    ``garnet-det-N``, Garnet with one successor per pair, on the same seeds."""
+    det = re.fullmatch(r"garnet-det-(\d+)", name)
+    if not det:
+        return load_suite(name, tasks, n_actions=actions, split=split)
+    n = int(det.group(1))
+    seeds = list(SEED_RANGES[split].seeds(tasks, 0))
+    return Suite.of_tasks(name, [sample_garnet_task(n, actions, seed=s, branching=1) for s in seeds], seeds,
+                          f"deterministic garnet tasks, {n} states, {actions} actions, {split} seeds")
+
+
 def collect(split: str, steps: int, scale: float = 1.0, seed: int = 0, corpus: str = "",
             corpus_sequences: int = 0) -> list[torch.Tensor]:
     """Examples: features ``[N, W, F]``, counts ``[N, W]``, visits ``[N]``, true rows ``[N, W]`` and the mask of
@@ -131,7 +149,7 @@ def collect(split: str, steps: int, scale: float = 1.0, seed: int = 0, corpus: s
         parts = corpus_parts(corpus, corpus_sequences, [s for s in SNAPSHOTS if s <= steps])
     else:
         for name, tasks, actions in FAMILIES:
-            suite = load_suite(name, max(int(tasks * scale), 2), n_actions=actions, split=split)
+            suite = family_suite(name, max(int(tasks * scale), 2), actions, split)
             collector = _Collector(s for s in SNAPSHOTS if s <= steps)
             run_learner(collector, suite, steps, seed=seed)
             parts.extend(collector._examples)

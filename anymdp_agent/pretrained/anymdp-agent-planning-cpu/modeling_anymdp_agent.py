@@ -43,6 +43,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -871,7 +872,7 @@ class SequenceBackbone(nn.Module):
 # ---------------------------------------------------------------------- model-based backbone
 
 #: Per ``(s, a, t)`` inputs of the transition prior network (:func:`transition_prior_features`).
-PRIOR_FEATURES = 17
+PRIOR_FEATURES = 20
 
 
 def transition_prior_features(counts, n_sa, terminal, visits, arrival, envs=None, states=None) -> torch.Tensor:
@@ -887,7 +888,9 @@ def transition_prior_features(counts, n_sa, terminal, visits, arrival, envs=None
     whether ``t`` is ``s``; whether ``t`` ended an episode; ``t``'s visits; how many ids ``s`` was seen to lead
     to; ``1 / n``; where the pair's targets were seen to lead next (one and two steps), what leads into them,
     what is near them; and the mean reward of arriving at ``t`` relative to arriving at the pair's targets.
-    Every feature is the same function of every id, so the prior is equivariant under relabelling ids.
+    Three more describe the whole history (:func:`history_features`): how deterministic its transitions look,
+    how many pairs say so, and ``1 /`` the number of ids it has shown (how many ids the pseudo-counts spread
+    over). Every feature is the same function of every id, so the prior is equivariant under relabelling ids.
     """
     counts = torch.as_tensor(counts)
     b, n, na, _ = counts.shape
@@ -920,10 +923,29 @@ def transition_prior_features(counts, n_sa, terminal, visits, arrival, envs=None
     rise = arr - (p * arr).sum(-1, keepdim=True)
     self_loop = (torch.arange(n, device=counts.device)[None, :] == states[:, None])[:, None, :]
     shape = (len(envs), na, n)
+    whole = history_features(counts, n_sa, visits)[envs][:, None, None, :]  # [R, 1, 1, 3]
     parts = (p, torch.log1p(m)[..., None], c > 0, p_other, other > 0, torch.log1p(m_other)[..., None], back, self_loop,
              torch.as_tensor(terminal)[envs][:, None, :], torch.log1p(torch.as_tensor(visits)[envs].to(f32))[:, None, :],
-             torch.log1p(seen_from_s), 1.0 / m.clamp(min=1.0)[..., None], then, into, then2, around, torch.tanh(rise))
+             torch.log1p(seen_from_s), 1.0 / m.clamp(min=1.0)[..., None], then, into, then2, around, torch.tanh(rise),
+             *whole.unbind(-1))
     return torch.stack([x.to(f32).expand(shape) for x in parts], -1)
+
+
+def history_features(counts, n_sa, visits) -> torch.Tensor:
+    """``[B, 3]`` (float32) per history: the share of its pairs tried twice or more whose visits all landed on one
+    id (0 before any pair is), ``log(1 +`` the number of those pairs``)``, and ``1 /`` the number of ids it has
+    shown (left or arrived at; 1 before any transition). A prior fitted to stochastic rows would spread
+    pseudo-counts over a deterministic task's next ids, and its mass per id summed over hundreds of ids
+    would outweigh the visits; these let it know both."""
+    counts = torch.as_tensor(counts)
+    f32 = torch.float32
+    repeated = torch.as_tensor(n_sa) >= 2                                   # [B, nO, na]
+    single = (counts > 0).sum(-1) == 1
+    k = repeated.flatten(1).sum(-1).to(f32)
+    det = (repeated & single).flatten(1).sum(-1).to(f32) / k.clamp(min=1.0)
+    shown = (torch.as_tensor(visits) > 0) | (counts.sum((1, 2)) > 0)      # [B, nO]
+    inv = 1.0 / shown.sum(-1).to(f32).clamp(min=1.0)
+    return torch.stack([det, torch.log1p(k), inv], -1)
 
 
 def relative_arrival(arrival_sum, arrival_n, reward_sq, steps) -> torch.Tensor:
@@ -1314,8 +1336,12 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
         cfg = self.config
         for name, value in (("batch_size", batch_size), ("num_observations", num_observations),
                             ("num_actions", num_actions)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
                 raise ValueError(f"initial_state: {name} must be a positive integer, got {value!r}")
+        # numpy integers (a gymnasium space's ``n``) are taken as the plain ints they are
+        batch_size = int(batch_size)
+        num_observations = None if num_observations is None else int(num_observations)
+        num_actions = None if num_actions is None else int(num_actions)
         n_obs = cfg.num_observations if num_observations is None else num_observations
         if self.size_free:
             return self.core.initial_cache(batch_size, n_obs, device or self.device, num_actions)
