@@ -120,12 +120,13 @@ SUITE_ACTIONS = 5
 
 
 def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int = SUITE_ACTIONS,
-               split: str = "test") -> Suite:
+               split: str = "test", task_options: dict | None = None) -> Suite:
     """Build a suite by name.
 
     - ``anymdp-N`` / ``garnet-N``: ``num_tasks`` tasks with ``N`` states and ``n_actions`` actions,
       task seeds ``start + seed_offset + i`` of the ``split`` seed range (``test`` by default, which
-      training never touches; training monitors itself on ``validation``);
+      training never touches; training monitors itself on ``validation``); ``task_options`` go to the
+      sampler (e.g. ``{"branching": 1}`` for deterministic Garnet);
     - ``frozenlake`` (4x4, slippery), ``frozenlake8x8``, ``cliffwalking`` (capped at 200 steps),
       ``gym:<EnvId>`` (any registered env with Discrete spaces): ``num_tasks`` independent runs.
     """
@@ -133,14 +134,19 @@ def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int =
     if num_tasks < 1:
         raise ValueError(f"a suite needs at least one task, got {num_tasks}")
     m = _SIZED.match(name)
+    if not m and task_options:
+        raise ValueError(f"task_options apply to the sampled suites (anymdp-N, garnet-N), not to {name!r}")
     if m:
         kind, n = m.group(1), int(m.group(2))
         sampler = sample_anymdp_task if kind == "anymdp" else sample_garnet_task
         if split not in SEED_RANGES:
             raise ValueError(f"split must be one of {list(SEED_RANGES)}, got {split!r}")
         seeds = list(SEED_RANGES[split].seeds(num_tasks, seed_offset))
-        return Suite.of_tasks(name, [sampler(n, n_actions, seed=s) for s in seeds], seeds,
-                              f"{kind} tasks, {n} states, {n_actions} actions, {split} seeds {seeds[0]}..{seeds[-1]}")
+        options = dict(task_options or {})
+        named = "".join(f", {k}={v}" for k, v in options.items())
+        return Suite.of_tasks(name, [sampler(n, n_actions, seed=s, **options) for s in seeds], seeds,
+                              f"{kind} tasks, {n} states, {n_actions} actions{named}, {split} seeds "
+                              f"{seeds[0]}..{seeds[-1]}")
     env_id, kwargs = _GYM_SUITES[name] if name in _GYM_SUITES else (name[4:], {})
     task = task_from_gym(env_id, **kwargs)
     tasks = None if task is None else stack_tasks([task] * num_tasks)

@@ -221,6 +221,17 @@ def test_load_suite_uses_the_test_seed_range():
     env.close()
 
 
+def test_task_options_go_to_the_sampler_of_a_sampled_suite_only():
+    from anymdp_agent.envs import sample_garnet_task
+
+    det = load_suite("garnet-12", 2, n_actions=3, split="validation", task_options={"branching": 1})
+    assert det.seeds == load_suite("garnet-12", 2, n_actions=3, split="validation").seeds
+    assert det.tasks.tasks[1] == sample_garnet_task(12, 3, seed=det.seeds[1], branching=1)
+    assert ((det.tasks.transition == 0) | (det.tasks.transition == 1)).all() and "branching=1" in det.description
+    with pytest.raises(ValueError, match="task_options apply to the sampled suites"):
+        load_suite("frozenlake", 1, task_options={"branching": 1})
+
+
 @pytest.mark.parametrize("name", ["anymdp-4", "anymdp", "garnet-x", "nope", "gym:NoSuchEnv-v0", "frozenlake4x4"])
 def test_unknown_suite_names(name):
     with pytest.raises(ValueError, match="unknown"):

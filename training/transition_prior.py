@@ -39,8 +39,7 @@ from anymdp_agent.baselines.protocol import EnvSpec, Transition
 from anymdp_agent.baselines.transition_prior import TransitionPrior, prior_cross_entropy
 from anymdp_agent.configuration_anymdp_agent import END_TERMINATED
 from anymdp_agent.data.corpus import generate_command
-from anymdp_agent.envs.garnet import sample_garnet_task
-from anymdp_agent.evaluation import SEED_RANGES, Suite, load_suite, run_learner
+from anymdp_agent.evaluation import Suite, load_suite, run_learner
 
 #: (suite, tasks, actions) of the training histories; the validation histories use the same families.
 #: ``garnet-det-N`` is deterministic Garnet (one successor per pair); the larger tasks show the prior histories
@@ -127,15 +126,13 @@ def corpus_parts(corpus: str, sequences: int, snapshots=SNAPSHOTS, batch: int = 
 
 
 def family_suite(name: str, tasks: int, actions: int, split: str) -> Suite:
-    """The tasks of one of :data:`FAMILIES`: a suite of :func:`~anymdp_agent.evaluation.load_suite`, or
-    ``garnet-det-N``, Garnet with one successor per pair, on the same seeds."""
+    """The tasks of one of :data:`FAMILIES`: the suite :func:`~anymdp_agent.evaluation.load_suite` builds;
+    ``garnet-det-N`` is ``garnet-N`` with one successor per pair (``branching=1``), on the same seeds."""
     det = re.fullmatch(r"garnet-det-(\d+)", name)
-    if not det:
-        return load_suite(name, tasks, n_actions=actions, split=split)
-    n = int(det.group(1))
-    seeds = list(SEED_RANGES[split].seeds(tasks, 0))
-    return Suite.of_tasks(name, [sample_garnet_task(n, actions, seed=s, branching=1) for s in seeds], seeds,
-                          f"deterministic garnet tasks, {n} states, {actions} actions, {split} seeds")
+    if det:
+        return load_suite(f"garnet-{det.group(1)}", tasks, n_actions=actions, split=split,
+                          task_options={"branching": 1})
+    return load_suite(name, tasks, n_actions=actions, split=split)
 
 
 def collect(split: str, steps: int, scale: float = 1.0, seed: int = 0, corpus: str = "",
