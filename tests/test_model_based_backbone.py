@@ -15,8 +15,8 @@ from anymdp_agent.configuration_anymdp_agent import AnyMDPAgentConfig
 from anymdp_agent.envs import sample_anymdp_task
 from anymdp_agent.evaluation import run_learner
 from anymdp_agent.rollout import AgentLearner
-from anymdp_agent.modeling_anymdp_agent import (PRIOR_FEATURES, AnyMDPAgentModel, history_features, relative_arrival,
-                                                transition_prior_features)
+from anymdp_agent.modeling_anymdp_agent import (PRIOR_FEATURES, AnyMDPAgentModel, history_features, history_graph,
+                                                relative_arrival, transition_prior_features)
 
 from test_baselines import Recorder, task_suite
 
@@ -268,3 +268,31 @@ def test_the_prior_runs_only_where_it_counts_and_gives_what_the_whole_network_wo
     torch.testing.assert_close(state.pseudo, torch.where(tried & shown, every, torch.zeros_like(every)),
                                rtol=1e-5, atol=1e-6)  # float32 network, other batch shapes
     torch.testing.assert_close(state.pseudo_total, state.pseudo.sum(-1))
+
+
+def test_a_refresh_in_parts_gives_the_same_prior_as_one_in_one_go():
+    """A full refresh computes the prior's inputs a part of the rows at a time (``ROW_BYTES``), so its memory stays
+    bounded at hundreds of ids: the whole-history graph is computed once and gives the same features, and an agent
+    refreshing one row at a time takes the same decisions with the same pseudo-counts (up to float32 rounding)."""
+    tasks = [sample_anymdp_task(24, 4, seed=71), sample_anymdp_task(20, 5, seed=72)]
+    rec = Recorder(ModelBasedPlanner())
+    run_learner(rec, task_suite(tasks), 400, seed=5)
+    s = rec._state
+    args = (torch.from_numpy(s.counts), torch.from_numpy(s.n_sa), torch.from_numpy(s.terminal), torch.ones(2, 24),
+            torch.zeros(2, 24))
+    envs, states = torch.tensor([0, 1, 1]), torch.tensor([3, 0, 7])
+    graph = history_graph(args[0], args[1], args[3])
+    assert torch.equal(transition_prior_features(*args, envs, states, graph), transition_prior_features(*args, envs, states))
+    edges = graph[0]
+    assert torch.equal(edges, (torch.from_numpy(s.counts).sum(2) > 0).float())
+
+    states_by = {}
+    for row_bytes in (256 << 20, 4 * 24 * 24):  # all rows in one part; one row per part
+        model = model_based_agent(TransitionPrior.load("bundled"), prior_refresh=1, prior_weight=4.0,
+                                  prior_seen_only=True)
+        model.model_based.ROW_BYTES = row_bytes
+        states_by[row_bytes] = replay(model, rec, 24, rec._mask)
+    (best_a, a), (best_b, b) = states_by.values()
+    np.testing.assert_array_equal(best_a, best_b)
+    assert (a.pseudo > 0).any()
+    torch.testing.assert_close(a.pseudo, b.pseudo, rtol=1e-5, atol=1e-5)

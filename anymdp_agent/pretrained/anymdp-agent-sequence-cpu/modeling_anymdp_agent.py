@@ -875,7 +875,21 @@ class SequenceBackbone(nn.Module):
 PRIOR_FEATURES = 20
 
 
-def transition_prior_features(counts, n_sa, terminal, visits, arrival, envs=None, states=None) -> torch.Tensor:
+def history_graph(counts, n_sa, visits) -> tuple[torch.Tensor, ...]:
+    """What :func:`transition_prior_features` reads of each whole history, whichever rows it is asked for:
+    the observed edges ``[B, nO, nO]`` (``x -> y`` seen), the ids two steps on, the ids near (two steps either way),
+    all 0/1 float32, and :func:`history_features` ``[B, 3]``. Computed once, it serves any number of calls on rows
+    of the same histories (a refresh in parts gives the same features as one in one go)."""
+    counts = torch.as_tensor(counts)
+    edges = (counts.sum(2) > 0).to(torch.float32)             # [B, x, y]: x -> y observed
+    two = (edges @ edges).clamp(max=1.0)
+    sym = (edges + edges.transpose(1, 2)).clamp(max=1.0)
+    near = (sym @ sym).clamp(max=1.0)
+    return edges, two, near, history_features(counts, n_sa, visits)
+
+
+def transition_prior_features(counts, n_sa, terminal, visits, arrival, envs=None, states=None,
+                              graph=None) -> torch.Tensor:
     """The transition prior's inputs (float32) from a history's statistics: ``[B, nO, na, nO, PRIOR_FEATURES]``
     for every pair, or ``[R, na, nO, PRIOR_FEATURES]`` for the pairs of the ``R`` rows ``(envs[i], states[i])``.
 
@@ -891,16 +905,18 @@ def transition_prior_features(counts, n_sa, terminal, visits, arrival, envs=None
     Three more describe the whole history (:func:`history_features`): how deterministic its transitions look,
     how many pairs say so, and ``1 /`` the number of ids it has shown (how many ids the pseudo-counts spread
     over). Every feature is the same function of every id, so the prior is equivariant under relabelling ids.
+    ``graph``: :func:`history_graph` of these histories, if already computed.
     """
     counts = torch.as_tensor(counts)
     b, n, na, _ = counts.shape
     if envs is None:
         envs = torch.arange(b, device=counts.device).repeat_interleave(n)
         states = torch.arange(n, device=counts.device).repeat(b)
-        return transition_prior_features(counts, n_sa, terminal, visits, arrival, envs, states).reshape(
+        return transition_prior_features(counts, n_sa, terminal, visits, arrival, envs, states, graph).reshape(
             b, n, na, n, PRIOR_FEATURES)
     f32 = torch.float32
     envs, states = torch.as_tensor(envs).long(), torch.as_tensor(states).long()
+    edges, two, near, whole = history_graph(counts, n_sa, visits) if graph is None else graph
     c = counts[envs, states].to(f32)                          # [R, na, t]
     m = torch.as_tensor(n_sa)[envs, states].to(f32)           # [R, na]
     p = c / m.clamp(min=1.0)[..., None]
@@ -909,10 +925,6 @@ def transition_prior_features(counts, n_sa, terminal, visits, arrival, envs=None
     m_other = m.sum(1, keepdim=True) - m
     p_other = other / m_other.clamp(min=1.0)[..., None]
     seen_from_s = (total > 0).to(f32).sum(-1, keepdim=True)   # how many ids s was seen to lead to
-    edges = (counts.sum(2) > 0).to(f32)                       # [B, x, y]: x -> y observed
-    two = (edges @ edges).clamp(max=1.0)
-    sym = (edges + edges.transpose(1, 2)).clamp(max=1.0)
-    near = (sym @ sym).clamp(max=1.0)
     e = edges[envs]                                           # [R, x, y]
     back = edges.transpose(1, 2)[envs, states][:, None, :]    # t -> s observed, [R, 1, t]
     then = p @ e                                              # where the pair's targets were seen to lead
@@ -923,7 +935,7 @@ def transition_prior_features(counts, n_sa, terminal, visits, arrival, envs=None
     rise = arr - (p * arr).sum(-1, keepdim=True)
     self_loop = (torch.arange(n, device=counts.device)[None, :] == states[:, None])[:, None, :]
     shape = (len(envs), na, n)
-    whole = history_features(counts, n_sa, visits)[envs][:, None, None, :]  # [R, 1, 1, 3]
+    whole = whole[envs][:, None, None, :]                     # [R, 1, 1, 3]
     parts = (p, torch.log1p(m)[..., None], c > 0, p_other, other > 0, torch.log1p(m_other)[..., None], back, self_loop,
              torch.as_tensor(terminal)[envs][:, None, :], torch.log1p(torch.as_tensor(visits)[envs].to(f32))[:, None, :],
              torch.log1p(seen_from_s), 1.0 / m.clamp(min=1.0)[..., None], then, into, then2, around, torch.tanh(rise),
@@ -1017,6 +1029,8 @@ class ModelBasedPlanner(nn.Module):
     #: Nothing here is sized by the vocabulary: the statistics are per id and pair, and the prior is the same
     #: network for every id and action, so a state may hold any number of observation ids and actions.
     SIZE_FREE = True
+    #: A refresh computes the prior's inputs for this many bytes' worth of ``[nO, nO]`` matrices at a time.
+    ROW_BYTES = 256 << 20
 
     def __init__(self, config: AnyMDPAgentConfig):
         super().__init__()
@@ -1095,11 +1109,17 @@ class ModelBasedPlanner(nn.Module):
         live = torch.nonzero(keep.flatten(1).any(-1))[:, 0]  # rows with something to compute
         if len(live):
             arrival = relative_arrival(t["arrival_sum"], t["arrival_n"], t["r_sq"], t["visits"].sum(-1))
-            features = transition_prior_features(t["n_ss"], t["n_sa"], t["terminal"], t["visits"], arrival,
-                                                 envs[live], states[live])
-            mask = keep[live]
-            g[live] = g.new_zeros(mask.shape).masked_scatter(
-                mask, self.prior(features[mask]).to(g.dtype) * cfg.prior_weight)
+            graph = history_graph(t["n_ss"], t["n_sa"], t["visits"])
+            # rows a part at a time: a row's features gather [nO, nO] reachability matrices, so a full refresh in
+            # one go would hold nO^3 floats (4 GB at 1,000 ids); in parts it holds about ROW_BYTES
+            part = max(1, self.ROW_BYTES // (4 * n * n))
+            for i in range(0, len(live), part):
+                rows_i = live[i:i + part]
+                features = transition_prior_features(t["n_ss"], t["n_sa"], t["terminal"], t["visits"], arrival,
+                                                     envs[rows_i], states[rows_i], graph)
+                mask = keep[rows_i]
+                g[rows_i] = g.new_zeros(mask.shape).masked_scatter(
+                    mask, self.prior(features[mask]).to(g.dtype) * cfg.prior_weight)
         t["pseudo"][envs, states] = g
         t["pseudo_total"][envs, states] = g.sum(-1)
 
