@@ -875,6 +875,19 @@ class SequenceBackbone(nn.Module):
 PRIOR_FEATURES = 20
 
 
+#: A refresh of the prior computes its inputs for at most this many bytes of ``[nO, nO]`` matrices at a time.
+PRIOR_ROW_BYTES = 256 << 20
+
+
+def prior_row_parts(rows: int, n_obs: int, row_bytes: int = PRIOR_ROW_BYTES) -> list[slice]:
+    """The parts a refresh of ``rows`` rows (the pairs of one observation of one history) computes the prior's
+    inputs in: each row's features gather ``[nO, nO]`` reachability matrices, so one part holds at most
+    ``row_bytes`` of them (and one row at least). A full refresh in one go would hold ``nO^3`` floats: 4 GB at
+    1,000 ids."""
+    step = max(1, row_bytes // (4 * n_obs * n_obs))
+    return [slice(i, i + step) for i in range(0, rows, step)]
+
+
 def history_graph(counts, n_sa, visits) -> tuple[torch.Tensor, ...]:
     """What :func:`transition_prior_features` reads of each whole history, whichever rows it is asked for:
     the observed edges ``[B, nO, nO]`` (``x -> y`` seen), the ids two steps on, the ids near (two steps either way),
@@ -1029,8 +1042,8 @@ class ModelBasedPlanner(nn.Module):
     #: Nothing here is sized by the vocabulary: the statistics are per id and pair, and the prior is the same
     #: network for every id and action, so a state may hold any number of observation ids and actions.
     SIZE_FREE = True
-    #: A refresh computes the prior's inputs for this many bytes' worth of ``[nO, nO]`` matrices at a time.
-    ROW_BYTES = 256 << 20
+    #: A refresh computes the prior's inputs for this many bytes of ``[nO, nO]`` matrices at a time.
+    ROW_BYTES = PRIOR_ROW_BYTES
 
     def __init__(self, config: AnyMDPAgentConfig):
         super().__init__()
@@ -1110,11 +1123,8 @@ class ModelBasedPlanner(nn.Module):
         if len(live):
             arrival = relative_arrival(t["arrival_sum"], t["arrival_n"], t["r_sq"], t["visits"].sum(-1))
             graph = history_graph(t["n_ss"], t["n_sa"], t["visits"])
-            # rows a part at a time: a row's features gather [nO, nO] reachability matrices, so a full refresh in
-            # one go would hold nO^3 floats (4 GB at 1,000 ids); in parts it holds about ROW_BYTES
-            part = max(1, self.ROW_BYTES // (4 * n * n))
-            for i in range(0, len(live), part):
-                rows_i = live[i:i + part]
+            for part in prior_row_parts(len(live), n, self.ROW_BYTES):  # bounded memory at hundreds of ids
+                rows_i = live[part]
                 features = transition_prior_features(t["n_ss"], t["n_sa"], t["terminal"], t["visits"], arrival,
                                                      envs[rows_i], states[rows_i], graph)
                 mask = keep[rows_i]

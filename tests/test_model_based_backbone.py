@@ -296,3 +296,26 @@ def test_a_refresh_in_parts_gives_the_same_prior_as_one_in_one_go():
     np.testing.assert_array_equal(best_a, best_b)
     assert (a.pseudo > 0).any()
     torch.testing.assert_close(a.pseudo, b.pseudo, rtol=1e-5, atol=1e-5)
+
+
+def test_the_harness_planner_refreshes_its_prior_in_parts_too(monkeypatch):
+    """``mbrl:prior=...`` recomputes every pair's pseudo-counts in the same bounded parts
+    (:func:`prior_row_parts`): one row per part gives what one part gives, to float32 rounding."""
+    import anymdp_agent.modeling_anymdp_agent as modeling
+
+    tasks = [sample_anymdp_task(16, 4, seed=81), sample_anymdp_task(12, 4, seed=82)]
+    planner = ModelBasedPlanner(prior="bundled", prior_weight=4.0)
+    rec = Recorder(planner)
+    run_learner(rec, task_suite(tasks), 300, seed=6)
+    state = rec._state
+    planner.refresh_prior(state)
+    whole = state.pseudo.copy(), state.pseudo_total.copy()
+    assert len(modeling.prior_row_parts(2 * 16, 16)) == 1
+    parts = []
+    monkeypatch.setattr(modeling, "prior_row_parts", lambda rows, n: parts.append(rows) or
+                        [slice(i, i + 1) for i in range(rows)])
+    state.pseudo[:], state.pseudo_total[:] = 0.0, 0.0
+    planner.refresh_prior(state)
+    assert parts == [2 * 16] and (whole[0] > 0).any()
+    np.testing.assert_allclose(state.pseudo, whole[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state.pseudo_total, whole[1], rtol=1e-5)

@@ -291,9 +291,11 @@ class ModelBasedPlanner(InContextLearner):
     PRIOR_REFRESH = 16
 
     @staticmethod
-    def prior_inputs(state: PlannerState, envs: np.ndarray | None = None, states: np.ndarray | None = None) -> np.ndarray:
+    def prior_inputs(state: PlannerState, envs: np.ndarray | None = None, states: np.ndarray | None = None,
+                     graph: tuple | None = None) -> np.ndarray:
         """The prior network's features of the history so far: ``[B, nO, na, nO, NUM_FEATURES]``, or of the rows
-        ``(envs[i], states[i])`` only."""
+        ``(envs[i], states[i])`` only (``graph``: the histories' :func:`~.transition_prior.prior_graph`, if already
+        computed)."""
         import torch
 
         from ..modeling_anymdp_agent import relative_arrival
@@ -301,14 +303,24 @@ class ModelBasedPlanner(InContextLearner):
 
         arrival = relative_arrival(*(torch.from_numpy(x) for x in (state.arrival_sum, state.arrival_n, state.reward_sq,
                                                                     state.visits.sum(-1)))).numpy()
-        return prior_features(state.counts, state.n_sa, state.terminal, state.visits, arrival, envs, states)
+        return prior_features(state.counts, state.n_sa, state.terminal, state.visits, arrival, envs, states, graph)
 
     def refresh_prior(self, state: PlannerState, envs: np.ndarray | None = None, states: np.ndarray | None = None) -> None:
-        """Recompute the pseudo-counts of every pair, or of the pairs at the observations ``states`` of ``envs``."""
-        rows = Ellipsis if envs is None else (envs, states)
-        g = self._prior.pseudo_counts(self.prior_inputs(state, envs, states)) * np.float32(self.prior_weight)
-        state.pseudo[rows] = g
-        state.pseudo_total[rows] = g.sum(-1, dtype=np.float64)
+        """Recompute the pseudo-counts of every pair, or of the pairs at the observations ``states`` of ``envs``;
+        a part of the rows at a time (:func:`~anymdp_agent.modeling_anymdp_agent.prior_row_parts`), so memory stays
+        bounded at hundreds of ids."""
+        from ..modeling_anymdp_agent import prior_row_parts
+        from .transition_prior import prior_graph
+
+        b, n = state.n_sa.shape[:2]
+        if envs is None:
+            envs, states = np.repeat(np.arange(b), n), np.tile(np.arange(n), b)
+        graph = prior_graph(state.counts, state.n_sa, state.visits)
+        for part in prior_row_parts(len(envs), n):
+            rows = (envs[part], states[part])
+            g = self._prior.pseudo_counts(self.prior_inputs(state, *rows, graph)) * np.float32(self.prior_weight)
+            state.pseudo[rows] = g
+            state.pseudo_total[rows] = g.sum(-1, dtype=np.float64)
 
 
 @numba.njit(cache=True)

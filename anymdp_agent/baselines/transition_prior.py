@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..fileio import dumps_json, staged_dir
-from ..modeling_anymdp_agent import PRIOR_FEATURES, TransitionPriorNetwork, transition_prior_features
+from ..modeling_anymdp_agent import PRIOR_FEATURES, TransitionPriorNetwork, history_graph, transition_prior_features
 
 #: Per ``(s, a, t)`` inputs of the prior network (see :func:`prior_features`).
 NUM_FEATURES = PRIOR_FEATURES
@@ -38,14 +38,24 @@ CONFIG_NAME, WEIGHTS_NAME, COMPLETE_NAME = "config.json", "model.safetensors", "
 
 
 def prior_features(counts: np.ndarray, n_sa: np.ndarray, terminal: np.ndarray, visits: np.ndarray,
-                   arrival: np.ndarray, envs: np.ndarray | None = None, states: np.ndarray | None = None) -> np.ndarray:
+                   arrival: np.ndarray, envs: np.ndarray | None = None, states: np.ndarray | None = None,
+                   graph: tuple | None = None) -> np.ndarray:
     """:func:`~anymdp_agent.modeling_anymdp_agent.transition_prior_features` on numpy arrays (float32 out): the
     network's inputs, ``[B, nO, na, nO, NUM_FEATURES]`` for every pair, or ``[R, na, nO, NUM_FEATURES]`` for the
-    pairs of the ``R`` rows ``(envs[i], states[i])`` only. One definition serves the planner here and the agent."""
+    pairs of the ``R`` rows ``(envs[i], states[i])`` only (``graph``: :func:`prior_graph` of the same histories,
+    if already computed). One definition serves the planner here and the agent."""
     as_t = lambda x: None if x is None else torch.from_numpy(np.ascontiguousarray(x))  # noqa: E731
     with torch.no_grad():
         return transition_prior_features(as_t(counts), as_t(n_sa), as_t(terminal), as_t(visits), as_t(arrival),
-                                         as_t(envs), as_t(states)).numpy()
+                                         as_t(envs), as_t(states), graph).numpy()
+
+
+def prior_graph(counts: np.ndarray, n_sa: np.ndarray, visits: np.ndarray) -> tuple:
+    """:func:`~anymdp_agent.modeling_anymdp_agent.history_graph` on numpy arrays: what the features read of each
+    whole history, computed once for a refresh in parts."""
+    as_t = lambda x: torch.from_numpy(np.ascontiguousarray(x))  # noqa: E731
+    with torch.no_grad():
+        return history_graph(as_t(counts), as_t(n_sa), as_t(visits))
 
 
 class TransitionPrior(TransitionPriorNetwork):
