@@ -270,10 +270,13 @@ def test_the_prior_runs_only_where_it_counts_and_gives_what_the_whole_network_wo
     torch.testing.assert_close(state.pseudo_total, state.pseudo.sum(-1))
 
 
-def test_a_refresh_in_parts_gives_the_same_prior_as_one_in_one_go():
-    """A full refresh computes the prior's inputs a part of the rows at a time (``ROW_BYTES``), so its memory stays
-    bounded at hundreds of ids: the whole-history graph is computed once and gives the same features, and an agent
-    refreshing one row at a time takes the same decisions with the same pseudo-counts (up to float32 rounding)."""
+def test_a_refresh_in_parts_gives_the_same_prior_as_one_in_one_go(monkeypatch):
+    """A full refresh computes the prior's inputs a part of the rows at a time (:func:`prior_row_parts`), so its
+    memory stays bounded at hundreds of ids: the whole-history graph is computed once and gives the same features,
+    and an agent refreshing one row at a time takes the same decisions with the same pseudo-counts (up to float32
+    rounding)."""
+    import anymdp_agent.modeling_anymdp_agent as modeling
+
     tasks = [sample_anymdp_task(24, 4, seed=71), sample_anymdp_task(20, 5, seed=72)]
     rec = Recorder(ModelBasedPlanner())
     run_learner(rec, task_suite(tasks), 400, seed=5)
@@ -286,13 +289,17 @@ def test_a_refresh_in_parts_gives_the_same_prior_as_one_in_one_go():
     edges = graph[0]
     assert torch.equal(edges, (torch.from_numpy(s.counts).sum(2) > 0).float())
 
-    states_by = {}
-    for row_bytes in (256 << 20, 4 * 24 * 24):  # all rows in one part; one row per part
+    assert len(modeling.prior_row_parts(2 * 24, 24)) == 1
+    replays, parts = [], []
+    for one_row in (False, True):  # all rows in one part; one row per part
+        if one_row:
+            monkeypatch.setattr(modeling, "prior_row_parts", lambda rows, n: parts.append(rows) or
+                                [slice(i, i + 1) for i in range(rows)])
         model = model_based_agent(TransitionPrior.load("bundled"), prior_refresh=1, prior_weight=4.0,
                                   prior_seen_only=True)
-        model.model_based.ROW_BYTES = row_bytes
-        states_by[row_bytes] = replay(model, rec, 24, rec._mask)
-    (best_a, a), (best_b, b) = states_by.values()
+        replays.append(replay(model, rec, 24, rec._mask))
+    (best_a, a), (best_b, b) = replays
+    assert max(parts) > 1  # full refreshes of several rows were split
     np.testing.assert_array_equal(best_a, best_b)
     assert (a.pseudo > 0).any()
     torch.testing.assert_close(a.pseudo, b.pseudo, rtol=1e-5, atol=1e-5)

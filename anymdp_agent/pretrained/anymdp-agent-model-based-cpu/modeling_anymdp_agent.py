@@ -879,12 +879,12 @@ PRIOR_FEATURES = 20
 PRIOR_ROW_BYTES = 256 << 20
 
 
-def prior_row_parts(rows: int, n_obs: int, row_bytes: int = PRIOR_ROW_BYTES) -> list[slice]:
+def prior_row_parts(rows: int, n_obs: int) -> list[slice]:
     """The parts a refresh of ``rows`` rows (the pairs of one observation of one history) computes the prior's
     inputs in: each row's features gather ``[nO, nO]`` reachability matrices, so one part holds at most
-    ``row_bytes`` of them (and one row at least). A full refresh in one go would hold ``nO^3`` floats: 4 GB at
-    1,000 ids."""
-    step = max(1, row_bytes // (4 * n_obs * n_obs))
+    :data:`PRIOR_ROW_BYTES` of them (and one row at least). A full refresh in one go would hold ``nO^3`` floats:
+    4 GB at 1,000 ids. The agent and ``mbrl:prior=...`` both refresh in these parts."""
+    step = max(1, PRIOR_ROW_BYTES // (4 * n_obs * n_obs))
     return [slice(i, i + step) for i in range(0, rows, step)]
 
 
@@ -1042,8 +1042,6 @@ class ModelBasedPlanner(nn.Module):
     #: Nothing here is sized by the vocabulary: the statistics are per id and pair, and the prior is the same
     #: network for every id and action, so a state may hold any number of observation ids and actions.
     SIZE_FREE = True
-    #: A refresh computes the prior's inputs for this many bytes of ``[nO, nO]`` matrices at a time.
-    ROW_BYTES = PRIOR_ROW_BYTES
 
     def __init__(self, config: AnyMDPAgentConfig):
         super().__init__()
@@ -1123,7 +1121,7 @@ class ModelBasedPlanner(nn.Module):
         if len(live):
             arrival = relative_arrival(t["arrival_sum"], t["arrival_n"], t["r_sq"], t["visits"].sum(-1))
             graph = history_graph(t["n_ss"], t["n_sa"], t["visits"])
-            for part in prior_row_parts(len(live), n, self.ROW_BYTES):  # bounded memory at hundreds of ids
+            for part in prior_row_parts(len(live), n):  # bounded memory at hundreds of ids
                 rows_i = live[part]
                 features = transition_prior_features(t["n_ss"], t["n_sa"], t["terminal"], t["visits"], arrival,
                                                      envs[rows_i], states[rows_i], graph)
