@@ -44,18 +44,21 @@ def prior_features(counts: np.ndarray, n_sa: np.ndarray, terminal: np.ndarray, v
     network's inputs, ``[B, nO, na, nO, NUM_FEATURES]`` for every pair, or ``[R, na, nO, NUM_FEATURES]`` for the
     pairs of the ``R`` rows ``(envs[i], states[i])`` only (``graph``: :func:`prior_graph` of the same histories,
     if already computed). One definition serves the planner here and the agent."""
-    as_t = lambda x: None if x is None else torch.from_numpy(np.ascontiguousarray(x))  # noqa: E731
     with torch.no_grad():
-        return transition_prior_features(as_t(counts), as_t(n_sa), as_t(terminal), as_t(visits), as_t(arrival),
-                                         as_t(envs), as_t(states), graph).numpy()
+        return transition_prior_features(*map(_tensor, (counts, n_sa, terminal, visits, arrival, envs, states)),
+                                         graph).numpy()
 
 
 def prior_graph(counts: np.ndarray, n_sa: np.ndarray, visits: np.ndarray) -> tuple:
     """:func:`~anymdp_agent.modeling_anymdp_agent.history_graph` on numpy arrays: what the features read of each
     whole history, computed once for a refresh in parts."""
-    as_t = lambda x: torch.from_numpy(np.ascontiguousarray(x))  # noqa: E731
     with torch.no_grad():
-        return history_graph(as_t(counts), as_t(n_sa), as_t(visits))
+        return history_graph(*map(_tensor, (counts, n_sa, visits)))
+
+
+def _tensor(x: np.ndarray | None) -> torch.Tensor | None:
+    """A numpy array as a tensor sharing its memory (``None`` stays ``None``)."""
+    return None if x is None else torch.from_numpy(np.ascontiguousarray(x))
 
 
 class TransitionPrior(TransitionPriorNetwork):
