@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     **{name: ".envs" for name in (
         "AnyMDPEnv", "BatchedAnyMDPEnv", "Task", "load_task", "load_tasks", "oracle_return", "random_return",
-        "sample_anymdp_task", "sample_bandit_task", "sample_garnet_task", "save_task", "save_tasks")},
+        "sample_anymdp_task", "sample_bandit_task", "sample_dirichlet_task", "sample_garnet_task",
+        "sample_riverswim_task", "save_task", "save_tasks")},
     "AnyMDPAgentConfig": ".configuration_anymdp_agent",
     "AnyMDPAgentModel": ".modeling_anymdp_agent",
 }

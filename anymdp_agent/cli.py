@@ -26,7 +26,8 @@ def _add_hub_arguments(p) -> None:
 
 def _add_eval_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--suite", default=defaults["suite"],
-                   help="task suite: anymdp-N or garnet-N (N states, test seeds), frozenlake, frozenlake8x8, "
+                   help="task suite: anymdp-N, garnet-N or dirichlet-N (N >= 8 states, test seeds), riverswim-N (N >= 3), "
+                        "frozenlake, frozenlake8x8, "
                         "cliffwalking, or gym:<EnvId> for any Gymnasium env with Discrete spaces "
                         f"(default: {defaults['suite']})")
     p.add_argument("--learners", default=defaults["learners"],

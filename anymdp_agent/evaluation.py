@@ -31,7 +31,10 @@ import numpy as np
 
 from .baselines import LEARNERS, make_learner
 from .baselines.protocol import EnvSpec, InContextLearner
-from .envs import BatchedAnyMDPEnv, sample_anymdp_task, sample_garnet_task, stack_tasks
+from .envs import (BatchedAnyMDPEnv, sample_anymdp_task, sample_dirichlet_task, sample_garnet_task,
+                   sample_riverswim_task, stack_tasks)
+from .envs.anymdp import MIN_STATES
+from .envs.classic import RIVERSWIM_MIN_STATES
 from .envs.gym_adapter import check_discrete, make_gym_vector_env, task_from_gym
 from .envs.memory import check_memory, task_table_bytes
 from .envs.seeds import SEED_RANGES, TEST, check_seed
@@ -52,7 +55,29 @@ _GYM_SUITES = {
     "frozenlake8x8": ("FrozenLake-v1", {"map_name": "8x8", "is_slippery": True}),
     "cliffwalking": ("CliffWalking-v1", {}),
 }
-_SIZED = re.compile(r"^(anymdp|garnet)-(\d+)$")
+_SIZED = re.compile(r"^(anymdp|garnet|dirichlet|riverswim)-(\d+)$")
+
+
+@dataclass(frozen=True)
+class SampledFamily:
+    """A family of a sized suite (``<family>-N``): its sampler, its fewest states and its number of actions."""
+
+    sampler: Callable
+    min_states: int
+    n_actions: int
+    description: str
+
+
+#: Actions of every task of a sized suite (``anymdp-N``, ``garnet-N``, ``dirichlet-N``).
+SUITE_ACTIONS = 5
+
+#: The sampled families, by the name a sized suite starts with.
+SAMPLED_FAMILIES = {
+    "anymdp": SampledFamily(sample_anymdp_task, MIN_STATES, SUITE_ACTIONS, "anymdp tasks"),
+    "garnet": SampledFamily(sample_garnet_task, MIN_STATES, SUITE_ACTIONS, "garnet tasks"),
+    "dirichlet": SampledFamily(sample_dirichlet_task, MIN_STATES, SUITE_ACTIONS, "dense random MDPs (Dirichlet rows)"),
+    "riverswim": SampledFamily(sample_riverswim_task, RIVERSWIM_MIN_STATES, 2, "RiverSwim tasks"),
+}
 
 
 # ---------------------------------------------------------------------- suites
@@ -84,16 +109,19 @@ class Suite:
 
 
 def suite_names() -> list[str]:
-    """Names :func:`load_suite` understands (sized ones with any state count >= 8)."""
-    return (["anymdp-16", "anymdp-32", "anymdp-64", "anymdp-128", "garnet-16", "garnet-32", "garnet-64", "garnet-128"]
-            + list(_GYM_SUITES) + ["gym:<EnvId>"])
+    """Names :func:`load_suite` understands (sized ones with any state count >= 8, RiverSwim's >= 3)."""
+    return (["anymdp-16", "anymdp-32", "anymdp-64", "anymdp-128", "garnet-16", "garnet-32", "garnet-64", "garnet-128",
+             "dirichlet-16", "riverswim-6"] + list(_GYM_SUITES) + ["gym:<EnvId>"])
 
 
 def check_suite_name(name: str) -> None:
     """Raise a clear ``ValueError`` for a name :func:`load_suite` would not understand."""
     m = _SIZED.match(name)
-    if m and int(m.group(2)) >= 8:
+    if m and int(m.group(2)) >= SAMPLED_FAMILIES[m.group(1)].min_states:
         return
+    if m:
+        family = SAMPLED_FAMILIES[m.group(1)]
+        raise ValueError(f"suite {name!r} is too small: {m.group(1)}-N needs N >= {family.min_states} states")
     if name in _GYM_SUITES:
         return
     if name.startswith("gym:"):
@@ -112,21 +140,18 @@ def check_suite_name(name: str) -> None:
             env.close()
         return
     raise ValueError(f"unknown suite {name!r}; choose from {', '.join(suite_names())} "
-                     "(sized suites take any state count >= 8, e.g. anymdp-24)")
+                     "(sized suites take any state count >= 8, e.g. anymdp-24; riverswim-N any N >= 3)")
 
 
-#: Actions of every task of a sized suite (``anymdp-N``, ``garnet-N``).
-SUITE_ACTIONS = 5
-
-
-def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int = SUITE_ACTIONS,
+def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int | None = None,
                split: str = "test", task_options: dict | None = None) -> Suite:
     """Build a suite by name.
 
-    - ``anymdp-N`` / ``garnet-N``: ``num_tasks`` tasks with ``N`` states and ``n_actions`` actions,
-      task seeds ``start + seed_offset + i`` of the ``split`` seed range (``test`` by default, which
-      training never touches; training monitors itself on ``validation``); ``task_options`` go to the
-      sampler (e.g. ``{"branching": 1}`` for deterministic Garnet);
+    - ``anymdp-N`` / ``garnet-N`` / ``dirichlet-N`` / ``riverswim-N``: ``num_tasks`` tasks with ``N`` states
+      and ``n_actions`` actions (``None``: the family's own, :data:`SAMPLED_FAMILIES`), task seeds
+      ``start + seed_offset + i`` of the ``split`` seed range (``test`` by default, which training never
+      touches; training monitors itself on ``validation``); ``task_options`` go to the sampler (e.g.
+      ``{"branching": 1}`` for deterministic Garnet, ``{"alpha": 0.1}`` for sparser Dirichlet rows);
     - ``frozenlake`` (4x4, slippery), ``frozenlake8x8``, ``cliffwalking`` (capped at 200 steps),
       ``gym:<EnvId>`` (any registered env with Discrete spaces): ``num_tasks`` independent runs.
     """
@@ -135,17 +160,18 @@ def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int =
         raise ValueError(f"a suite needs at least one task, got {num_tasks}")
     m = _SIZED.match(name)
     if not m and task_options:
-        raise ValueError(f"task_options apply to the sampled suites (anymdp-N, garnet-N), not to {name!r}")
+        raise ValueError(f"task_options apply to the sampled suites (anymdp-N, garnet-N, dirichlet-N, riverswim-N), "
+                         f"not to {name!r}")
     if m:
-        kind, n = m.group(1), int(m.group(2))
-        sampler = sample_anymdp_task if kind == "anymdp" else sample_garnet_task
+        family, n = SAMPLED_FAMILIES[m.group(1)], int(m.group(2))
+        n_actions = family.n_actions if n_actions is None else n_actions
         if split not in SEED_RANGES:
             raise ValueError(f"split must be one of {list(SEED_RANGES)}, got {split!r}")
         seeds = list(SEED_RANGES[split].seeds(num_tasks, seed_offset))
         options = dict(task_options or {})
         named = "".join(f", {k}={v}" for k, v in options.items())
-        return Suite.of_tasks(name, [sampler(n, n_actions, seed=s, **options) for s in seeds], seeds,
-                              f"{kind} tasks, {n} states, {n_actions} actions{named}, {split} seeds "
+        return Suite.of_tasks(name, [family.sampler(n, n_actions, seed=s, **options) for s in seeds], seeds,
+                              f"{family.description}, {n} states, {n_actions} actions{named}, {split} seeds "
                               f"{seeds[0]}..{seeds[-1]}")
     env_id, kwargs = _GYM_SUITES[name] if name in _GYM_SUITES else (name[4:], {})
     task = task_from_gym(env_id, **kwargs)
@@ -514,7 +540,7 @@ def check_config(cfg: EvalConfig) -> None:
     if m and cfg.seed_offset + cfg.tasks > len(TEST):
         raise ValueError(f"seed offset {cfg.seed_offset} + {cfg.tasks} tasks runs past the {len(TEST)} test seeds")
     if m:
-        check_memory(task_table_bytes(cfg.tasks, int(m.group(2)), SUITE_ACTIONS),
+        check_memory(task_table_bytes(cfg.tasks, int(m.group(2)), SAMPLED_FAMILIES[m.group(1)].n_actions),
                      f"suite {cfg.suite} with {cfg.tasks} tasks ({m.group(2)} states each)",
                      "choose fewer states or fewer --tasks")
 

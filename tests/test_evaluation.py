@@ -232,7 +232,7 @@ def test_task_options_go_to_the_sampler_of_a_sampled_suite_only():
         load_suite("frozenlake", 1, task_options={"branching": 1})
 
 
-@pytest.mark.parametrize("name", ["anymdp-4", "anymdp", "garnet-x", "nope", "gym:NoSuchEnv-v0", "frozenlake4x4"])
+@pytest.mark.parametrize("name", ["anymdp", "garnet-x", "nope", "gym:NoSuchEnv-v0", "frozenlake4x4", "riverswim"])
 def test_unknown_suite_names(name):
     with pytest.raises(ValueError, match="unknown"):
         check_suite_name(name)
@@ -245,7 +245,10 @@ def test_suite_names_are_understood():
         if name != "gym:<EnvId>":
             check_suite_name(name)
     check_suite_name("anymdp-24")
+    check_suite_name("riverswim-3")
     check_suite_name("gym:FrozenLake-v1")
+    with pytest.raises(ValueError, match="'anymdp-4' is too small: anymdp-N needs N >= 8"):
+        check_suite_name("anymdp-4")
     with pytest.raises(ValueError, match="at least one task"):
         load_suite("anymdp-16", 0)
 

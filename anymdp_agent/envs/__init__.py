@@ -1,6 +1,7 @@
-"""Task samplers (AnyMDP, Garnet, bandit), exact solvers, and the single and batched environments."""
+"""Task samplers (AnyMDP, Garnet, bandit, RiverSwim, Dirichlet MDPs), exact solvers, and the single and batched environments."""
 
 from .anymdp import GENERATOR_VERSION, REWARD_PARTS, sample_anymdp_task
+from .classic import sample_dirichlet_task, sample_riverswim_task
 from .env import AnyMDPEnv
 from .garnet import sample_bandit_task, sample_garnet_task
 from .registration import ANYMDP_ID, GARNET_ID, register_envs
@@ -27,6 +28,7 @@ __all__ = [
     "AnyMDPEnv", "BatchedAnyMDPEnv", "Task", "TaskBatch", "TaskFileError",
     "episode_return", "greedy_policy", "load_task", "load_tasks", "optimal_q", "oracle_policy", "oracle_q",
     "oracle_return", "policy_evaluation", "policy_return", "random_return", "register_envs",
-    "sample_anymdp_task", "sample_bandit_task", "sample_garnet_task", "save_task", "save_tasks",
+    "sample_anymdp_task", "sample_bandit_task", "sample_dirichlet_task", "sample_garnet_task",
+    "sample_riverswim_task", "save_task", "save_tasks",
     "stack_tasks", "uniform_policy",
 ]
