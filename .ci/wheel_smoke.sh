@@ -65,6 +65,11 @@ step "eval the bundled agent on a tiny suite (writes the JSON and the PNG)"
 "$V/anymdp-agent" eval --suite anymdp-8 --learners agent,agent:anymdp-agent-sequence-cpu,mbrl:optimism=2,mbrl:known=transitions,mbrl:prior=bundled,random --tasks 2 \
     --steps 100 --window 50 --out results --no-progress
 test -s results/eval-anymdp-8.json && test -s results/eval-anymdp-8.png
+for suite in riverswim-6 dirichlet-8; do  # the classic families no training draws from
+    "$V/anymdp-agent" eval --suite "$suite" --learners agent,mbrl --tasks 2 --steps 100 --window 50 --out results \
+        --no-progress
+    test -s "results/eval-$suite.json"
+done
 
 step "meta-train the planner's transition prior on a tiny budget and evaluate the planner with it"
 "$V/python" -m anymdp_agent.training.transition_prior --out runs/prior --scale 0.05 --steps 300 --iters 20 --eval_every 10
