@@ -55,7 +55,6 @@ _GYM_SUITES = {
     "frozenlake8x8": ("FrozenLake-v1", {"map_name": "8x8", "is_slippery": True}),
     "cliffwalking": ("CliffWalking-v1", {}),
 }
-_SIZED = re.compile(r"^(anymdp|garnet|dirichlet|riverswim)-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,7 @@ SAMPLED_FAMILIES = {
     "dirichlet": SampledFamily(sample_dirichlet_task, MIN_STATES, SUITE_ACTIONS, "dense random MDPs (Dirichlet rows)"),
     "riverswim": SampledFamily(sample_riverswim_task, RIVERSWIM_MIN_STATES, 2, "RiverSwim tasks"),
 }
+_SIZED = re.compile(rf"^({'|'.join(SAMPLED_FAMILIES)})-(\d+)$")
 
 
 # ---------------------------------------------------------------------- suites
