@@ -54,8 +54,8 @@ LIMITATIONS = {
         "- Its prior was trained on tasks of 8-48 states (AnyMDP, Garnet and deterministic Garnet); much larger "
         "tasks are an extrapolation. It reads how deterministic the history looks and how many ids it has shown, "
         "so on a deterministic task it stops spreading pseudo-counts over the other ids. On Taxi (500 ids, "
-        "deterministic moves; 2 runs x 3,000 steps, a transfer check) it still trails: 0.35 against `mbrl`'s "
-        "0.48 and 0.43 for the planner inside it with a zero prior (0.19 before it read those inputs; "
+        "deterministic moves; 8 runs x 3,000 steps, a transfer check) it is level with the planner inside it "
+        "(0.43 against 0.41 with a zero prior) and behind `mbrl` within the noise (0.48; paired -0.06, se 0.05; "
         "`docs/training.md`)."),
     "anymdp-agent-planning-cpu": (
         "- The previous default agent (`cpu-default`: imitation of the planner on tasks generated on the fly). "
