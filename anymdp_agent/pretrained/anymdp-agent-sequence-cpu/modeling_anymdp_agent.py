@@ -904,7 +904,7 @@ def history_graph(counts, n_sa, visits, needed=None) -> tuple[torch.Tensor, ...]
     sym = (edges + edges.transpose(1, 2)).clamp(max=1.0)
     n = edges.shape[1]
     b, x = torch.nonzero(torch.as_tensor(needed), as_tuple=True) if needed is not None else (None, None)
-    # rows one at a time while they are few (each gathers its history's [nO, nO] matrix), else every row at once
+    # only the needed rows while they are few (each gathers its history's [nO, nO] matrix), else every row at once
     if b is None or 2 * len(b) > edges.shape[0] * n or 4 * len(b) * n * n > PRIOR_ROW_BYTES:
         two, near = (edges @ edges).clamp(max=1.0), (sym @ sym).clamp(max=1.0)
     else:
