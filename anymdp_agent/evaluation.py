@@ -78,6 +78,8 @@ SAMPLED_FAMILIES = {
     "riverswim": SampledFamily(sample_riverswim_task, RIVERSWIM_MIN_STATES, 2, "RiverSwim tasks"),
 }
 _SIZED = re.compile(rf"^({'|'.join(SAMPLED_FAMILIES)})-(\d+)$")
+#: How the sized suites are named, for messages: "anymdp-N (N >= 8), ..., riverswim-N (N >= 3)".
+_SIZED_NAMES = ", ".join(f"{k}-N (N >= {f.min_states})" for k, f in SAMPLED_FAMILIES.items())
 
 
 # ---------------------------------------------------------------------- suites
@@ -140,7 +142,7 @@ def check_suite_name(name: str) -> None:
             env.close()
         return
     raise ValueError(f"unknown suite {name!r}; choose from {', '.join(suite_names())} "
-                     "(sized suites take any state count >= 8, e.g. anymdp-24; riverswim-N any N >= 3)")
+                     f"(sized suites: {_SIZED_NAMES}, e.g. anymdp-24)")
 
 
 def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int | None = None,
@@ -160,8 +162,7 @@ def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int |
         raise ValueError(f"a suite needs at least one task, got {num_tasks}")
     m = _SIZED.match(name)
     if not m and task_options:
-        raise ValueError(f"task_options apply to the sampled suites (anymdp-N, garnet-N, dirichlet-N, riverswim-N), "
-                         f"not to {name!r}")
+        raise ValueError(f"task_options apply to the sampled suites ({_SIZED_NAMES}), not to {name!r}")
     if m:
         family, n = SAMPLED_FAMILIES[m.group(1)], int(m.group(2))
         n_actions = family.n_actions if n_actions is None else n_actions

@@ -1,4 +1,5 @@
-"""Task samplers (AnyMDP, Garnet, bandit, RiverSwim, Dirichlet MDPs), exact solvers, and the single and batched environments."""
+"""Task samplers (AnyMDP, Garnet, bandit, RiverSwim, Dirichlet MDPs), exact solvers, and the single and batched
+environments."""
 
 from .anymdp import GENERATOR_VERSION, REWARD_PARTS, sample_anymdp_task
 from .classic import sample_dirichlet_task, sample_riverswim_task
