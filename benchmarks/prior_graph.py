@@ -41,7 +41,7 @@ def main(argv=None) -> None:
 
     needed_rows = modeling.history_graph
 
-    def whole_graph(counts, n_sa, visits, needed=None):
+    def whole_graph(counts, n_sa, visits, envs=None, states=None):
         return needed_rows(counts, n_sa, visits)
 
     model = AnyMDPAgentModel.from_pretrained(bundled_agent_path()).eval()

@@ -293,13 +293,14 @@ def test_a_refresh_in_parts_gives_the_same_prior_as_one_in_one_go(monkeypatch):
     needed = torch.zeros(2, 24, dtype=torch.bool)
     r, x = torch.nonzero(edges[envs, states] > 0, as_tuple=True)
     needed[envs[r], x] = True  # history 1 has two rows
-    few = history_graph(args[0], args[1], args[3], needed)
+    few = history_graph(args[0], args[1], args[3], envs, states)
     assert 0 < needed.sum() < 24 and torch.equal(few[0], edges) and torch.equal(few[3], graph[3])
     for full_m, few_m in zip(graph[1:3], few[1:3]):
         assert torch.equal(few_m[needed], full_m[needed]) and not few_m[~needed].any() and full_m[~needed].any()
     assert torch.equal(transition_prior_features(*args, envs, states, few),
                        transition_prior_features(*args, envs, states))
-    every = history_graph(args[0], args[1], args[3], torch.ones(2, 24, dtype=torch.bool))  # many rows: all at once
+    every = history_graph(args[0], args[1], args[3], torch.arange(2).repeat_interleave(24),
+                          torch.arange(24).repeat(2))  # every row: all at once
     assert all(torch.equal(a, b) for a, b in zip(every, graph))
 
     assert len(modeling.prior_row_parts(2 * 24, 24)) == 1

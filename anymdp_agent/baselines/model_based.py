@@ -315,7 +315,7 @@ class ModelBasedPlanner(InContextLearner):
         b, n = state.n_sa.shape[:2]
         if envs is None:
             envs, states = np.repeat(np.arange(b), n), np.tile(np.arange(n), b)
-        graph = prior_graph(state.counts, state.n_sa, state.visits)
+        graph = prior_graph(state.counts, state.n_sa, state.visits, envs, states)
         for part in prior_row_parts(len(envs), n):
             rows = (envs[part], states[part])
             g = self._prior.pseudo_counts(self.prior_inputs(state, *rows, graph)) * np.float32(self.prior_weight)

@@ -888,22 +888,28 @@ def prior_row_parts(rows: int, n_obs: int) -> list[slice]:
     return [slice(i, i + step) for i in range(0, rows, step)]
 
 
-def history_graph(counts, n_sa, visits, needed=None) -> tuple[torch.Tensor, ...]:
+def history_graph(counts, n_sa, visits, envs=None, states=None) -> tuple[torch.Tensor, ...]:
     """What :func:`transition_prior_features` reads of each whole history, whichever rows it is asked for:
     the observed edges ``[B, nO, nO]`` (``x -> y`` seen), the ids two steps on, the ids near (two steps either way),
     all 0/1 float32, and :func:`history_features` ``[B, 3]``. Computed once, it serves any number of calls on rows
     of the same histories (a refresh in parts gives the same features as one in one go).
 
-    ``needed [B, nO]`` (bool): the rows ``x`` of the two-step and near matrices the caller reads. While they are
-    few, only they are computed (the rest left 0), in ``O(nO^2)`` per row instead of ``O(nO^3)`` per history.
-    The features of a pair ``(s, a)`` read those rows only at ids ``s`` was seen to lead to (``edges[s] > 0``),
-    so with those rows needed they are the same, bit for bit: the entries are exact integers before the clamp,
-    and every other row is multiplied by 0."""
+    ``envs``, ``states``: the rows ``(envs[i], states[i])`` the features will be asked for (``None``: any row).
+    The features of a pair ``(s, a)`` read the two-step and near matrices only at the rows of the ids ``s`` was
+    seen to lead to (``edges[s] > 0``); while those rows are few, only they are computed (the rest left 0), in
+    ``O(nO^2)`` per row instead of ``O(nO^3)`` per history. The features are the same, bit for bit: the entries are
+    exact integers before the clamp, and every other row is multiplied by 0."""
     counts = torch.as_tensor(counts)
     edges = (counts.sum(2) > 0).to(torch.float32)             # [B, x, y]: x -> y observed
     sym = (edges + edges.transpose(1, 2)).clamp(max=1.0)
     n = edges.shape[1]
-    b, x = torch.nonzero(torch.as_tensor(needed), as_tuple=True) if needed is not None else (None, None)
+    b = x = None
+    if envs is not None:
+        envs, states = torch.as_tensor(envs).long(), torch.as_tensor(states).long()
+        r, x = torch.nonzero(edges[envs, states] > 0, as_tuple=True)
+        needed = torch.zeros(edges.shape[:2], dtype=torch.bool, device=edges.device)
+        needed[envs[r], x] = True
+        b, x = torch.nonzero(needed, as_tuple=True)
     # only the needed rows while they are few (each gathers its history's [nO, nO] matrix), else every row at once
     if b is None or 2 * len(b) > edges.shape[0] * n or 4 * len(b) * n * n > PRIOR_ROW_BYTES:
         two, near = (edges @ edges).clamp(max=1.0), (sym @ sym).clamp(max=1.0)
@@ -1134,12 +1140,7 @@ class ModelBasedPlanner(nn.Module):
         live = torch.nonzero(keep.flatten(1).any(-1))[:, 0]  # rows with something to compute
         if len(live):
             arrival = relative_arrival(t["arrival_sum"], t["arrival_n"], t["r_sq"], t["visits"].sum(-1))
-            # the two-step and near rows these refreshes read: every row of a full refresh's history, the ids the
-            # observation just left was seen to lead to for a refresh of its row
-            needed = torch.zeros(t["visits"].shape, dtype=torch.bool, device=envs.device)
-            needed[envs_full] = True
-            needed[envs_row] = t["n_ss"][envs_row, t["left"][envs_row]].sum(1) > 0
-            graph = history_graph(t["n_ss"], t["n_sa"], t["visits"], needed)
+            graph = history_graph(t["n_ss"], t["n_sa"], t["visits"], envs[live], states[live])
             for part in prior_row_parts(len(live), n):  # bounded memory at hundreds of ids
                 rows_i = live[part]
                 features = transition_prior_features(t["n_ss"], t["n_sa"], t["terminal"], t["visits"], arrival,
