@@ -278,7 +278,10 @@ def _launch_training(args: argparse.Namespace, target: list[str]) -> int:
         reaper = _become_subreaper()
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)
 
+        forwarded = []
+
         def forward(signum, frame):
+            forwarded.append(signum)
             try:
                 os.killpg(proc.pid, signum)
             except ProcessLookupError:
@@ -300,6 +303,10 @@ def _launch_training(args: argparse.Namespace, target: list[str]) -> int:
         os.unlink(status)
     if text.isdigit():
         return int(text)
+    if forwarded:  # stopped before the trainer could report (the launcher's own exit status says little)
+        print(f"anymdp-agent train: stopped by {signal.Signals(forwarded[0]).name}; every finished checkpoint is "
+              "kept, continue with --resume", file=sys.stderr)
+        return 128 + forwarded[0]
     if rc < 0:  # the launcher died of a signal
         return 128 - rc
     if rc:

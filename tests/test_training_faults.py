@@ -453,6 +453,32 @@ def test_cli_config_file_starts_two_processes():
     assert proc.stdout.count("usage: train.py") == 2
 
 
+def test_a_stopping_trainer_ignores_the_launchers_sigterm_and_dies_on_a_second_ctrl_c():
+    """`anymdp-agent train` signals the whole launch and the launcher then terminates its child too: the trainer
+    gets the stop twice. The duplicate SIGTERM must not cut the clean stop short; Ctrl-C again still ends it."""
+    script = (
+        "import os, signal, sys, time\n"
+        f"sys.path.insert(0, {str(ROOT / 'training')!r})\n"
+        "import train\n"
+        "train._stop_on_signals()\n"
+        "for first in (signal.SIGTERM, signal.SIGINT):\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), first); time.sleep(5)\n"
+        "    except train.Interrupted as e:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2)\n"
+        "        print('stopping cleanly after', signal.Signals(e.signum).name, flush=True)\n"
+        "    train._stop_on_signals()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT); time.sleep(5)\n"
+        "except train.Interrupted:\n"
+        "    os.kill(os.getpid(), signal.SIGINT); time.sleep(5)\n"
+        "print('still alive')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines() == ["stopping cleanly after SIGTERM", "stopping cleanly after SIGINT"], \
+        proc.stdout + proc.stderr[-3000:]
+    assert proc.returncode == -signal.SIGINT, proc.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_cli_forwards_sigterm_to_the_training_processes(tmp_path):
     run = tmp_path / "run"
@@ -467,7 +493,8 @@ def test_cli_forwards_sigterm_to_the_training_processes(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
-    assert "stopped by SIGTERM" in err, err[-3000:]
+    # the trainer's own clean stop, not the wrapper's fallback line ("anymdp-agent train: stopped by ...")
+    assert any(line.startswith("train: stopped by SIGTERM") for line in err.splitlines()), err[-3000:]
     with pytest.raises(ProcessLookupError):  # the training process ended with the wrapper
         os.kill(trainer_pid, 0)
     done = steps_of(run)

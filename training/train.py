@@ -938,8 +938,13 @@ class Interrupted(BaseException):
 
 
 def _stop_on_signals():
-    """SIGTERM/SIGINT raise :class:`Interrupted` (a second one while stopping ends the process at once); returns
-    the function restoring the previous handlers."""
+    """SIGTERM/SIGINT raise :class:`Interrupted`; returns the function restoring the previous handlers.
+
+    While stopping, a further SIGTERM is ignored: launchers pass a stop on as SIGTERM to a process that already
+    has it (``anymdp-agent train`` signals the whole launch, then accelerate's launcher and torchrun terminate
+    their children too), and dying of that duplicate would lose the clean stop. A second SIGINT (Ctrl-C again)
+    still ends the process at once.
+    """
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -948,6 +953,8 @@ def _stop_on_signals():
 
     def handler(signum, frame):
         if fired:
+            if signum == signal.SIGTERM:
+                return
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
         fired.append(signum)
