@@ -65,7 +65,7 @@ step "eval the bundled agent on a tiny suite (writes the JSON and the PNG)"
 "$V/anymdp-agent" eval --suite anymdp-8 --learners agent,agent:anymdp-agent-sequence-cpu,mbrl:optimism=2,mbrl:known=transitions,mbrl:prior=bundled,random --tasks 2 \
     --steps 100 --window 50 --out results --no-progress
 test -s results/eval-anymdp-8.json && test -s results/eval-anymdp-8.png
-for suite in riverswim-6 dirichlet-8; do  # the classic families no training draws from
+for suite in riverswim-6 dirichlet-8 bandit-3; do  # the families the default agent's training never draws from
     "$V/anymdp-agent" eval --suite "$suite" --learners agent,mbrl --tasks 2 --steps 100 --window 50 --out results \
         --no-progress
     test -s "results/eval-$suite.json"

@@ -31,9 +31,9 @@ import numpy as np
 
 from .baselines import LEARNERS, make_learner
 from .baselines.protocol import EnvSpec, InContextLearner
-from .envs import (BatchedAnyMDPEnv, sample_anymdp_task, sample_dirichlet_task, sample_garnet_task,
-                   sample_riverswim_task, stack_tasks)
-from .envs.anymdp import MIN_STATES
+from .envs import (BatchedAnyMDPEnv, sample_anymdp_task, sample_bandit_task, sample_dirichlet_task,
+                   sample_garnet_task, sample_riverswim_task, stack_tasks)
+from .envs.anymdp import MIN_ACTIONS, MIN_STATES
 from .envs.classic import RIVERSWIM_MIN_STATES
 from .envs.gym_adapter import check_discrete, make_gym_vector_env, task_from_gym
 from .envs.memory import check_memory, task_table_bytes
@@ -59,12 +59,28 @@ _GYM_SUITES = {
 
 @dataclass(frozen=True)
 class SampledFamily:
-    """A family of a sized suite (``<family>-N``): its sampler, its fewest states and its number of actions."""
+    """A family of a sized suite (``<family>-N``): its sampler (``sampler(N, n_actions, seed=...)``), the smallest
+    N, its number of actions, and what N counts: ``states``, or ``arms`` for bandits, whose actions are their N
+    arms (so they take no separate number of actions)."""
 
     sampler: Callable
-    min_states: int
-    n_actions: int
+    min_size: int
+    n_actions: int | None
     description: str
+    unit: str = "states"
+
+    def sizes(self, n: int, n_actions: int | None = None) -> tuple[int, int]:
+        """``(states, actions)`` of the tasks of ``<family>-n`` (``n_actions``: None for the family's own)."""
+        if self.unit == "arms":
+            if n_actions not in (None, n):
+                raise ValueError(f"a bandit suite's actions are its arms: bandit-{n} has {n}, not n_actions={n_actions}")
+            return 2, n
+        return n, self.n_actions if n_actions is None else n_actions
+
+
+def _sample_bandit(n_arms: int, n_actions: int, *, seed: int, **options):
+    """A ``bandit-N`` task: :func:`sample_bandit_task` with N arms (``n_actions`` is N, see SampledFamily.sizes)."""
+    return sample_bandit_task(n_arms, seed=seed, **options)
 
 
 #: Actions of every task of a sized suite (``anymdp-N``, ``garnet-N``, ``dirichlet-N``).
@@ -76,10 +92,11 @@ SAMPLED_FAMILIES = {
     "garnet": SampledFamily(sample_garnet_task, MIN_STATES, SUITE_ACTIONS, "garnet tasks"),
     "dirichlet": SampledFamily(sample_dirichlet_task, MIN_STATES, SUITE_ACTIONS, "dense random MDPs (Dirichlet rows)"),
     "riverswim": SampledFamily(sample_riverswim_task, RIVERSWIM_MIN_STATES, 2, "RiverSwim tasks"),
+    "bandit": SampledFamily(_sample_bandit, MIN_ACTIONS, None, "multi-armed bandits (one pull per episode)", "arms"),
 }
 _SIZED = re.compile(rf"^({'|'.join(SAMPLED_FAMILIES)})-(\d+)$")
 #: How the sized suites are named, for messages: "anymdp-N (N >= 8), ..., riverswim-N (N >= 3)".
-_SIZED_NAMES = ", ".join(f"{k}-N (N >= {f.min_states})" for k, f in SAMPLED_FAMILIES.items())
+_SIZED_NAMES = ", ".join(f"{k}-N (N >= {f.min_size} {f.unit})" for k, f in SAMPLED_FAMILIES.items())
 
 
 # ---------------------------------------------------------------------- suites
@@ -111,19 +128,19 @@ class Suite:
 
 
 def suite_names() -> list[str]:
-    """Names :func:`load_suite` understands (sized ones with any state count >= 8, RiverSwim's >= 3)."""
+    """Names :func:`load_suite` understands (sized ones of any size their family allows, :data:`SAMPLED_FAMILIES`)."""
     return (["anymdp-16", "anymdp-32", "anymdp-64", "anymdp-128", "garnet-16", "garnet-32", "garnet-64", "garnet-128",
-             "dirichlet-16", "riverswim-6"] + list(_GYM_SUITES) + ["gym:<EnvId>"])
+             "dirichlet-16", "riverswim-6", "bandit-5"] + list(_GYM_SUITES) + ["gym:<EnvId>"])
 
 
 def check_suite_name(name: str) -> None:
     """Raise a clear ``ValueError`` for a name :func:`load_suite` would not understand."""
     m = _SIZED.match(name)
-    if m and int(m.group(2)) >= SAMPLED_FAMILIES[m.group(1)].min_states:
+    if m and int(m.group(2)) >= SAMPLED_FAMILIES[m.group(1)].min_size:
         return
     if m:
         family = SAMPLED_FAMILIES[m.group(1)]
-        raise ValueError(f"suite {name!r} is too small: {m.group(1)}-N needs N >= {family.min_states} states")
+        raise ValueError(f"suite {name!r} is too small: {m.group(1)}-N needs N >= {family.min_size} {family.unit}")
     if name in _GYM_SUITES:
         return
     if name.startswith("gym:"):
@@ -165,14 +182,15 @@ def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int |
         raise ValueError(f"task_options apply to the sampled suites ({_SIZED_NAMES}), not to {name!r}")
     if m:
         family, n = SAMPLED_FAMILIES[m.group(1)], int(m.group(2))
-        n_actions = family.n_actions if n_actions is None else n_actions
+        n_actions = family.sizes(n, n_actions)[1]
         if split not in SEED_RANGES:
             raise ValueError(f"split must be one of {list(SEED_RANGES)}, got {split!r}")
         seeds = list(SEED_RANGES[split].seeds(num_tasks, seed_offset))
         options = dict(task_options or {})
         named = "".join(f", {k}={v}" for k, v in options.items())
         return Suite.of_tasks(name, [family.sampler(n, n_actions, seed=s, **options) for s in seeds], seeds,
-                              f"{family.description}, {n} states, {n_actions} actions{named}, {split} seeds "
+                              f"{family.description}, {n} {family.unit}"
+                              + (f", {n_actions} actions" if family.unit == "states" else "") + f"{named}, {split} seeds "
                               f"{seeds[0]}..{seeds[-1]}")
     env_id, kwargs = _GYM_SUITES[name] if name in _GYM_SUITES else (name[4:], {})
     task = task_from_gym(env_id, **kwargs)
@@ -541,8 +559,9 @@ def check_config(cfg: EvalConfig) -> None:
     if m and cfg.seed_offset + cfg.tasks > len(TEST):
         raise ValueError(f"seed offset {cfg.seed_offset} + {cfg.tasks} tasks runs past the {len(TEST)} test seeds")
     if m:
-        check_memory(task_table_bytes(cfg.tasks, int(m.group(2)), SAMPLED_FAMILIES[m.group(1)].n_actions),
-                     f"suite {cfg.suite} with {cfg.tasks} tasks ({m.group(2)} states each)",
+        family = SAMPLED_FAMILIES[m.group(1)]
+        check_memory(task_table_bytes(cfg.tasks, *family.sizes(int(m.group(2)))),
+                     f"suite {cfg.suite} with {cfg.tasks} tasks ({m.group(2)} {family.unit} each)",
                      "choose fewer states or fewer --tasks")
 
 

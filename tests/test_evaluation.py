@@ -232,6 +232,23 @@ def test_task_options_go_to_the_sampler_of_a_sampled_suite_only():
         load_suite("frozenlake", 1, task_options={"branching": 1})
 
 
+def test_bandit_suites_are_sized_by_their_arms():
+    from anymdp_agent.envs import sample_bandit_task
+
+    suite = load_suite("bandit-7", 3, split="validation")
+    assert suite.seeds == list(VALIDATION.seeds(3, 0)) and suite.tasks.action_mask.shape == (3, 7)
+    assert suite.tasks.n_states == 2 and suite.tasks.tasks[2] == sample_bandit_task(7, seed=suite.seeds[2])
+    assert "7 arms" in suite.description and "actions" not in suite.description
+    assert load_suite("bandit-7", 1, n_actions=7).tasks.tasks[0] == load_suite("bandit-7", 1).tasks.tasks[0]
+    with pytest.raises(ValueError, match="a bandit suite's actions are its arms: bandit-7 has 7, not n_actions=3"):
+        load_suite("bandit-7", 1, n_actions=3)
+    with pytest.raises(ValueError, match="'bandit-1' is too small: bandit-N needs N >= 2 arms"):
+        load_suite("bandit-1", 1)
+    # one pull per episode: every episode of a run is one step long
+    run = run_learner(make_learner("mbrl"), suite, 60, seed=1)
+    assert (run.length == 1).all() and len(run.length) == 3 * 60
+
+
 @pytest.mark.parametrize("name", ["anymdp", "garnet-x", "nope", "gym:NoSuchEnv-v0", "frozenlake4x4", "riverswim"])
 def test_unknown_suite_names(name):
     with pytest.raises(ValueError, match="unknown"):
