@@ -95,7 +95,7 @@ SAMPLED_FAMILIES = {
     "bandit": SampledFamily(_sample_bandit, MIN_ACTIONS, None, "multi-armed bandits (one pull per episode)", "arms"),
 }
 _SIZED = re.compile(rf"^({'|'.join(SAMPLED_FAMILIES)})-(\d+)$")
-#: How the sized suites are named, for messages: "anymdp-N (N >= 8), ..., riverswim-N (N >= 3)".
+#: How the sized suites are named, for messages: "anymdp-N (N >= 8 states), ..., bandit-N (N >= 2 arms)".
 _SIZED_NAMES = ", ".join(f"{k}-N (N >= {f.min_size} {f.unit})" for k, f in SAMPLED_FAMILIES.items())
 
 
@@ -562,7 +562,7 @@ def check_config(cfg: EvalConfig) -> None:
         family = SAMPLED_FAMILIES[m.group(1)]
         check_memory(task_table_bytes(cfg.tasks, *family.sizes(int(m.group(2)))),
                      f"suite {cfg.suite} with {cfg.tasks} tasks ({m.group(2)} {family.unit} each)",
-                     "choose fewer states or fewer --tasks")
+                     f"choose fewer {family.unit} or fewer --tasks")
 
 
 def check_learners(learners: dict[str, InContextLearner], suite: Suite) -> None:
