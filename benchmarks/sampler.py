@@ -29,7 +29,6 @@ CORE = pin_one_core()
 
 import argparse  # noqa: E402  (numpy and friends must come after the pinning)
 import contextlib  # noqa: E402
-import math  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 
@@ -44,6 +43,7 @@ from anymdp_agent.envs.solvers import (  # noqa: E402
     optimal_q, oracle_return, policy_evaluation, random_return, uniform_policy)
 from anymdp_agent.envs.task import stack_tasks  # noqa: E402
 from benchmarks._common import Contender, fmt_time, machine_line, med, run_alternating, table  # noqa: E402
+from benchmarks._peer import peer_to_task  # noqa: E402
 
 import xenoverse.anymdp.solver as peer_solver  # noqa: E402
 import xenoverse.anymdp.task_sampler as peer_ts  # noqa: E402
@@ -187,20 +187,6 @@ def count_ours(counts: Counts):
         yield counts
     finally:
         ours_mod._calibrate_terminal_rewards, ours_mod._quality, ours_mod.visit_spread = orig_cal, orig_q, orig_spread
-
-
-def peer_to_task(d: dict, seed: int) -> Task:
-    """The peer's task dict as our ``Task`` (chain space), so one code computes both sides' statistics."""
-    n = d["transition"].shape[0]
-    start = np.zeros(n)
-    start[np.asarray(d["s_0"], dtype=np.int64)] = d["s_0_prob"]
-    terminal = np.zeros(n, dtype=bool)
-    terminal[np.asarray(d["s_e"], dtype=np.int64)] = True
-    reward_std = np.broadcast_to(d["reward_noise"], d["transition"].shape)
-    # The peer truncates when steps >= its float cap, i.e. after ceil(cap) steps.
-    return Task(transition=d["transition"], reward=d["reward"], reward_std=reward_std, start=start,
-                terminal=terminal, state_mapping=d["state_mapping"], n_states=d["ns"],
-                max_steps=int(math.ceil(d["max_steps"])), kind="anymdp", seed=seed, version="xenoverse")
 
 
 def accept_size(n: int, n_ours: int, n_peer: int) -> dict:
