@@ -73,7 +73,8 @@ class SampledFamily:
         """``(states, actions)`` of the tasks of ``<family>-n`` (``n_actions``: None for the family's own)."""
         if self.unit == "arms":
             if n_actions not in (None, n):
-                raise ValueError(f"a bandit suite's actions are its arms: bandit-{n} has {n}, not n_actions={n_actions}")
+                raise ValueError(f"a bandit suite's actions are its arms: bandit-{n} has {n}, "
+                                 f"not n_actions={n_actions}")
             return 2, n
         return n, self.n_actions if n_actions is None else n_actions
 
@@ -188,9 +189,9 @@ def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int |
         seeds = list(SEED_RANGES[split].seeds(num_tasks, seed_offset))
         options = dict(task_options or {})
         named = "".join(f", {k}={v}" for k, v in options.items())
+        actions = f", {n_actions} actions" if family.unit == "states" else ""  # a bandit's actions are its arms
         return Suite.of_tasks(name, [family.sampler(n, n_actions, seed=s, **options) for s in seeds], seeds,
-                              f"{family.description}, {n} {family.unit}"
-                              + (f", {n_actions} actions" if family.unit == "states" else "") + f"{named}, {split} seeds "
+                              f"{family.description}, {n} {family.unit}{actions}{named}, {split} seeds "
                               f"{seeds[0]}..{seeds[-1]}")
     env_id, kwargs = _GYM_SUITES[name] if name in _GYM_SUITES else (name[4:], {})
     task = task_from_gym(env_id, **kwargs)
