@@ -17,6 +17,7 @@ import signal
 import sys
 
 from .baselines import LEARNERS
+from .envs.families import SIZED_NAMES
 
 
 def _add_hub_arguments(p) -> None:
@@ -26,9 +27,8 @@ def _add_hub_arguments(p) -> None:
 
 def _add_eval_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--suite", default=defaults["suite"],
-                   help="task suite: anymdp-N, garnet-N or dirichlet-N (N >= 8 states, test seeds), riverswim-N (N >= 3), "
-                        "frozenlake, frozenlake8x8, "
-                        "cliffwalking, or gym:<EnvId> for any Gymnasium env with Discrete spaces "
+                   help=f"task suite: {SIZED_NAMES} (test seeds), frozenlake, frozenlake8x8, cliffwalking, or "
+                        "gym:<EnvId> for any Gymnasium env with Discrete spaces "
                         f"(default: {defaults['suite']})")
     p.add_argument("--learners", default=defaults["learners"],
                    help=f"comma-separated learners, each NAME or NAME:key=value:key=value, NAME from {', '.join(LEARNERS)}, "

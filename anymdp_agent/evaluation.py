@@ -31,10 +31,8 @@ import numpy as np
 
 from .baselines import LEARNERS, make_learner
 from .baselines.protocol import EnvSpec, InContextLearner
-from .envs import (BatchedAnyMDPEnv, sample_anymdp_task, sample_bandit_task, sample_dirichlet_task,
-                   sample_garnet_task, sample_riverswim_task, stack_tasks)
-from .envs.anymdp import MIN_ACTIONS, MIN_STATES
-from .envs.classic import RIVERSWIM_MIN_STATES
+from .envs import BatchedAnyMDPEnv, stack_tasks
+from .envs.families import SAMPLED_FAMILIES, SIZED_NAMES
 from .envs.gym_adapter import check_discrete, make_gym_vector_env, task_from_gym
 from .envs.memory import check_memory, task_table_bytes
 from .envs.seeds import SEED_RANGES, TEST, check_seed
@@ -57,47 +55,7 @@ _GYM_SUITES = {
 }
 
 
-@dataclass(frozen=True)
-class SampledFamily:
-    """A family of a sized suite (``<family>-N``): its sampler (``sampler(N, n_actions, seed=...)``), the smallest
-    N, its number of actions, and what N counts: ``states``, or ``arms`` for bandits, whose actions are their N
-    arms (so they take no separate number of actions)."""
-
-    sampler: Callable
-    min_size: int
-    n_actions: int | None
-    description: str
-    unit: str = "states"
-
-    def sizes(self, n: int, n_actions: int | None = None) -> tuple[int, int]:
-        """``(states, actions)`` of the tasks of ``<family>-n`` (``n_actions``: None for the family's own)."""
-        if self.unit == "arms":
-            if n_actions not in (None, n):
-                raise ValueError(f"a bandit suite's actions are its arms: bandit-{n} has {n}, "
-                                 f"not n_actions={n_actions}")
-            return 2, n
-        return n, self.n_actions if n_actions is None else n_actions
-
-
-def _sample_bandit(n_arms: int, n_actions: int, *, seed: int, **options):
-    """A ``bandit-N`` task: :func:`sample_bandit_task` with N arms (``n_actions`` is N, see SampledFamily.sizes)."""
-    return sample_bandit_task(n_arms, seed=seed, **options)
-
-
-#: Actions of every task of a sized suite (``anymdp-N``, ``garnet-N``, ``dirichlet-N``).
-SUITE_ACTIONS = 5
-
-#: The sampled families, by the name a sized suite starts with.
-SAMPLED_FAMILIES = {
-    "anymdp": SampledFamily(sample_anymdp_task, MIN_STATES, SUITE_ACTIONS, "anymdp tasks"),
-    "garnet": SampledFamily(sample_garnet_task, MIN_STATES, SUITE_ACTIONS, "garnet tasks"),
-    "dirichlet": SampledFamily(sample_dirichlet_task, MIN_STATES, SUITE_ACTIONS, "dense random MDPs (Dirichlet rows)"),
-    "riverswim": SampledFamily(sample_riverswim_task, RIVERSWIM_MIN_STATES, 2, "RiverSwim tasks"),
-    "bandit": SampledFamily(_sample_bandit, MIN_ACTIONS, None, "multi-armed bandits (one pull per episode)", "arms"),
-}
 _SIZED = re.compile(rf"^({'|'.join(SAMPLED_FAMILIES)})-(\d+)$")
-#: How the sized suites are named, for messages: "anymdp-N (N >= 8 states), ..., bandit-N (N >= 2 arms)".
-_SIZED_NAMES = ", ".join(f"{k}-N (N >= {f.min_size} {f.unit})" for k, f in SAMPLED_FAMILIES.items())
 
 
 # ---------------------------------------------------------------------- suites
@@ -160,7 +118,7 @@ def check_suite_name(name: str) -> None:
             env.close()
         return
     raise ValueError(f"unknown suite {name!r}; choose from {', '.join(suite_names())} "
-                     f"(sized suites: {_SIZED_NAMES}, e.g. anymdp-24)")
+                     f"(sized suites: {SIZED_NAMES}, e.g. anymdp-24)")
 
 
 def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int | None = None,
@@ -168,7 +126,8 @@ def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int |
     """Build a suite by name.
 
     - ``anymdp-N`` / ``garnet-N`` / ``dirichlet-N`` / ``riverswim-N``: ``num_tasks`` tasks with ``N`` states
-      and ``n_actions`` actions (``None``: the family's own, :data:`SAMPLED_FAMILIES`), task seeds
+      and ``n_actions`` actions (``None``: the family's own, :data:`SAMPLED_FAMILIES`); ``bandit-N``: bandits
+      with ``N`` arms (``n_actions`` None or ``N``); task seeds
       ``start + seed_offset + i`` of the ``split`` seed range (``test`` by default, which training never
       touches; training monitors itself on ``validation``); ``task_options`` go to the sampler (e.g.
       ``{"branching": 1}`` for deterministic Garnet, ``{"alpha": 0.1}`` for sparser Dirichlet rows);
@@ -180,7 +139,7 @@ def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int |
         raise ValueError(f"a suite needs at least one task, got {num_tasks}")
     m = _SIZED.match(name)
     if not m and task_options:
-        raise ValueError(f"task_options apply to the sampled suites ({_SIZED_NAMES}), not to {name!r}")
+        raise ValueError(f"task_options apply to the sampled suites ({SIZED_NAMES}), not to {name!r}")
     if m:
         family, n = SAMPLED_FAMILIES[m.group(1)], int(m.group(2))
         n_actions = family.sizes(n, n_actions)[1]

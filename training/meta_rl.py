@@ -43,9 +43,10 @@ from anymdp_agent.baselines import make_learner
 from anymdp_agent.data.corpus import generate_command
 from anymdp_agent.data.onpolicy import roll_learner
 from anymdp_agent.envs import sample_anymdp_task, stack_tasks
+from anymdp_agent.envs.families import SUITE_ACTIONS
 from anymdp_agent.envs.garnet import sample_bandit_task, sample_garnet_task
 from anymdp_agent.envs.seeds import TRAIN, VALIDATION
-from anymdp_agent.evaluation import SUITE_ACTIONS, Suite, SuiteReference, analyse, run_learner
+from anymdp_agent.evaluation import Suite, SuiteReference, analyse, run_learner
 from anymdp_agent.fileio import atomic_write, replace_dir
 from anymdp_agent.modeling_anymdp_agent import END_TERMINATED, END_TRUNCATED
 from anymdp_agent.rollout import AgentLearner, load_agent
