@@ -125,7 +125,7 @@ def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int |
                split: str = "test", task_options: dict | None = None) -> Suite:
     """Build a suite by name.
 
-    - ``anymdp-N`` / ``garnet-N`` / ``dirichlet-N`` / ``riverswim-N``: ``num_tasks`` tasks with ``N`` states
+    - ``anymdp-N`` / ``sparse-N`` / ``garnet-N`` / ``dirichlet-N`` / ``riverswim-N``: ``num_tasks`` tasks with ``N`` states
       and ``n_actions`` actions (``None``: the family's own, :data:`SAMPLED_FAMILIES`); ``bandit-N``: bandits
       with ``N`` arms (``n_actions`` None or ``N``); task seeds
       ``start + seed_offset + i`` of the ``split`` seed range (``test`` by default, which training never

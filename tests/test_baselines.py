@@ -409,6 +409,42 @@ def test_mbrl_invalid_settings():
         ModelBasedPlanner(gamma=1)
     with pytest.raises(ValueError, match="optimism >= 0"):
         ModelBasedPlanner(optimism=-1.0)
+    with pytest.raises(ValueError, match="novelty >= 0"):
+        ModelBasedPlanner(novelty=-0.1)
+    with pytest.raises(ValueError, match="novelty >= 0"):
+        ModelBasedPlanner(novelty=float("nan"))
+
+
+def test_the_optimism_level_with_novelty_by_hand():
+    """``max(r_max, 0)``; with novelty ``d`` at least ``d`` times the largest reward magnitude seen, or ``d`` while
+    every reward seen is 0; a largest reward above that floor is the level unchanged."""
+    import torch
+
+    from anymdp_agent.modeling_anymdp_agent import optimism_level
+
+    r_max = torch.tensor([0.0, 0.0, 0.5, 2.0, 0.001])      # the largest reward seen (0 before any)
+    r_absmax = torch.tensor([0.0, 3.0, 0.5, 5.0, 1.0])     # the largest magnitude seen
+    torch.testing.assert_close(optimism_level(r_max, r_absmax, 0.0), r_max)
+    torch.testing.assert_close(optimism_level(r_max, r_absmax, 0.01), torch.tensor([0.01, 0.03, 0.5, 2.0, 0.01]))
+
+
+def test_novelty_sends_the_planner_to_untried_pairs_while_no_reward_is_positive():
+    """On sparse-reward tasks (goal and pitfall rewards only) every Q is 0 until a reward: the classic planner
+    breaks the ties at random, so it walks at random; with novelty it heads for untried pairs, tries more of them
+    in the same steps. Once a positive reward is seen it changes nothing (dense AnyMDP tasks: no decision)."""
+    sparse = [sample_anymdp_task(16, 5, seed=s, reward_parts=()) for s in range(60, 68)]
+    suite = task_suite(sparse)
+    runs = {}
+    for spec in ("mbrl", "mbrl:novelty=0.001"):
+        rec = Recorder(make_learner(spec))
+        runs[spec] = (rec, run_learner(rec, suite, 150, seed=4))
+    tried = {k: (rec._state.n_sa > 0).sum() for k, (rec, _) in runs.items()}
+    assert tried["mbrl:novelty=0.001"] > 1.2 * tried["mbrl"], tried
+    dense = task_suite([sample_anymdp_task(16, 5, seed=s) for s in range(60, 64)])
+    acts = [Recorder(make_learner(spec)) for spec in ("mbrl", "mbrl:novelty=0.001")]
+    for rec in acts:
+        run_learner(rec, dense, 300, seed=4)
+    np.testing.assert_array_equal(acts[0].actions, acts[1].actions)  # on these four: not one decision changed
 
 
 def test_random_learner_is_uniform_over_the_mask():
@@ -432,8 +468,9 @@ def test_make_learner_parses_options():
     assert learner.sweeps == 5 and isinstance(learner.sweeps, int)
     assert learner.gamma == 0.9
     assert learner.hyperparameters() == {"gamma": 0.9, "sweeps": 5, "lookahead": 0, "optimism": 1.0, "known": "none", "prior": "",
-                                        "prior_weight": 1.0}
+                                        "prior_weight": 1.0, "novelty": 0.0}
     assert make_learner("mbrl:optimism=4").optimism == 4.0
+    assert make_learner("mbrl:novelty=0.001").novelty == 0.001
     assert "sweeps=5" in repr(learner)
     t = make_learner("tql: alpha = 0.25 ")
     assert isinstance(t, TabularQLearner) and t.alpha == 0.25 and t.gamma == 0.99

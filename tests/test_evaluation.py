@@ -249,6 +249,19 @@ def test_bandit_suites_are_sized_by_their_arms():
     assert (run.length == 1).all() and len(run.length) == 3 * 60
 
 
+def test_sparse_suites_are_the_anymdp_tasks_with_goal_and_pitfall_rewards_only():
+    from anymdp_agent.envs import sample_anymdp_task
+
+    suite, dense = load_suite("sparse-16", 4, split="validation"), load_suite("anymdp-16", 4, split="validation")
+    assert suite.seeds == dense.seeds and "sparse-reward anymdp tasks" in suite.description
+    for task, seed in zip(suite.tasks.tasks, suite.seeds):
+        assert task == sample_anymdp_task(16, 5, seed=seed, reward_parts=())
+    # most steps pay exactly 0: only arrivals at terminal states (and a non-terminal chain end) are rewarded
+    assert (suite.tasks.reward == 0).mean() > 0.8 > (dense.tasks.reward == 0).mean()
+    with pytest.raises(ValueError, match="no reward parts by definition"):
+        load_suite("sparse-16", 1, task_options={"reward_parts": ("step",)})
+
+
 @pytest.mark.parametrize("name", ["anymdp", "garnet-x", "nope", "gym:NoSuchEnv-v0", "frozenlake4x4", "riverswim"])
 def test_unknown_suite_names(name):
     with pytest.raises(ValueError, match="unknown"):
@@ -350,7 +363,7 @@ def test_evaluate_result_record(small_result):
         assert e["seconds"] > 0
     assert result["learners"]["mbrl:sweeps=2"]["hyperparameters"] == {"gamma": 0.99, "sweeps": 2, "lookahead": 0,
                                                                            "optimism": 1.0, "known": "none", "prior": "",
-                                                                           "prior_weight": 1.0}
+                                                                           "prior_weight": 1.0, "novelty": 0.0}
     assert result["learners"]["oracle"]["hyperparameters"] == {"gamma": 0.994}
     assert result["learners"]["random"]["hyperparameters"] == {}
 

@@ -188,10 +188,11 @@ class PriorArgs:
     prior_weight: float = 4.0  # the agent's weight on the prior's pseudo-counts (chosen on validation seeds)
     refresh_fraction: float = 0.125  # the agent's prior_refresh_fraction (the same scores, fewer full refreshes)
     seen_only: bool = True     # the agent's prior_seen_only: no prior mass on ids the history has never shown
+    novelty: float = 0.001     # the agent's planner_novelty: untried pairs stay worth something while no reward is positive
 
 
 def write_agent(prior: TransitionPrior, path: str, record: dict, prior_weight: float = 1.0,
-                refresh_fraction: float = 0.0, seen_only: bool = False) -> Path:
+                refresh_fraction: float = 0.0, seen_only: bool = False, novelty: float = 0.0) -> Path:
     """The ``model_based`` agent with ``prior`` as a ``transformers`` checkpoint at ``path`` (written into a
     temporary folder beside it with ``train_config.json`` and its card, then put in place)."""
     from anymdp_agent.configuration_anymdp_agent import AnyMDPAgentConfig
@@ -201,7 +202,7 @@ def write_agent(prior: TransitionPrior, path: str, record: dict, prior_weight: f
 
     config = AnyMDPAgentConfig(backbone="model_based", num_observations=64, num_actions=5, prior_hidden=prior.hidden,
                                prior_weight=prior_weight, prior_refresh_fraction=refresh_fraction,
-                               prior_seen_only=seen_only,
+                               prior_seen_only=seen_only, planner_novelty=novelty,
                                temperature_start=1.0, temperature_end=1.0, temperature_decay_steps=0)
     model = AnyMDPAgentModel(config)
     model.model_based.prior.load_state_dict(prior.state_dict())
@@ -267,8 +268,9 @@ def train(args: PriorArgs) -> dict:
         say(f"kept iteration {best[1]} (validation CE {best[0]:.4f}, untrained {empirical:.4f}) -> {args.out}", flush=True)
         if args.agent_out:
             record = {"recipe": "transition-prior", "step": best[1], "max_steps": args.iters, **summary}
-            say(f"agent -> {write_agent(prior, args.agent_out, record, args.prior_weight, args.refresh_fraction, args.seen_only)}",
-                flush=True)
+            written = write_agent(prior, args.agent_out, record, args.prior_weight, args.refresh_fraction,
+                                  args.seen_only, args.novelty)
+            say(f"agent -> {written}", flush=True)
     accelerator.wait_for_everyone()
     return summary
 
@@ -279,9 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(PriorArgs, description=__doc__.split("\n\n")[1])
     args, *_ = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False, return_remaining_strings=False)
     if args.steps < 1 or args.iters < 1 or args.batch < 1 or args.eval_every < 1 or not args.lr > 0 or not args.scale > 0 \
-            or args.corpus_sequences < 1 or not args.prior_weight >= 0 or not args.refresh_fraction >= 0:
+            or args.corpus_sequences < 1 or not args.prior_weight >= 0 or not args.refresh_fraction >= 0 \
+            or not args.novelty >= 0:
         parser.error("steps, iters, batch, eval_every and corpus_sequences must be >= 1, lr and scale > 0, "
-                     "prior_weight and refresh_fraction >= 0")
+                     "prior_weight, refresh_fraction and novelty >= 0")
     if args.corpus:
         from anymdp_agent.data.corpus import open_corpus
 

@@ -99,6 +99,7 @@ class PlannerState:
     reward_sum: np.ndarray  # [B, nO, na]
     terminal: np.ndarray    # [B, nO] observations an episode has ended in (terminated)
     r_max: np.ndarray       # [B] largest reward seen (0 before any)
+    r_absmax: np.ndarray    # [B] largest reward magnitude seen (0 before any nonzero reward)
     values: np.ndarray      # [B, nO] warm-started V
     # Only with known transitions / rewards (``mbrl:known=...``): the true P(s' | s, a) [B, nO, na, nO] and mean
     # reward [B, nO, na], and their sums over every visit so far, which the backups read in place of counts and
@@ -170,15 +171,16 @@ class ModelBasedPlanner(InContextLearner):
     name = "mbrl"
 
     def __init__(self, gamma: float = 0.99, sweeps: int = 3, lookahead: int = 0, optimism: float = 1.0,
-                 known: str = "none", prior: str = "", prior_weight: float = 1.0):
+                 known: str = "none", prior: str = "", prior_weight: float = 1.0, novelty: float = 0.0):
         if not 0 <= gamma < 1 or sweeps < 1 or lookahead < 0 or not optimism >= 0 \
-                or not (prior_weight >= 0 and math.isfinite(prior_weight)):
-            raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1, lookahead >= 0, optimism >= 0 and a "
-                             f"finite prior_weight >= 0, got gamma={gamma}, sweeps={sweeps}, lookahead={lookahead}, "
-                             f"optimism={optimism}, prior_weight={prior_weight}")
+                or not (prior_weight >= 0 and math.isfinite(prior_weight)) or not (novelty >= 0 and math.isfinite(novelty)):
+            raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1, lookahead >= 0, optimism >= 0 and "
+                             f"finite prior_weight >= 0 and novelty >= 0, got gamma={gamma}, sweeps={sweeps}, "
+                             f"lookahead={lookahead}, optimism={optimism}, prior_weight={prior_weight}, novelty={novelty}")
         if known not in KNOWN_PARTS:
             raise ValueError(f"ModelBasedPlanner: known must be one of {', '.join(KNOWN_PARTS)}, got {known!r}")
         self.gamma, self.sweeps, self.lookahead, self.optimism = gamma, sweeps, lookahead, float(optimism)
+        self.novelty = float(novelty)
         self.known = known
         self.prior, self.prior_weight = prior, float(prior_weight)
         self._prior = None
@@ -196,7 +198,7 @@ class ModelBasedPlanner(InContextLearner):
         state = PlannerState(rng=np.random.default_rng(seed), mask=spec.action_mask.copy(),
                              counts=np.zeros((b, n, na, n), dtype=np.float32), n_sa=np.zeros((b, n, na)),
                              reward_sum=np.zeros((b, n, na)), terminal=np.zeros((b, n), dtype=bool),
-                             r_max=np.zeros(b), values=np.zeros((b, n)))
+                             r_max=np.zeros(b), r_absmax=np.zeros(b), values=np.zeros((b, n)))
         if self._prior is not None or self.tracks_prior_statistics:
             state.pseudo, state.pseudo_total = np.zeros_like(state.counts), np.zeros_like(state.n_sa)
             state.visits, state.arrival_sum, state.arrival_n = (np.zeros((b, n)) for _ in range(3))
@@ -220,7 +222,7 @@ class ModelBasedPlanner(InContextLearner):
         """Q of the current plan: ``[B, nO, na]``, or ``[B, na]`` at ``obs``."""
         b, n, na, _ = state.counts.shape
         counts, r_sum = self.model(state)
-        args = (counts, state.n_sa, r_sum, state.r_max, state.values, float(self.gamma), self.optimism,
+        args = (counts, state.n_sa, r_sum, self.level(state), state.values, float(self.gamma), self.optimism,
                 *self._prior_args(state))
         if obs is None:
             out = np.empty((b, n, na))
@@ -234,8 +236,19 @@ class ModelBasedPlanner(InContextLearner):
         """``sweeps`` value-iteration sweeps over the empirical model, in place."""
         if sweeps > 0:
             counts, r_sum = self.model(state)
-            _sweeps(counts, state.n_sa, r_sum, state.r_max, state.mask, state.terminal,
+            _sweeps(counts, state.n_sa, r_sum, self.level(state), state.mask, state.terminal,
                     state.values, float(self.gamma), self.optimism, *self._prior_args(state), int(sweeps))
+
+    def level(self, state: PlannerState) -> np.ndarray:
+        """The optimism level ``[B]`` (an untried pair is worth ``optimism * level / (1 - gamma)``): ``max(r_max, 0)``,
+        with ``novelty`` never 0 (the agent's :func:`~anymdp_agent.modeling_anymdp_agent.optimism_level`)."""
+        if not self.novelty:
+            return state.r_max
+        import torch
+
+        from ..modeling_anymdp_agent import optimism_level
+
+        return optimism_level(torch.from_numpy(state.r_max), torch.from_numpy(state.r_absmax), self.novelty).numpy()
 
     #: Keep the prior's statistics even without a prior (the prior's training collects them from plain ``mbrl``).
     tracks_prior_statistics = False
@@ -261,7 +274,7 @@ class ModelBasedPlanner(InContextLearner):
         (then the transition's arrays hold those environments' steps)."""
         pair = (np.asarray(np.arange(len(t.obs)) if envs is None else envs, dtype=np.int64),
                 np.asarray(t.obs, dtype=np.int64), np.asarray(t.actions, dtype=np.int64))
-        _record(state.counts, state.n_sa, state.reward_sum, state.r_max, state.terminal, *pair,
+        _record(state.counts, state.n_sa, state.reward_sum, state.r_max, state.r_absmax, state.terminal, *pair,
                 np.asarray(t.next_obs, dtype=np.int64), np.asarray(t.rewards, dtype=np.float64),
                 np.asarray(t.terminated, dtype=bool))
         if state.known_counts is not None:  # one entry per environment, so no index repeats
@@ -324,12 +337,13 @@ class ModelBasedPlanner(InContextLearner):
 
 
 @numba.njit(cache=True)
-def _record(counts, n_sa, r_sum, r_max, terminal, envs, s, a, s2, r, term):
+def _record(counts, n_sa, r_sum, r_max, r_absmax, terminal, envs, s, a, s2, r, term):
     for j in range(len(envs)):
         b = envs[j]
         counts[b, s[j], a[j], s2[j]] += 1.0
         n_sa[b, s[j], a[j]] += 1.0
         r_sum[b, s[j], a[j]] += r[j]
         r_max[b] = max(r_max[b], r[j])
+        r_absmax[b] = max(r_absmax[b], abs(r[j]))
         if term[j]:
             terminal[b, s2[j]] = True

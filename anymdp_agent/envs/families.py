@@ -41,12 +41,22 @@ def _sample_bandit(n_arms: int, n_actions: int, *, seed: int, **options):
     return sample_bandit_task(n_arms, seed=seed, **options)
 
 
-#: Actions of every task of a sized suite (``anymdp-N``, ``garnet-N``, ``dirichlet-N``).
+def _sample_sparse(n_states: int, n_actions: int, *, seed: int, **options):
+    """A ``sparse-N`` task: the AnyMDP task of that seed with its calibrated goal and pitfall rewards only
+    (``reward_parts=()``: no potential, position, per-pair or per-step terms), so most steps pay exactly 0."""
+    if "reward_parts" in options:
+        raise ValueError("a sparse-N task has no reward parts by definition; use anymdp-N with reward_parts instead")
+    return sample_anymdp_task(n_states, n_actions, seed=seed, reward_parts=(), **options)
+
+
+#: Actions of every task of a sized suite (``anymdp-N``, ``sparse-N``, ``garnet-N``, ``dirichlet-N``).
 SUITE_ACTIONS = 5
 
 #: The sampled families, by the name a sized suite starts with.
 SAMPLED_FAMILIES = {
     "anymdp": SampledFamily(sample_anymdp_task, MIN_STATES, SUITE_ACTIONS, "anymdp tasks"),
+    "sparse": SampledFamily(_sample_sparse, MIN_STATES, SUITE_ACTIONS,
+                            "sparse-reward anymdp tasks (goal and pitfall rewards only)"),
     "garnet": SampledFamily(sample_garnet_task, MIN_STATES, SUITE_ACTIONS, "garnet tasks"),
     "dirichlet": SampledFamily(sample_dirichlet_task, MIN_STATES, SUITE_ACTIONS, "dense random MDPs (Dirichlet rows)"),
     "riverswim": SampledFamily(sample_riverswim_task, RIVERSWIM_MIN_STATES, 2, "RiverSwim tasks"),

@@ -106,7 +106,13 @@ class AnyMDPAgentConfig(PreTrainedConfig):
 
     Model-based backbone (``backbone="model_based"``; its discount is ``planning_gamma``, fixed):
         planner_sweeps: value-iteration sweeps after every transition, warm-started from the previous values.
-        planner_optimism: an untried pair is worth ``planner_optimism * max(r_max, 0) / (1 - planning_gamma)``.
+        planner_optimism: an untried pair is worth ``planner_optimism * level / (1 - planning_gamma)``, with the
+            optimism level ``max(r_max, 0)`` (``r_max``: the largest reward seen).
+        planner_novelty: with ``d > 0`` the optimism level is at least ``d * m`` (``m``: the largest reward
+            magnitude seen, 1 while every reward seen is 0), so an untried pair stays worth more than a tried one
+            while no positive reward has been seen: the plan heads for untried pairs instead of walking at
+            random (sparse rewards), or of ending episodes for a reward of 0 when every reward so far was a cost.
+            Once the largest reward exceeds ``d * m`` it changes nothing. 0 (the default): the classic planner.
         prior_hidden: width of the transition prior network (two tanh layers).
         prior_weight: the prior's pseudo-counts are multiplied by this in the posterior-mean model (1: the
             calibrated posterior the prior is trained for; more: more weight on the prior, more retrying of pairs
@@ -168,6 +174,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         rms_norm_eps: float = 1e-6,
         planner_sweeps: int = 3,
         planner_optimism: float = 1.0,
+        planner_novelty: float = 0.0,
         prior_hidden: int = 32,
         prior_refresh: int = 16,
         prior_refresh_fraction: float = 0.0,
@@ -207,6 +214,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.rms_norm_eps = rms_norm_eps
         self.planner_sweeps = planner_sweeps
         self.planner_optimism = planner_optimism
+        self.planner_novelty = planner_novelty
         self.prior_hidden = prior_hidden
         self.prior_refresh = prior_refresh
         self.prior_refresh_fraction = prior_refresh_fraction
@@ -224,7 +232,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be a positive integer, got {value!r}")
-        for name in ("planner_optimism", "prior_refresh_fraction", "prior_weight"):
+        for name in ("planner_optimism", "planner_novelty", "prior_refresh_fraction", "prior_weight"):
             o = getattr(self, name)
             if isinstance(o, bool) or not isinstance(o, (int, float)) or not math.isfinite(o) or o < 0:
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be a finite number >= 0, got {o!r}")

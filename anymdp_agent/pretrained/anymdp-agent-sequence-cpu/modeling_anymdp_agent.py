@@ -1001,6 +1001,18 @@ def relative_arrival(arrival_sum, arrival_n, reward_sq, steps) -> torch.Tensor:
     return arrival_sum / arrival_n.clamp(min=1.0) / rms
 
 
+def optimism_level(r_max, r_absmax, novelty: float) -> torch.Tensor:
+    """The reward level ``[B]`` an untried pair is worth over the horizon (times the planner's optimism):
+    ``max(r_max, 0)``, the largest reward seen, and with ``novelty = d > 0`` at least ``d * m``, ``m`` the largest
+    reward magnitude seen (``r_absmax``), or 1 while every reward seen is 0. So while no positive reward has been
+    seen an untried pair is still worth more than nothing: the plan heads for untried pairs instead of breaking
+    all-zero ties at random or ending episodes for a reward of 0 when every reward so far was a cost."""
+    level = r_max.clamp(min=0.0)
+    if novelty > 0:
+        level = torch.maximum(level, novelty * torch.where(r_absmax > 0, r_absmax, torch.ones_like(r_absmax)))
+    return level
+
+
 class TransitionPriorNetwork(nn.Module):
     """``features [..., PRIOR_FEATURES] -> pseudo-counts [...] >= 0``: a per-``(s, a, t)`` MLP, the same for every
     id, so one prior serves any number of states and actions. With the pseudo-counts ``g`` a tried pair's
@@ -1037,7 +1049,8 @@ class ModelBasedPlanner(nn.Module):
     next-observation counts, observed terminal observations, the largest reward, and the values ``V`` of the
     last plan. After every transition, ``planner_sweeps`` synchronous value-iteration sweeps warm-started from
     ``V`` update the plan, with the discount ``planning_gamma``; an untried pair is worth
-    ``planner_optimism * max(r_max, 0) / (1 - gamma)``, and terminal observations 0. The policy is greedy on
+    ``planner_optimism * level / (1 - gamma)`` (:func:`optimism_level`: ``max(r_max, 0)``, with
+    ``planner_novelty`` never 0), and terminal observations 0. The policy is greedy on
     the plan's Q at the current observation, ties shared uniformly: its logits are 0 on the best actions and
     :data:`NOT_BEST` elsewhere, so sampling at any temperature > 0 breaks ties at random.
 
@@ -1076,7 +1089,7 @@ class ModelBasedPlanner(nn.Module):
             **initial_rows(batch, device),
             "n_sa": z(batch, n_obs, a), "r_sum": z(batch, n_obs, a), "n_ss": z(batch, n_obs, a, n_obs),
             "terminal": torch.zeros(batch, n_obs, dtype=torch.bool, device=device), "r_max": z(batch),
-            "r_count": z(batch), "r_sq": z(batch), "values": z(batch, n_obs),
+            "r_absmax": z(batch), "r_count": z(batch), "r_sq": z(batch), "values": z(batch, n_obs),
             "pseudo": z(batch, n_obs, a, n_obs), "pseudo_total": z(batch, n_obs, a), "visits": z(batch, n_obs),
             "arrival_sum": z(batch, n_obs), "arrival_n": z(batch, n_obs),
             # the observation the last transition left (-1: none since the last plan), transitions since every
@@ -1104,6 +1117,7 @@ class ModelBasedPlanner(nn.Module):
             t["n_sa"][real, s, a] += 1.0
             t["r_sum"][real, s, a] += r
             t["r_max"][real] = torch.maximum(t["r_max"][real], r)
+            t["r_absmax"][real] = torch.maximum(t["r_absmax"][real], r.abs())
             t["r_count"][real] += 1.0
             t["r_sq"][real] += r * r
             t["visits"][real, s] += 1.0
@@ -1168,7 +1182,8 @@ class ModelBasedPlanner(nn.Module):
         q = r_mean + gamma * acc / n_sa.clamp(min=1.0)
         acc_prior = acc + torch.bmm(pseudo.reshape(b, s * a, n_obs), values[..., None]).view(b, s, a)
         q = torch.maximum(q, r_mean + gamma * acc_prior / (n_sa + pseudo_total).clamp(min=1e-300))
-        optimistic = self.config.planner_optimism * t["r_max"].clamp(min=0.0) / (1.0 - gamma)
+        level = optimism_level(t["r_max"], t["r_absmax"], self.config.planner_novelty)
+        optimistic = self.config.planner_optimism * level / (1.0 - gamma)
         q = torch.where(tried, q, optimistic[:, None, None])
         return q if observations is None else q[:, 0]
 
