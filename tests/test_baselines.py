@@ -426,6 +426,10 @@ def test_the_optimism_level_with_novelty_by_hand():
     r_absmax = torch.tensor([0.0, 3.0, 0.5, 5.0, 1.0])     # the largest magnitude seen
     torch.testing.assert_close(optimism_level(r_max, r_absmax, 0.0), r_max)
     torch.testing.assert_close(optimism_level(r_max, r_absmax, 0.01), torch.tensor([0.01, 0.03, 0.5, 2.0, 0.01]))
+    # the harness planner's numpy arrays: the same numbers, as an array
+    level = optimism_level(r_max.double().numpy(), r_absmax.double().numpy(), 0.01)
+    assert isinstance(level, np.ndarray)
+    np.testing.assert_allclose(level, [0.01, 0.03, 0.5, 2.0, 0.01], rtol=1e-6)
 
 
 def test_novelty_sends_the_planner_to_untried_pairs_while_no_reward_is_positive():

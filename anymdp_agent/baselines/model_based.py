@@ -244,11 +244,9 @@ class ModelBasedPlanner(InContextLearner):
         with ``novelty`` never 0 (the agent's :func:`~anymdp_agent.modeling_anymdp_agent.optimism_level`)."""
         if not self.novelty:
             return state.r_max
-        import torch
-
         from ..modeling_anymdp_agent import optimism_level
 
-        return optimism_level(torch.from_numpy(state.r_max), torch.from_numpy(state.r_absmax), self.novelty).numpy()
+        return optimism_level(state.r_max, state.r_absmax, self.novelty)
 
     #: Keep the prior's statistics even without a prior (the prior's training collects them from plain ``mbrl``).
     tracks_prior_statistics = False

@@ -1001,15 +1001,16 @@ def relative_arrival(arrival_sum, arrival_n, reward_sq, steps) -> torch.Tensor:
     return arrival_sum / arrival_n.clamp(min=1.0) / rms
 
 
-def optimism_level(r_max, r_absmax, novelty: float) -> torch.Tensor:
+def optimism_level(r_max, r_absmax, novelty: float):
     """The reward level ``[B]`` an untried pair is worth over the horizon (times the planner's optimism):
     ``max(r_max, 0)``, the largest reward seen, and with ``novelty = d > 0`` at least ``d * m``, ``m`` the largest
     reward magnitude seen (``r_absmax``), or 1 while every reward seen is 0. So while no positive reward has been
     seen an untried pair is still worth more than nothing: the plan heads for untried pairs instead of breaking
-    all-zero ties at random or ending episodes for a reward of 0 when every reward so far was a cost."""
-    level = r_max.clamp(min=0.0)
-    if novelty > 0:
-        level = torch.maximum(level, novelty * torch.where(r_absmax > 0, r_absmax, torch.ones_like(r_absmax)))
+    all-zero ties at random or ending episodes for a reward of 0 when every reward so far was a cost. Tensors in,
+    a tensor out; numpy arrays in (the harness planner, every step), an array out, with no conversion."""
+    level = r_max.clip(min=0.0)
+    if novelty > 0:  # r_absmax >= 0; where it is 0 (every reward 0 so far) the magnitude is 1
+        level = level.clip(min=novelty * (r_absmax + (r_absmax == 0)))
     return level
 
 
