@@ -59,21 +59,36 @@ def replay(model: AnyMDPAgentModel, rec: Recorder, n_obs: int, mask: np.ndarray,
     return (np.stack(best), state, np.stack(qs)) if q else (np.stack(best), state)
 
 
+def chain_prior(path) -> str:
+    """A prior reading the chain inputs, its last layer drawn so its pseudo-counts vary with them, saved at
+    ``path``."""
+    torch.manual_seed(0)
+    prior = TransitionPrior(hidden=8, chain=True)
+    torch.nn.init.normal_(prior.net[-1].weight, std=2.0)
+    torch.nn.init.constant_(prior.net[-1].bias, -1.0)
+    return str(prior.save(path))
+
+
 @pytest.mark.parametrize("prior, weight, novelty", [("none", 1.0, 0.0), ("bundled", 1.0, 0.0), ("bundled", 4.0, 0.0),
-                                                    ("none", 1.0, 1e-3), ("bundled", 4.0, 1e-3)])
-def test_the_agent_takes_the_planners_decisions_on_the_planners_history(prior, weight, novelty):
-    """Every action ``mbrl`` (or ``mbrl:prior=bundled:prior_weight=W``, ``:novelty=D``) took is among the agent's
-    best actions on that history, across episode ends and a task with fewer actions; the plans' values agree. With
-    novelty the tasks pay only their goal and pitfall rewards, so the optimism level is novelty's for a while."""
+                                                    ("none", 1.0, 1e-3), ("bundled", 4.0, 1e-3), ("chain", 4.0, 1e-3)])
+def test_the_agent_takes_the_planners_decisions_on_the_planners_history(prior, weight, novelty, tmp_path):
+    """Every action ``mbrl`` (or ``mbrl:prior=bundled:prior_weight=W``, ``:novelty=D``, or a prior reading the
+    chain inputs) took is among the agent's best actions on that history, across episode ends and a task with
+    fewer actions; the plans' values agree. With novelty the tasks pay only their goal and pitfall rewards, so the
+    optimism level is novelty's for a while."""
     parts = {"reward_parts": ()} if novelty else {}
     tasks = [sample_anymdp_task(12, 4, seed=31, **parts), sample_anymdp_task(12, 5, seed=32, **parts),
              sample_anymdp_task(10, 5, seed=33, **parts)]
     suite = task_suite(tasks)
-    planner = ModelBasedPlanner(prior="bundled" if prior == "bundled" else "", prior_weight=weight, novelty=novelty)
+    source = {"none": "", "bundled": "bundled", "chain": chain_prior(tmp_path / "chain") if prior == "chain" else ""}
+    planner = ModelBasedPlanner(prior=source[prior], prior_weight=weight, novelty=novelty)
     rec = Recorder(planner)
     run_learner(rec, suite, 700, seed=2)
-    model = model_based_agent(TransitionPrior.load("bundled") if prior == "bundled" else zero_prior(),
-                              prior_weight=weight, planner_novelty=novelty)
+    loaded = TransitionPrior.load(source[prior]) if source[prior] else zero_prior()
+    model = model_based_agent(loaded, prior_weight=weight, planner_novelty=novelty,
+                              prior_chain_features=loaded.chain)
+    if prior == "chain":  # the chain inputs move the pseudo-counts, so this case tests them
+        assert model.model_based.prior.num_features == 24 and (rec._state.pseudo.std(-1) > 0.1).any()
     best, state, q = replay(model, rec, suite.tasks.n_states, rec._mask, q=True)
     taken = np.take_along_axis(best, rec.actions[..., None], -1)[..., 0]
     # the harness keeps pseudo-counts in float32, the agent in float64: a decision may differ only where the
@@ -316,7 +331,15 @@ def test_a_refresh_in_parts_gives_the_same_prior_as_one_in_one_go(monkeypatch):
                        transition_prior_features(*args, envs, states))
     every = history_graph(args[0], args[1], args[3], torch.arange(2).repeat_interleave(24),
                           torch.arange(24).repeat(2))  # every row: all at once
-    assert all(torch.equal(a, b) for a, b in zip(every, graph))
+    assert all(torch.equal(a, b) for a, b in zip(every[:4], graph[:4])) and every[4] is None and graph[4] is None
+    # with the chain inputs: the whole history's places, the same for the few rows as for all of them
+    chained = history_graph(args[0], args[1], args[3], envs, states, chain=True)
+    assert chained[4].shape == (2, 24) and torch.equal(
+        chained[4], history_graph(args[0], args[1], args[3], chain=True)[4])
+    assert torch.equal(transition_prior_features(*args, envs, states, chained, chain=True),
+                       transition_prior_features(*args, envs, states, chain=True))
+    with pytest.raises(ValueError, match="chain=True"):
+        transition_prior_features(*args, envs, states, few, chain=True)
 
     assert len(modeling.prior_row_parts(2 * 24, 24)) == 1
     replays, parts = [], []

@@ -13,6 +13,7 @@ from anymdp_agent.baselines import make_learner
 from anymdp_agent.baselines.model_based import ModelBasedPlanner
 from anymdp_agent.baselines.transition_prior import (BUNDLED, NUM_FEATURES, TransitionPrior, prior_cross_entropy,
                                                      prior_features)
+from anymdp_agent.modeling_anymdp_agent import CHAIN_FEATURES, chain_coordinate
 from anymdp_agent.envs import sample_anymdp_task
 from anymdp_agent.evaluation import load_suite, run_learner
 from anymdp_agent.training import transition_prior as recipe
@@ -41,15 +42,80 @@ def test_features_are_equivariant_under_relabelling_the_observation_ids():
     np.testing.assert_allclose(f[..., 1], np.broadcast_to(np.log1p(n_sa)[..., None], f.shape[:-1]), rtol=1e-6)
 
 
-def test_features_of_some_rows_are_those_rows_of_all_features():
+@pytest.mark.parametrize("chain", [False, True])
+def test_features_of_some_rows_are_those_rows_of_all_features(chain):
     """The planner refreshes the pairs at the observation just left with the row form; it must be the same
     function as the full one."""
     rng = np.random.default_rng(2)
     counts, n_sa, terminal, visits, arrival = random_statistics(rng, b=3, visits=30)
-    full = prior_features(counts, n_sa, terminal, visits, arrival)
+    full = prior_features(counts, n_sa, terminal, visits, arrival, chain=chain)
+    assert full.shape[-1] == NUM_FEATURES + (CHAIN_FEATURES if chain else 0)
     envs, states = np.array([0, 2, 2, 1]), np.array([5, 0, 3, 3])
-    rows = prior_features(counts, n_sa, terminal, visits, arrival, envs, states)
+    rows = prior_features(counts, n_sa, terminal, visits, arrival, envs, states, chain=chain)
     np.testing.assert_array_equal(rows, full[envs, states])
+    if chain:  # the first 20 inputs are the ones without the chain
+        np.testing.assert_array_equal(full[..., :NUM_FEATURES], prior_features(counts, n_sa, terminal, visits, arrival))
+
+
+def _walk_counts(order, n_obs, steps=400, seed=0, reach=1):
+    """Counts ``[1, n_obs, 2, n_obs]`` of a random walk along a chain whose states are the ids ``order`` (a
+    step of -1 to ``reach`` along it), and the visits of each id."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((1, n_obs, 2, n_obs))
+    i = 0
+    for _ in range(steps):
+        j = int(np.clip(i + rng.integers(-1, reach + 1), 0, len(order) - 1))
+        counts[0, order[i], rng.integers(2), order[j]] += 1
+        i = j
+    return counts, counts.sum((2, 3))
+
+
+def test_the_chain_coordinate_lays_a_chain_out_in_order_whatever_the_ids():
+    """The spectral place of each id along a walk's graph follows the hidden chain (either way round), whatever
+    ids the chain's states have: exactly where the walk moves one state at a time, closely where it also jumps
+    ahead; ids the walk never showed have no place (-1)."""
+    order = np.random.default_rng(3).permutation(12)[:10]  # 10 chain states on 12 ids: two never shown
+
+    def place_of(counts, visits):
+        sym = torch.as_tensor(((counts.sum(2) + counts.sum(2).transpose(0, 2, 1)) > 0).astype(np.float32))
+        return chain_coordinate(sym, torch.as_tensor(visits), torch.as_tensor(counts))[0].numpy()
+
+    jumpy = place_of(*_walk_counts(order, 12, reach=2))[order]
+    assert np.corrcoef(jumpy, np.arange(10))[0, 1] ** 2 > 0.9
+    counts, visits = _walk_counts(order, 12)
+    place = place_of(counts, visits)
+    along = place[order]
+    assert (np.diff(along) > 0).all() or (np.diff(along) < 0).all()
+    assert along.min() == 0.0 and along.max() == 1.0
+    unseen = np.setdiff1d(np.arange(12), order)
+    assert (place[unseen] == -1).all()
+    # the chain inputs of a pair: its outcome's place is 0 away; the place of an id never shown reads as far
+    f = prior_features(counts, counts.sum(-1), np.zeros((1, 12), bool), visits, np.zeros((1, 12)), chain=True)
+    s, a = order[4], 0
+    t = int(np.argmax(counts[0, s, a]))
+    assert counts[0, s, a].sum() > 0 and f[0, s, a, t, NUM_FEATURES] == pytest.approx(
+        abs(place[t] - (counts[0, s, a] / counts[0, s, a].sum()) @ np.clip(place, 0, None)), abs=1e-6)
+    assert (f[0, s, a, unseen, NUM_FEATURES] == 1.0).all() and (f[0, s, a, unseen, -1] == 0).all()
+    # relabelling the ids relabels the inputs (no two ids share a place here)
+    perm = np.random.default_rng(4).permutation(12)
+    g = prior_features(counts[:, perm][..., perm], counts.sum(-1)[:, perm], np.zeros((1, 12), bool), visits[:, perm],
+                       np.zeros((1, 12)), chain=True)
+    np.testing.assert_allclose(g, f[:, perm][:, :, :, perm], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("chain", [False, True])
+def test_save_and_load_round_trip_with_or_without_the_chain_inputs(tmp_path, chain):
+    torch.manual_seed(0)
+    prior = TransitionPrior(hidden=8, chain=chain)
+    torch.nn.init.normal_(prior.net[-1].weight)
+    back = TransitionPrior.load(prior.save(tmp_path / "p"))
+    assert back.chain == chain and back.num_features == NUM_FEATURES + (CHAIN_FEATURES if chain else 0)
+    x = np.random.default_rng(1).normal(size=(5, back.num_features)).astype(np.float32)
+    np.testing.assert_array_equal(back.pseudo_counts(x), prior.pseudo_counts(x))
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    (tmp_path / "p" / "config.json").write_text(json.dumps({**config, "num_features": 17}))
+    with pytest.raises(ValueError, match="with 17 features; this version reads anymdp-transition-prior with 20 or 24"):
+        TransitionPrior.load(tmp_path / "p")
 
 
 def test_save_and_load_round_trip_and_clear_errors(tmp_path):
@@ -84,11 +150,15 @@ def test_an_untrained_prior_is_about_zero_and_the_bundled_one_loads():
 
 
 class _ZeroPrior(torch.nn.Module):
+    chain = False  # reads the inputs without the chain ones
+
     def pseudo_counts(self, features):
         return np.zeros(features.shape[:-1], dtype=np.float32)
 
 
 class _ConstantPrior(torch.nn.Module):
+    chain = False
+
     def __init__(self, value):
         super().__init__()
         self.value = value
@@ -146,14 +216,17 @@ def test_training_script_learns_a_prior_better_than_none_and_is_reproducible(tmp
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["validation_cross_entropy"] < config["validation_cross_entropy_untrained"] - 0.1
     assert config["command"].startswith("python -m anymdp_agent.training.transition_prior --out")
-    x = np.random.default_rng(0).normal(size=(4, NUM_FEATURES)).astype(np.float32)
     a, b = TransitionPrior.load(tmp_path / "a"), TransitionPrior.load(tmp_path / "b")
+    assert a.chain and config["num_features"] == NUM_FEATURES + CHAIN_FEATURES  # the recipe reads the chain inputs
+    x = np.random.default_rng(0).normal(size=(4, a.num_features)).astype(np.float32)
     np.testing.assert_array_equal(a.pseudo_counts(x), b.pseudo_counts(x))
     # the learned prior runs in the planner on a suite it has not seen
     suite = load_suite("anymdp-8", 2, split="test")
     run_learner(make_learner(f"mbrl:prior={tmp_path / 'a'}"), suite, 50, seed=0)
     with pytest.raises(SystemExit):
         recipe.main(["--iters", "0"])
+    with pytest.raises(ValueError, match="reads the chain inputs: pass --chain_features True"):
+        recipe.main(args + ["--init_from", str(tmp_path / "a"), "--chain_features", "false", "--out", str(tmp_path / "c")])
 
 
 def test_the_training_families_include_deterministic_garnet_on_the_splits_seeds():

@@ -57,9 +57,9 @@ class _Collector(ModelBasedPlanner):
 
     tracks_prior_statistics = True
 
-    def __init__(self, snapshots):
+    def __init__(self, snapshots, chain: bool = False):
         super().__init__()
-        self._snapshots, self._step, self._examples = set(snapshots), 0, []
+        self._snapshots, self._step, self._examples, self._chain = set(snapshots), 0, [], chain
 
     def initial_state(self, spec, seed):
         self._true = true_model(spec)[0]
@@ -70,7 +70,7 @@ class _Collector(ModelBasedPlanner):
         self._step += 1  # called once per step (for every pair, or for the observation just left)
         if self._step in self._snapshots:
             tried = state.n_sa >= 1
-            self._examples.append((self.prior_inputs(state)[tried], state.counts[tried].astype(np.float32),
+            self._examples.append((self.prior_inputs(state, chain=self._chain)[tried], state.counts[tried].astype(np.float32),
                                   state.n_sa[tried].astype(np.float32), self._true[tried]))
 
 
@@ -83,12 +83,13 @@ class _Replay(ModelBasedPlanner):
         pass
 
 
-def corpus_parts(corpus: str, sequences: int, snapshots=SNAPSHOTS, batch: int = 64) -> list[tuple]:
+def corpus_parts(corpus: str, sequences: int, snapshots=SNAPSHOTS, batch: int = 64, chain: bool = False) -> list[tuple]:
     """Examples from the first ``sequences`` rows of a corpus' train split: each row's history is replayed (every
     row with an action is a transition to the next row's observation; a closing row ``END_TERMINATED`` marks it
     terminal),
     and at each of ``snapshots`` (rows into the sequence) every tried pair is an example, with the true row of
-    the task named by the row's ``task_seed``, ``n_states`` and ``n_actions``."""
+    the task named by the row's ``task_seed``, ``n_states`` and ``n_actions`` (``chain``: the prior's chain inputs
+    too)."""
     from anymdp_agent.data import check_corpus_features
     from anymdp_agent.data.corpus import open_corpus
     from anymdp_agent.envs import GENERATOR_VERSION, sample_anymdp_task, stack_tasks
@@ -120,7 +121,7 @@ def corpus_parts(corpus: str, sequences: int, snapshots=SNAPSHOTS, batch: int = 
                                                 truncated=np.zeros(len(envs), dtype=bool)), envs)
             if j + 1 in keep:
                 tried = state.n_sa >= 1
-                parts.append((replay.prior_inputs(state)[tried], state.counts[tried].astype(np.float32),
+                parts.append((replay.prior_inputs(state, chain=chain)[tried], state.counts[tried].astype(np.float32),
                               state.n_sa[tried].astype(np.float32), true[tried]))
     return parts
 
@@ -136,17 +137,17 @@ def family_suite(name: str, tasks: int, actions: int, split: str) -> Suite:
 
 
 def collect(split: str, steps: int, scale: float = 1.0, seed: int = 0, corpus: str = "",
-            corpus_sequences: int = 0) -> list[torch.Tensor]:
+            corpus_sequences: int = 0, chain: bool = False) -> list[torch.Tensor]:
     """Examples: features ``[N, W, F]``, counts ``[N, W]``, visits ``[N]``, true rows ``[N, W]`` and the mask of
     real ids ``[N, W]``, padded to the largest id count ``W``; from ``corpus`` (its first ``corpus_sequences``
-    rows) or, without one, from ``mbrl`` acting on every family of ``split``."""
+    rows) or, without one, from ``mbrl`` acting on every family of ``split`` (``chain``: with the chain inputs)."""
     parts = []
     if corpus:
-        parts = corpus_parts(corpus, corpus_sequences, [s for s in SNAPSHOTS if s <= steps])
+        parts = corpus_parts(corpus, corpus_sequences, [s for s in SNAPSHOTS if s <= steps], chain=chain)
     else:
         for name, tasks, actions in FAMILIES:
             suite = family_suite(name, max(int(tasks * scale), 2), actions, split)
-            collector = _Collector(s for s in SNAPSHOTS if s <= steps)
+            collector = _Collector((s for s in SNAPSHOTS if s <= steps), chain)
             run_learner(collector, suite, steps, seed=seed)
             parts.extend(collector._examples)
     width = max(p[1].shape[-1] for p in parts)
@@ -189,6 +190,7 @@ class PriorArgs:
     refresh_fraction: float = 0.125  # the agent's prior_refresh_fraction (the same scores, fewer full refreshes)
     seen_only: bool = True     # the agent's prior_seen_only: no prior mass on ids the history has never shown
     novelty: float = 0.001     # the agent's planner_novelty: untried pairs stay worth something while no reward is positive
+    chain_features: bool = True  # the prior also reads each id's place along the transition graph (prior_chain_features)
 
 
 def write_agent(prior: TransitionPrior, path: str, record: dict, prior_weight: float = 1.0,
@@ -202,7 +204,7 @@ def write_agent(prior: TransitionPrior, path: str, record: dict, prior_weight: f
 
     config = AnyMDPAgentConfig(backbone="model_based", num_observations=64, num_actions=5, prior_hidden=prior.hidden,
                                prior_weight=prior_weight, prior_refresh_fraction=refresh_fraction,
-                               prior_seen_only=seen_only, planner_novelty=novelty,
+                               prior_seen_only=seen_only, planner_novelty=novelty, prior_chain_features=prior.chain,
                                temperature_start=1.0, temperature_end=1.0, temperature_decay_steps=0)
     model = AnyMDPAgentModel(config)
     model.model_based.prior.load_state_dict(prior.state_dict())
@@ -220,17 +222,21 @@ def train(args: PriorArgs) -> dict:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(args.seed)
     t0 = time.time()
-    data = collect("train", args.steps, args.scale, corpus=args.corpus, corpus_sequences=args.corpus_sequences)
-    val = collect("validation", args.steps, args.scale / 2)
+    data = collect("train", args.steps, args.scale, corpus=args.corpus, corpus_sequences=args.corpus_sequences,
+                   chain=args.chain_features)
+    val = collect("validation", args.steps, args.scale / 2, chain=args.chain_features)
     say = accelerator.print
     say(f"{len(data[1])} training and {len(val[1])} validation pairs in {time.time() - t0:.0f} s", flush=True)
-    prior = TransitionPrior(args.hidden)
+    prior = TransitionPrior(args.hidden, chain=args.chain_features)
     earlier = None
     if args.init_from:
         start = TransitionPrior.load(args.init_from)
         if start.hidden != args.hidden:
             raise ValueError(f"--init_from {args.init_from} is {start.hidden} wide, --hidden is {args.hidden}: pass "
                              f"--hidden {start.hidden}")
+        if start.chain != args.chain_features:
+            raise ValueError(f"--init_from {args.init_from} {'reads' if start.chain else 'does not read'} the chain "
+                             f"inputs: pass --chain_features {start.chain}")
         prior.load_state_dict(start.state_dict())
         earlier = {k: v for k, v in json.loads((Path(args.init_from) / "config.json").read_text()).items()
                    if k not in ("kind", "hidden", "num_features")}

@@ -303,10 +303,10 @@ class ModelBasedPlanner(InContextLearner):
 
     @staticmethod
     def prior_inputs(state: PlannerState, envs: np.ndarray | None = None, states: np.ndarray | None = None,
-                     graph: tuple | None = None) -> np.ndarray:
+                     graph: tuple | None = None, chain: bool = False) -> np.ndarray:
         """The prior network's features of the history so far: ``[B, nO, na, nO, NUM_FEATURES]``, or of the rows
         ``(envs[i], states[i])`` only (``graph``: the histories' :func:`~.transition_prior.prior_graph`, if already
-        computed)."""
+        computed; ``chain``: with the chain inputs)."""
         import torch
 
         from ..modeling_anymdp_agent import relative_arrival
@@ -314,7 +314,8 @@ class ModelBasedPlanner(InContextLearner):
 
         arrival = relative_arrival(*(torch.from_numpy(x) for x in (state.arrival_sum, state.arrival_n, state.reward_sq,
                                                                     state.visits.sum(-1)))).numpy()
-        return prior_features(state.counts, state.n_sa, state.terminal, state.visits, arrival, envs, states, graph)
+        return prior_features(state.counts, state.n_sa, state.terminal, state.visits, arrival, envs, states, graph,
+                              chain)
 
     def refresh_prior(self, state: PlannerState, envs: np.ndarray | None = None, states: np.ndarray | None = None) -> None:
         """Recompute the pseudo-counts of every pair, or of the pairs at the observations ``states`` of ``envs``;
@@ -326,10 +327,11 @@ class ModelBasedPlanner(InContextLearner):
         b, n = state.n_sa.shape[:2]
         if envs is None:
             envs, states = np.repeat(np.arange(b), n), np.tile(np.arange(n), b)
-        graph = prior_graph(state.counts, state.n_sa, state.visits, envs, states)
+        chain = self._prior.chain
+        graph = prior_graph(state.counts, state.n_sa, state.visits, envs, states, chain)
         for part in prior_row_parts(len(envs), n):
             rows = (envs[part], states[part])
-            g = self._prior.pseudo_counts(self.prior_inputs(state, *rows, graph)) * np.float32(self.prior_weight)
+            g = self._prior.pseudo_counts(self.prior_inputs(state, *rows, graph, chain)) * np.float32(self.prior_weight)
             state.pseudo[rows] = g
             state.pseudo_total[rows] = g.sum(-1, dtype=np.float64)
 

@@ -28,9 +28,11 @@ import numpy as np
 import torch
 
 from ..fileio import dumps_json, staged_dir
-from ..modeling_anymdp_agent import PRIOR_FEATURES, TransitionPriorNetwork, history_graph, transition_prior_features
+from ..modeling_anymdp_agent import (PRIOR_FEATURES, TransitionPriorNetwork, history_graph, prior_feature_count,
+                                     transition_prior_features)
 
-#: Per ``(s, a, t)`` inputs of the prior network (see :func:`prior_features`).
+#: Per ``(s, a, t)`` inputs of the prior network without the chain inputs (see :func:`prior_features`);
+#: ``prior_feature_count(True)`` with them.
 NUM_FEATURES = PRIOR_FEATURES
 #: The prior trained by ``python -m anymdp_agent.training.transition_prior`` and shipped with the package.
 BUNDLED = Path(__file__).resolve().parent.parent / "priors" / "anymdp-transition-prior"
@@ -39,22 +41,22 @@ CONFIG_NAME, WEIGHTS_NAME, COMPLETE_NAME = "config.json", "model.safetensors", "
 
 def prior_features(counts: np.ndarray, n_sa: np.ndarray, terminal: np.ndarray, visits: np.ndarray,
                    arrival: np.ndarray, envs: np.ndarray | None = None, states: np.ndarray | None = None,
-                   graph: tuple | None = None) -> np.ndarray:
+                   graph: tuple | None = None, chain: bool = False) -> np.ndarray:
     """:func:`~anymdp_agent.modeling_anymdp_agent.transition_prior_features` on numpy arrays (float32 out): the
     network's inputs, ``[B, nO, na, nO, NUM_FEATURES]`` for every pair, or ``[R, na, nO, NUM_FEATURES]`` for the
     pairs of the ``R`` rows ``(envs[i], states[i])`` only (``graph``: :func:`prior_graph` of the same histories,
-    if already computed). One definition serves the planner here and the agent."""
+    if already computed; ``chain``: with the chain inputs). One definition serves the planner here and the agent."""
     with torch.no_grad():
         return transition_prior_features(*map(_tensor, (counts, n_sa, terminal, visits, arrival, envs, states)),
-                                         graph).numpy()
+                                         graph, chain).numpy()
 
 
 def prior_graph(counts: np.ndarray, n_sa: np.ndarray, visits: np.ndarray, envs: np.ndarray | None = None,
-                states: np.ndarray | None = None) -> tuple:
+                states: np.ndarray | None = None, chain: bool = False) -> tuple:
     """:func:`~anymdp_agent.modeling_anymdp_agent.history_graph` on numpy arrays: what the features of the rows
     ``(envs[i], states[i])`` (``None``: any row) read of each whole history, computed once for a refresh in parts."""
     with torch.no_grad():
-        return history_graph(*map(_tensor, (counts, n_sa, visits, envs, states)))
+        return history_graph(*map(_tensor, (counts, n_sa, visits, envs, states)), chain=chain)
 
 
 def _tensor(x: np.ndarray | None) -> torch.Tensor | None:
@@ -67,7 +69,7 @@ class TransitionPrior(TransitionPriorNetwork):
 
     @torch.no_grad()
     def pseudo_counts(self, features: np.ndarray) -> np.ndarray:
-        """``g`` for numpy features ``[..., NUM_FEATURES]`` (float32 out)."""
+        """``g`` for numpy features ``[..., self.num_features]`` (float32 out)."""
         return self(torch.from_numpy(features)).numpy()
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -79,7 +81,8 @@ class TransitionPrior(TransitionPriorNetwork):
         with staged_dir(path) as tmp:
             save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp / WEIGHTS_NAME))
             (tmp / CONFIG_NAME).write_text(dumps_json({"kind": "anymdp-transition-prior", "hidden": self.hidden,
-                                                       "num_features": NUM_FEATURES, **(metadata or {})}, indent=2))
+                                                       "num_features": self.num_features,
+                                                       **(metadata or {})}, indent=2))
             (tmp / COMPLETE_NAME).write_text("")
         return path
 
@@ -93,10 +96,12 @@ class TransitionPrior(TransitionPriorNetwork):
             raise ValueError(f"{path} is not a saved transition prior (no {CONFIG_NAME} and {COMPLETE_NAME}); "
                              "train one with python -m anymdp_agent.training.transition_prior or use prior=bundled")
         config = json.loads((path / CONFIG_NAME).read_text())
-        if config.get("kind") != "anymdp-transition-prior" or config.get("num_features") != NUM_FEATURES:
+        readable = {prior_feature_count(False): False, prior_feature_count(True): True}
+        if config.get("kind") != "anymdp-transition-prior" or config.get("num_features") not in readable:
             raise ValueError(f"{path} holds {config.get('kind')!r} with {config.get('num_features')} features; "
-                             f"this version reads anymdp-transition-prior with {NUM_FEATURES} (retrain it)")
-        prior = cls(hidden=int(config["hidden"]))
+                             f"this version reads anymdp-transition-prior with {' or '.join(map(str, readable))} "
+                             "(retrain it)")
+        prior = cls(hidden=int(config["hidden"]), chain=readable[config["num_features"]])
         prior.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
         prior.eval()
         return prior

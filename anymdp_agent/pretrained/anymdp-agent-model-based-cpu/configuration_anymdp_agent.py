@@ -119,6 +119,9 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             whose few visits landed badly).
         prior_seen_only: no prior mass on ids the history has never shown (arrived at or left), so ids beyond the
             environment's (a state started with the whole vocabulary) change nothing. Off by default.
+        prior_chain_features: the prior also reads where each id lies along the history's transition graph (its
+            spectral ordering: four more inputs per pair and id, the distances to the pair's outcomes and to the
+            pair's own observation). Off by default, so checkpoints from before it load unchanged.
         prior_refresh: every this many transitions the prior's pseudo-counts of every pair are recomputed; in
             between, after each transition, those of the observation just left.
         prior_refresh_fraction: with ``f > 0``, every pair's are recomputed after ``max(prior_refresh, f * steps)``
@@ -180,6 +183,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         prior_refresh_fraction: float = 0.0,
         prior_weight: float = 1.0,
         prior_seen_only: bool = False,
+        prior_chain_features: bool = False,
         **kwargs,
     ):
         self.num_observations = num_observations
@@ -220,6 +224,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.prior_refresh_fraction = prior_refresh_fraction
         self.prior_weight = prior_weight
         self.prior_seen_only = prior_seen_only
+        self.prior_chain_features = prior_chain_features
         self.validate_settings()
         super().__init__(**kwargs)
 
@@ -242,7 +247,8 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         if self.num_actions < 2:
             raise ValueError(f"AnyMDPAgentConfig.num_actions must be >= 2, got {self.num_actions}")
         for name in ("carry_values", "memory_decay", "context_adaptation", "use_flash_linear_attention",
-                     "observation_statistics", "statistics_lookahead", "prior_seen_only"):
+                     "observation_statistics", "statistics_lookahead", "prior_seen_only",
+                     "prior_chain_features"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.backbone not in BACKBONES:

@@ -871,8 +871,15 @@ class SequenceBackbone(nn.Module):
 
 # ---------------------------------------------------------------------- model-based backbone
 
-#: Per ``(s, a, t)`` inputs of the transition prior network (:func:`transition_prior_features`).
+#: Per ``(s, a, t)`` inputs of the transition prior network (:func:`transition_prior_features`), and the inputs
+#: ``chain=True`` adds (:func:`chain_coordinate`).
 PRIOR_FEATURES = 20
+CHAIN_FEATURES = 4
+
+
+def prior_feature_count(chain: bool = False) -> int:
+    """How many inputs per ``(s, a, t)`` the transition prior reads, with or without the chain inputs."""
+    return PRIOR_FEATURES + (CHAIN_FEATURES if chain else 0)
 
 
 #: A refresh of the prior computes its inputs for at most this many bytes of ``[nO, nO]`` matrices at a time.
@@ -888,10 +895,11 @@ def prior_row_parts(rows: int, n_obs: int) -> list[slice]:
     return [slice(i, i + step) for i in range(0, rows, step)]
 
 
-def history_graph(counts, n_sa, visits, envs=None, states=None) -> tuple[torch.Tensor, ...]:
+def history_graph(counts, n_sa, visits, envs=None, states=None, chain: bool = False) -> tuple:
     """What :func:`transition_prior_features` reads of each whole history, whichever rows it is asked for:
     the observed edges ``[B, nO, nO]`` (``x -> y`` seen), the ids two steps on, the ids near (two steps either way),
-    all 0/1 float32, and :func:`history_features` ``[B, 3]``. Computed once, it serves any number of calls on rows
+    all 0/1 float32, :func:`history_features` ``[B, 3]``, and with ``chain`` each id's place along the graph
+    (:func:`chain_coordinate`, ``[B, nO]``; else ``None``). Computed once, it serves any number of calls on rows
     of the same histories (a refresh in parts gives the same features as one in one go).
 
     ``envs``, ``states``: the rows ``(envs[i], states[i])`` the features will be asked for (``None``: any row).
@@ -918,13 +926,34 @@ def history_graph(counts, n_sa, visits, envs=None, states=None) -> tuple[torch.T
         if len(b):
             for out, m in ((two, edges), (near, sym)):
                 out[b, x] = torch.einsum("ky,kyz->kz", m[b, x], m[b]).clamp(max=1.0)
-    return edges, two, near, history_features(counts, n_sa, visits)
+    place = chain_coordinate(sym, visits, counts) if chain else None
+    return edges, two, near, history_features(counts, n_sa, visits), place
+
+
+def chain_coordinate(sym, visits, counts) -> torch.Tensor:
+    """``[B, nO]`` (float32): each id's place along the history's transition graph, in [0, 1]; -1 at ids the history
+    has never shown. The place is the id's rank in the second eigenvector of the normalised Laplacian of the
+    observed (undirected) edges, over the ids shown: the spectral ordering, which lays a chain of states out in
+    order (on AnyMDP-16 histories of 300 steps its rank correlation with the hidden chain is about 0.96). The
+    eigenvector's sign is arbitrary, so only distances between places mean anything. ``sym [B, nO, nO]``: the
+    observed edges either way (0/1)."""
+    b, n, _ = sym.shape
+    shown = (torch.as_tensor(visits) > 0) | (torch.as_tensor(counts).sum((1, 2)) > 0)
+    eye = torch.eye(n, dtype=torch.float64, device=sym.device)
+    w = sym.double() * (1.0 - eye) + 0.01 / n  # a weak link between every two ids keeps the graph connected
+    inv = w.sum(-1).rsqrt()
+    _, vec = torch.linalg.eigh(eye - inv[:, :, None] * w * inv[:, None, :])
+    f = torch.where(shown, vec[..., 1] * inv, torch.full_like(inv, torch.inf))
+    rank = f.argsort(-1).argsort(-1).to(torch.float32)
+    k = shown.sum(-1, keepdim=True).to(torch.float32)
+    return torch.where(shown, rank / (k - 1.0).clamp(min=1.0), torch.full_like(rank, -1.0))
 
 
 def transition_prior_features(counts, n_sa, terminal, visits, arrival, envs=None, states=None,
-                              graph=None) -> torch.Tensor:
-    """The transition prior's inputs (float32) from a history's statistics: ``[B, nO, na, nO, PRIOR_FEATURES]``
-    for every pair, or ``[R, na, nO, PRIOR_FEATURES]`` for the pairs of the ``R`` rows ``(envs[i], states[i])``.
+                              graph=None, chain: bool = False) -> torch.Tensor:
+    """The transition prior's inputs (float32) from a history's statistics: ``[B, nO, na, nO, F]`` for every pair,
+    or ``[R, na, nO, F]`` for the pairs of the ``R`` rows ``(envs[i], states[i])``; ``F`` is
+    :func:`prior_feature_count` of ``chain``.
 
     ``counts [B, nO, na, nO]`` transition counts, ``n_sa [B, nO, na]`` their sums, ``terminal [B, nO]`` ids an
     episode ended in, ``visits [B, nO]`` how often each id was left by a transition, ``arrival [B, nO]`` the mean
@@ -938,18 +967,24 @@ def transition_prior_features(counts, n_sa, terminal, visits, arrival, envs=None
     Three more describe the whole history (:func:`history_features`): how deterministic its transitions look,
     how many pairs say so, and ``1 /`` the number of ids it has shown (how many ids the pseudo-counts spread
     over). Every feature is the same function of every id, so the prior is equivariant under relabelling ids.
-    ``graph``: :func:`history_graph` of these histories, if already computed.
+    With ``chain``, four more (:data:`CHAIN_FEATURES`) from each id's place along the graph
+    (:func:`chain_coordinate`): its distance to the pair's mean outcome, its distance to ``s``, how far it lies
+    beyond the outcome seen from ``s`` (signed, the same for either orientation of the ordering), and whether it
+    has a place. ``graph``: :func:`history_graph` of these histories (with ``chain`` if ``chain``), if already
+    computed.
     """
     counts = torch.as_tensor(counts)
     b, n, na, _ = counts.shape
     if envs is None:
         envs = torch.arange(b, device=counts.device).repeat_interleave(n)
         states = torch.arange(n, device=counts.device).repeat(b)
-        return transition_prior_features(counts, n_sa, terminal, visits, arrival, envs, states, graph).reshape(
-            b, n, na, n, PRIOR_FEATURES)
+        return transition_prior_features(counts, n_sa, terminal, visits, arrival, envs, states, graph, chain).reshape(
+            b, n, na, n, prior_feature_count(chain))
     f32 = torch.float32
     envs, states = torch.as_tensor(envs).long(), torch.as_tensor(states).long()
-    edges, two, near, whole = history_graph(counts, n_sa, visits) if graph is None else graph
+    edges, two, near, whole, place = history_graph(counts, n_sa, visits, chain=chain) if graph is None else graph
+    if chain and place is None:
+        raise ValueError("chain features need a history_graph computed with chain=True")
     c = counts[envs, states].to(f32)                          # [R, na, t]
     m = torch.as_tensor(n_sa)[envs, states].to(f32)           # [R, na]
     p = c / m.clamp(min=1.0)[..., None]
@@ -973,6 +1008,13 @@ def transition_prior_features(counts, n_sa, terminal, visits, arrival, envs=None
              torch.as_tensor(terminal)[envs][:, None, :], torch.log1p(torch.as_tensor(visits)[envs].to(f32))[:, None, :],
              torch.log1p(seen_from_s), 1.0 / m.clamp(min=1.0)[..., None], then, into, then2, around, torch.tanh(rise),
              *whole.unbind(-1))
+    if chain:
+        r = place[envs][:, None, :]                           # [R, 1, t], -1 where never shown
+        has = r >= 0
+        r_s = place[envs, states][:, None, None]              # [R, 1, 1]
+        land = (p * r.clamp(min=0.0)).sum(-1, keepdim=True)   # [R, na, 1]: the pair's mean outcome's place
+        parts += (torch.where(has, (r - land).abs(), 1.0), torch.where(has & (r_s >= 0), (r - r_s).abs(), 1.0),
+                  torch.where(has, 4.0 * (r - land) * (land - r_s.clamp(min=0.0)), 0.0), has)
     return torch.stack([x.to(f32).expand(shape) for x in parts], -1)
 
 
@@ -1015,17 +1057,18 @@ def optimism_level(r_max, r_absmax, novelty: float):
 
 
 class TransitionPriorNetwork(nn.Module):
-    """``features [..., PRIOR_FEATURES] -> pseudo-counts [...] >= 0``: a per-``(s, a, t)`` MLP, the same for every
-    id, so one prior serves any number of states and actions. With the pseudo-counts ``g`` a tried pair's
+    """``features [..., prior_feature_count(chain)] -> pseudo-counts [...] >= 0``: a per-``(s, a, t)`` MLP, the same
+    for every id, so one prior serves any number of states and actions (``chain``: it reads the chain inputs too). With the pseudo-counts ``g`` a tried pair's
     posterior-mean model is ``(counts + g) / (n + sum g)``. Initialised to a prior of about zero (the empirical
     model)."""
 
-    def __init__(self, hidden: int = 32):
+    def __init__(self, hidden: int = 32, chain: bool = False):
         super().__init__()
         if hidden < 1:
             raise ValueError(f"the transition prior needs hidden >= 1, got {hidden}")
-        self.hidden = hidden
-        self.net = nn.Sequential(nn.Linear(PRIOR_FEATURES, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+        self.hidden, self.chain = hidden, bool(chain)
+        self.num_features = prior_feature_count(self.chain)
+        self.net = nn.Sequential(nn.Linear(self.num_features, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
                                  nn.Linear(hidden, 1))
         for layer in self.net:  # initialised by reset_to_empirical, not as a generic Linear
             layer.prior_layer = True
@@ -1080,7 +1123,7 @@ class ModelBasedPlanner(nn.Module):
     def __init__(self, config: AnyMDPAgentConfig):
         super().__init__()
         self.config = config
-        self.prior = TransitionPriorNetwork(config.prior_hidden)
+        self.prior = TransitionPriorNetwork(config.prior_hidden, chain=config.prior_chain_features)
 
     # -- state ---------------------------------------------------------------------------------
     def initial_cache(self, batch: int, n_obs: int, device, n_actions: int | None = None) -> AnyMDPAgentCache:
@@ -1155,11 +1198,12 @@ class ModelBasedPlanner(nn.Module):
         live = torch.nonzero(keep.flatten(1).any(-1))[:, 0]  # rows with something to compute
         if len(live):
             arrival = relative_arrival(t["arrival_sum"], t["arrival_n"], t["r_sq"], t["visits"].sum(-1))
-            graph = history_graph(t["n_ss"], t["n_sa"], t["visits"], envs[live], states[live])
+            chain = cfg.prior_chain_features
+            graph = history_graph(t["n_ss"], t["n_sa"], t["visits"], envs[live], states[live], chain)
             for part in prior_row_parts(len(live), n):  # bounded memory at hundreds of ids
                 rows_i = live[part]
                 features = transition_prior_features(t["n_ss"], t["n_sa"], t["terminal"], t["visits"], arrival,
-                                                     envs[rows_i], states[rows_i], graph)
+                                                     envs[rows_i], states[rows_i], graph, chain)
                 mask = keep[rows_i]
                 g[rows_i] = g.new_zeros(mask.shape).masked_scatter(
                     mask, self.prior(features[mask]).to(g.dtype) * cfg.prior_weight)
