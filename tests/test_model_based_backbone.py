@@ -15,8 +15,8 @@ from anymdp_agent.configuration_anymdp_agent import AnyMDPAgentConfig
 from anymdp_agent.envs import sample_anymdp_task
 from anymdp_agent.evaluation import run_learner
 from anymdp_agent.rollout import AgentLearner
-from anymdp_agent.modeling_anymdp_agent import (PRIOR_FEATURES, AnyMDPAgentModel, history_features, history_graph,
-                                                relative_arrival, transition_prior_features)
+from anymdp_agent.modeling_anymdp_agent import (PRIOR_FEATURES, AnyMDPAgentModel, edge_count, history_features,
+                                                history_graph, relative_arrival, transition_prior_features)
 
 from test_baselines import Recorder, task_suite
 
@@ -340,6 +340,13 @@ def test_a_refresh_in_parts_gives_the_same_prior_as_one_in_one_go(monkeypatch):
                        transition_prior_features(*args, envs, states, chain=True))
     with pytest.raises(ValueError, match="chain=True"):
         transition_prior_features(*args, envs, states, few, chain=True)
+    # a place known from an earlier call is kept where no edge was added since, recomputed where one was
+    place, count = chained[4], edge_count(chained[0])
+    fake = torch.full_like(place, 0.5)
+    kept = history_graph(args[0], args[1], args[3], chain=True, known=(fake, count))[4]
+    assert torch.equal(kept, fake)  # nothing added: the eigensolver did not run
+    stale = history_graph(args[0], args[1], args[3], chain=True, known=(fake, count - torch.tensor([1.0, 0.0])))[4]
+    assert torch.equal(stale[0], place[0]) and torch.equal(stale[1], fake[1])
 
     assert len(modeling.prior_row_parts(2 * 24, 24)) == 1
     replays, parts = [], []

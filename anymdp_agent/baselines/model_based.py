@@ -118,6 +118,10 @@ class PlannerState:
     arrival_n: np.ndarray | None = None
     reward_sq: np.ndarray | None = None     # [B] sum of squared rewards
     prior_steps: int = 0                     # steps recorded since the last refresh of every pair's pseudo-counts
+    # Only with a prior reading the chain inputs: each id's place along the graph [B, nO] and the edge count [B] it
+    # was computed at (recomputed where an edge was added: history_graph's ``known``).
+    place: object = None
+    place_edges: object = None
 
 
 #: What a known-model ablation of the planner may read from the true model (``mbrl:known=...``).
@@ -328,7 +332,12 @@ class ModelBasedPlanner(InContextLearner):
         if envs is None:
             envs, states = np.repeat(np.arange(b), n), np.tile(np.arange(n), b)
         chain = self._prior.chain
-        graph = prior_graph(state.counts, state.n_sa, state.visits, envs, states, chain)
+        known = None if state.place is None else (state.place, state.place_edges)
+        graph = prior_graph(state.counts, state.n_sa, state.visits, envs, states, chain, known)
+        if chain:
+            from ..modeling_anymdp_agent import edge_count
+
+            state.place, state.place_edges = graph[4], edge_count(graph[0])
         for part in prior_row_parts(len(envs), n):
             rows = (envs[part], states[part])
             g = self._prior.pseudo_counts(self.prior_inputs(state, *rows, graph, chain)) * np.float32(self.prior_weight)

@@ -52,11 +52,12 @@ def prior_features(counts: np.ndarray, n_sa: np.ndarray, terminal: np.ndarray, v
 
 
 def prior_graph(counts: np.ndarray, n_sa: np.ndarray, visits: np.ndarray, envs: np.ndarray | None = None,
-                states: np.ndarray | None = None, chain: bool = False) -> tuple:
+                states: np.ndarray | None = None, chain: bool = False, known: tuple | None = None) -> tuple:
     """:func:`~anymdp_agent.modeling_anymdp_agent.history_graph` on numpy arrays: what the features of the rows
-    ``(envs[i], states[i])`` (``None``: any row) read of each whole history, computed once for a refresh in parts."""
+    ``(envs[i], states[i])`` (``None``: any row) read of each whole history, computed once for a refresh in parts
+    (``chain``, ``known``: as there)."""
     with torch.no_grad():
-        return history_graph(*map(_tensor, (counts, n_sa, visits, envs, states)), chain=chain)
+        return history_graph(*map(_tensor, (counts, n_sa, visits, envs, states)), chain=chain, known=known)
 
 
 def _tensor(x: np.ndarray | None) -> torch.Tensor | None:

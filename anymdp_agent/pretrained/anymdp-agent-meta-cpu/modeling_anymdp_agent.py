@@ -895,11 +895,14 @@ def prior_row_parts(rows: int, n_obs: int) -> list[slice]:
     return [slice(i, i + step) for i in range(0, rows, step)]
 
 
-def history_graph(counts, n_sa, visits, envs=None, states=None, chain: bool = False) -> tuple:
+def history_graph(counts, n_sa, visits, envs=None, states=None, chain: bool = False, known: tuple | None = None) -> tuple:
     """What :func:`transition_prior_features` reads of each whole history, whichever rows it is asked for:
     the observed edges ``[B, nO, nO]`` (``x -> y`` seen), the ids two steps on, the ids near (two steps either way),
     all 0/1 float32, :func:`history_features` ``[B, 3]``, and with ``chain`` each id's place along the graph
-    (:func:`chain_coordinate`, ``[B, nO]``; else ``None``). Computed once, it serves any number of calls on rows
+    (:func:`chain_coordinate`, ``[B, nO]``; else ``None``). ``known``: ``(place, edge_count)`` from an earlier call on
+    the same histories (``edge_count [B]``: the number of observed edges then, :func:`edge_count`); the place depends
+    on the observed edges alone, so it is recomputed only where one was added since (the eigensolver is most of
+    the chain inputs' cost). Computed once, it serves any number of calls on rows
     of the same histories (a refresh in parts gives the same features as one in one go).
 
     ``envs``, ``states``: the rows ``(envs[i], states[i])`` the features will be asked for (``None``: any row).
@@ -926,8 +929,21 @@ def history_graph(counts, n_sa, visits, envs=None, states=None, chain: bool = Fa
         if len(b):
             for out, m in ((two, edges), (near, sym)):
                 out[b, x] = torch.einsum("ky,kyz->kz", m[b, x], m[b]).clamp(max=1.0)
-    place = chain_coordinate(sym, visits, counts) if chain else None
+    place = None
+    if chain:
+        if known is None:
+            place = chain_coordinate(sym, visits, counts)
+        else:
+            place, stale = known[0].clone(), torch.nonzero(edge_count(edges) != known[1])[:, 0]
+            if len(stale):
+                place[stale] = chain_coordinate(sym[stale], torch.as_tensor(visits)[stale], counts[stale])
     return edges, two, near, history_features(counts, n_sa, visits), place
+
+
+def edge_count(edges: torch.Tensor) -> torch.Tensor:
+    """``[B]`` (float64): how many edges ``x -> y`` each history has shown (``edges``: :func:`history_graph`'s first).
+    Every id a history shows is the end of an edge, so the place of :func:`chain_coordinate` changes only with it."""
+    return edges.sum((1, 2), dtype=torch.float64)
 
 
 def chain_coordinate(sym, visits, counts) -> torch.Tensor:
@@ -1139,7 +1155,9 @@ class ModelBasedPlanner(nn.Module):
             # the observation the last transition left (-1: none since the last plan), transitions since every
             # pair's pseudo-counts were recomputed
             "left": torch.full((batch,), -1, dtype=torch.long, device=device),
-            "since_refresh": torch.zeros(batch, dtype=torch.long, device=device)})
+            "since_refresh": torch.zeros(batch, dtype=torch.long, device=device),
+            # with prior_chain_features: each id's place along the graph and the edge count it was computed at
+            "place": torch.full((batch, n_obs), -1.0, device=device), "place_edges": z(batch)})
 
     @staticmethod
     def state_observations(cache: AnyMDPAgentCache) -> int:
@@ -1199,7 +1217,10 @@ class ModelBasedPlanner(nn.Module):
         if len(live):
             arrival = relative_arrival(t["arrival_sum"], t["arrival_n"], t["r_sq"], t["visits"].sum(-1))
             chain = cfg.prior_chain_features
-            graph = history_graph(t["n_ss"], t["n_sa"], t["visits"], envs[live], states[live], chain)
+            graph = history_graph(t["n_ss"], t["n_sa"], t["visits"], envs[live], states[live], chain,
+                                  (t["place"], t["place_edges"]) if chain else None)
+            if chain:
+                t["place"], t["place_edges"] = graph[4], edge_count(graph[0])
             for part in prior_row_parts(len(live), n):  # bounded memory at hundreds of ids
                 rows_i = live[part]
                 features = transition_prior_features(t["n_ss"], t["n_sa"], t["terminal"], t["visits"], arrival,
