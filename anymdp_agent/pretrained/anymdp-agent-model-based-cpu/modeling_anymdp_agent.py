@@ -895,7 +895,8 @@ def prior_row_parts(rows: int, n_obs: int) -> list[slice]:
     return [slice(i, i + step) for i in range(0, rows, step)]
 
 
-def history_graph(counts, n_sa, visits, envs=None, states=None, chain: bool = False, known: tuple | None = None) -> tuple:
+def history_graph(counts, n_sa, visits, envs=None, states=None, chain: bool = False,
+                  known: tuple | None = None) -> tuple:
     """What :func:`transition_prior_features` reads of each whole history, whichever rows it is asked for:
     the observed edges ``[B, nO, nO]`` (``x -> y`` seen), the ids two steps on, the ids near (two steps either way),
     all 0/1 float32, :func:`history_features` ``[B, 3]``, and with ``chain`` each id's place along the graph
@@ -951,8 +952,9 @@ def chain_coordinate(sym, visits, counts) -> torch.Tensor:
     has never shown. The place is the id's rank in the second eigenvector of the normalised Laplacian of the
     observed (undirected) edges, over the ids shown: the spectral ordering, which lays a chain of states out in
     order (on AnyMDP-16 histories of 300 steps its rank correlation with the hidden chain is about 0.96). The
-    eigenvector's sign is arbitrary, so only distances between places mean anything. ``sym [B, nO, nO]``: the
-    observed edges either way (0/1)."""
+    eigenvector's sign is arbitrary, so only distances between places mean anything. Ids with the same entry (ids
+    the graph cannot tell apart) are ranked by id, so these inputs are equivariant under relabelling the ids only
+    where the entries differ, as they do along a chain. ``sym [B, nO, nO]``: the observed edges either way (0/1)."""
     b, n, _ = sym.shape
     shown = (torch.as_tensor(visits) > 0) | (torch.as_tensor(counts).sum((1, 2)) > 0)
     eye = torch.eye(n, dtype=torch.float64, device=sym.device)
@@ -1074,9 +1076,9 @@ def optimism_level(r_max, r_absmax, novelty: float):
 
 class TransitionPriorNetwork(nn.Module):
     """``features [..., prior_feature_count(chain)] -> pseudo-counts [...] >= 0``: a per-``(s, a, t)`` MLP, the same
-    for every id, so one prior serves any number of states and actions (``chain``: it reads the chain inputs too). With the pseudo-counts ``g`` a tried pair's
-    posterior-mean model is ``(counts + g) / (n + sum g)``. Initialised to a prior of about zero (the empirical
-    model)."""
+    for every id, so one prior serves any number of states and actions (``chain``: it reads the chain inputs too).
+    With the pseudo-counts ``g`` a tried pair's posterior-mean model is ``(counts + g) / (n + sum g)``. Initialised to
+    a prior of about zero (the empirical model)."""
 
     def __init__(self, hidden: int = 32, chain: bool = False):
         super().__init__()
