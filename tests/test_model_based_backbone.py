@@ -334,18 +334,19 @@ def test_a_refresh_in_parts_gives_the_same_prior_as_one_in_one_go(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(every[:4], graph[:4])) and every[4] is None and graph[4] is None
     # with the chain inputs: the whole history's places, the same for the few rows as for all of them
     chained = history_graph(args[0], args[1], args[3], envs, states, chain=True)
-    assert chained[4].shape == (2, 24) and torch.equal(
-        chained[4], history_graph(args[0], args[1], args[3], chain=True)[4])
+    assert chained[4][0].shape == (2, 24) and torch.equal(
+        chained[4][0], history_graph(args[0], args[1], args[3], chain=True)[4][0])
+    assert torch.equal(chained[4][1], edge_count(chained[0]))
     assert torch.equal(transition_prior_features(*args, envs, states, chained, chain=True),
                        transition_prior_features(*args, envs, states, chain=True))
     with pytest.raises(ValueError, match="chain=True"):
         transition_prior_features(*args, envs, states, few, chain=True)
     # a place known from an earlier call is kept where no edge was added since, recomputed where one was
-    place, count = chained[4], edge_count(chained[0])
+    place, count = chained[4]
     fake = torch.full_like(place, 0.5)
-    kept = history_graph(args[0], args[1], args[3], chain=True, known=(fake, count))[4]
+    kept = history_graph(args[0], args[1], args[3], chain=True, known=(fake, count))[4][0]
     assert torch.equal(kept, fake)  # nothing added: the eigensolver did not run
-    stale = history_graph(args[0], args[1], args[3], chain=True, known=(fake, count - torch.tensor([1.0, 0.0])))[4]
+    stale = history_graph(args[0], args[1], args[3], chain=True, known=(fake, count - torch.tensor([1.0, 0.0])))[4][0]
     assert torch.equal(stale[0], place[0]) and torch.equal(stale[1], fake[1])
 
     assert len(modeling.prior_row_parts(2 * 24, 24)) == 1

@@ -335,9 +335,7 @@ class ModelBasedPlanner(InContextLearner):
         known = None if state.place is None else (state.place, state.place_edges)
         graph = prior_graph(state.counts, state.n_sa, state.visits, envs, states, chain, known)
         if chain:
-            from ..modeling_anymdp_agent import edge_count
-
-            state.place, state.place_edges = graph[4], edge_count(graph[0])
+            state.place, state.place_edges = graph[4]
         for part in prior_row_parts(len(envs), n):
             rows = (envs[part], states[part])
             g = self._prior.pseudo_counts(self.prior_inputs(state, *rows, graph, chain)) * np.float32(self.prior_weight)

@@ -899,12 +899,13 @@ def history_graph(counts, n_sa, visits, envs=None, states=None, chain: bool = Fa
                   known: tuple | None = None) -> tuple:
     """What :func:`transition_prior_features` reads of each whole history, whichever rows it is asked for:
     the observed edges ``[B, nO, nO]`` (``x -> y`` seen), the ids two steps on, the ids near (two steps either way),
-    all 0/1 float32, :func:`history_features` ``[B, 3]``, and with ``chain`` each id's place along the graph
-    (:func:`chain_coordinate`, ``[B, nO]``; else ``None``). ``known``: ``(place, edge_count)`` from an earlier call on
-    the same histories (``edge_count [B]``: the number of observed edges then, :func:`edge_count`); the place depends
-    on the observed edges alone, so it is recomputed only where one was added since (the eigensolver is most of
-    the chain inputs' cost). Computed once, it serves any number of calls on rows
-    of the same histories (a refresh in parts gives the same features as one in one go).
+    all 0/1 float32, :func:`history_features` ``[B, 3]``, and with ``chain`` the pair ``(place, edge_count)``: each
+    id's place along the graph (:func:`chain_coordinate`, ``[B, nO]``) and the number of observed edges it was
+    computed at (:func:`edge_count`, ``[B]``); else ``None``. ``known``: that pair from an earlier call on the same
+    histories (what a caller keeps in its state); the place depends on the observed edges alone, so it is
+    recomputed only where one was added since (the eigensolver is most of the chain inputs' cost). Computed once,
+    it serves any number of calls on rows of the same histories (a refresh in parts gives the same features as one
+    in one go).
 
     ``envs``, ``states``: the rows ``(envs[i], states[i])`` the features will be asked for (``None``: any row).
     The features of a pair ``(s, a)`` read the two-step and near matrices only at the rows of the ids ``s`` was
@@ -930,15 +931,17 @@ def history_graph(counts, n_sa, visits, envs=None, states=None, chain: bool = Fa
         if len(b):
             for out, m in ((two, edges), (near, sym)):
                 out[b, x] = torch.einsum("ky,kyz->kz", m[b, x], m[b]).clamp(max=1.0)
-    place = None
+    located = None
     if chain:
+        count = edge_count(edges)
         if known is None:
             place = chain_coordinate(sym, visits, counts)
         else:
-            place, stale = known[0].clone(), torch.nonzero(edge_count(edges) != known[1])[:, 0]
+            place, stale = known[0].clone(), torch.nonzero(count != known[1])[:, 0]
             if len(stale):
                 place[stale] = chain_coordinate(sym[stale], torch.as_tensor(visits)[stale], counts[stale])
-    return edges, two, near, history_features(counts, n_sa, visits), place
+        located = (place, count)
+    return edges, two, near, history_features(counts, n_sa, visits), located
 
 
 def edge_count(edges: torch.Tensor) -> torch.Tensor:
@@ -1000,8 +1003,8 @@ def transition_prior_features(counts, n_sa, terminal, visits, arrival, envs=None
             b, n, na, n, prior_feature_count(chain))
     f32 = torch.float32
     envs, states = torch.as_tensor(envs).long(), torch.as_tensor(states).long()
-    edges, two, near, whole, place = history_graph(counts, n_sa, visits, chain=chain) if graph is None else graph
-    if chain and place is None:
+    edges, two, near, whole, located = history_graph(counts, n_sa, visits, chain=chain) if graph is None else graph
+    if chain and located is None:
         raise ValueError("chain features need a history_graph computed with chain=True")
     c = counts[envs, states].to(f32)                          # [R, na, t]
     m = torch.as_tensor(n_sa)[envs, states].to(f32)           # [R, na]
@@ -1027,6 +1030,7 @@ def transition_prior_features(counts, n_sa, terminal, visits, arrival, envs=None
              torch.log1p(seen_from_s), 1.0 / m.clamp(min=1.0)[..., None], then, into, then2, around, torch.tanh(rise),
              *whole.unbind(-1))
     if chain:
+        place = located[0]
         r = place[envs][:, None, :]                           # [R, 1, t], -1 where never shown
         has = r >= 0
         r_s = place[envs, states][:, None, None]              # [R, 1, 1]
@@ -1222,7 +1226,7 @@ class ModelBasedPlanner(nn.Module):
             graph = history_graph(t["n_ss"], t["n_sa"], t["visits"], envs[live], states[live], chain,
                                   (t["place"], t["place_edges"]) if chain else None)
             if chain:
-                t["place"], t["place_edges"] = graph[4], edge_count(graph[0])
+                t["place"], t["place_edges"] = graph[4]
             for part in prior_row_parts(len(live), n):  # bounded memory at hundreds of ids
                 rows_i = live[part]
                 features = transition_prior_features(t["n_ss"], t["n_sa"], t["terminal"], t["visits"], arrival,
