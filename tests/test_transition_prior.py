@@ -229,6 +229,19 @@ def test_training_script_learns_a_prior_better_than_none_and_is_reproducible(tmp
         recipe.main(args + ["--init_from", str(tmp_path / "a"), "--chain_features", "false", "--out", str(tmp_path / "c")])
 
 
+def test_an_earlier_stage_that_does_not_fit_is_named_before_any_examples_are_collected(tmp_path, monkeypatch):
+    """``--init_from`` with another width or without the chain inputs fails at once, not after minutes of
+    collecting examples."""
+    TransitionPrior(8, chain=True).save(tmp_path / "stage1")
+    monkeypatch.setattr(recipe, "collect", lambda *a, **k: pytest.fail("examples were collected"))
+    start = ["--init_from", str(tmp_path / "stage1"), "--out", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match="is 8 wide, --hidden is 32: pass --hidden 8"):
+        recipe.main(start)
+    with pytest.raises(ValueError, match="reads the chain inputs: pass --chain_features True"):
+        recipe.main(start + ["--hidden", "8", "--chain_features", "false"])
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_training_families_include_deterministic_garnet_on_the_splits_seeds():
     """``garnet-det-N``: Garnet with one successor per pair, on the split's own seeds (train and validation are
     different tasks, and neither is a test task)."""

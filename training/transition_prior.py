@@ -222,13 +222,8 @@ def train(args: PriorArgs) -> dict:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(args.seed)
     t0 = time.time()
-    data = collect("train", args.steps, args.scale, corpus=args.corpus, corpus_sequences=args.corpus_sequences,
-                   chain=args.chain_features)
-    val = collect("validation", args.steps, args.scale / 2, chain=args.chain_features)
-    say = accelerator.print
-    say(f"{len(data[1])} training and {len(val[1])} validation pairs in {time.time() - t0:.0f} s", flush=True)
     prior = TransitionPrior(args.hidden, chain=args.chain_features)
-    earlier = None
+    earlier = None  # the earlier stage's record; its mismatches are named before any examples are collected
     if args.init_from:
         start = TransitionPrior.load(args.init_from)
         if start.hidden != args.hidden:
@@ -240,6 +235,11 @@ def train(args: PriorArgs) -> dict:
         prior.load_state_dict(start.state_dict())
         earlier = {k: v for k, v in json.loads((Path(args.init_from) / "config.json").read_text()).items()
                    if k not in ("kind", "hidden", "num_features")}
+    data = collect("train", args.steps, args.scale, corpus=args.corpus, corpus_sequences=args.corpus_sequences,
+                   chain=args.chain_features)
+    val = collect("validation", args.steps, args.scale / 2, chain=args.chain_features)
+    say = accelerator.print
+    say(f"{len(data[1])} training and {len(val[1])} validation pairs in {time.time() - t0:.0f} s", flush=True)
     opt = torch.optim.Adam(prior.parameters(), lr=args.lr)
     model, opt = accelerator.prepare(prior, opt)
     rng = torch.Generator().manual_seed(args.seed * 1000 + accelerator.process_index)  # each process its own batches
