@@ -51,6 +51,15 @@ FAMILIES = (("anymdp-8", 48, 5), ("anymdp-16", 96, 5), ("anymdp-16", 48, 3), ("a
 SNAPSHOTS = (20, 60, 150, 400, 1000, 2000, 4000)
 
 
+def pair_examples(planner: ModelBasedPlanner, state: PlannerState, true: np.ndarray, chain: bool) -> tuple:
+    """The examples of one snapshot of a history, one per tried pair: the prior's features ``[K, nO, F]``, the
+    pair's counts ``[K, nO]`` and visits ``[K]``, and its true next-observation row ``[K, nO]`` (``true``: the
+    tasks' rows ``[B, nO, na, nO]``; ``chain``: with the chain inputs)."""
+    tried = state.n_sa >= 1
+    return (planner.prior_inputs(state, chain=chain)[tried], state.counts[tried].astype(np.float32),
+            state.n_sa[tried].astype(np.float32), true[tried])
+
+
 class _Collector(ModelBasedPlanner):
     """Plain ``mbrl`` that keeps the prior's statistics and keeps the features of every tried pair at the
     snapshot steps, with the true next-observation rows as targets."""
@@ -69,9 +78,7 @@ class _Collector(ModelBasedPlanner):
     def refresh_prior(self, state: PlannerState, envs=None, states=None) -> None:
         self._step += 1  # called once per step (for every pair, or for the observation just left)
         if self._step in self._snapshots:
-            tried = state.n_sa >= 1
-            self._examples.append((self.prior_inputs(state, chain=self._chain)[tried], state.counts[tried].astype(np.float32),
-                                  state.n_sa[tried].astype(np.float32), self._true[tried]))
+            self._examples.append(pair_examples(self, state, self._true, self._chain))
 
 
 class _Replay(ModelBasedPlanner):
@@ -120,9 +127,7 @@ def corpus_parts(corpus: str, sequences: int, snapshots=SNAPSHOTS, batch: int = 
                                                 next_obs=obs[envs, j + 1], terminated=act[envs, j + 1] == END_TERMINATED,
                                                 truncated=np.zeros(len(envs), dtype=bool)), envs)
             if j + 1 in keep:
-                tried = state.n_sa >= 1
-                parts.append((replay.prior_inputs(state, chain=chain)[tried], state.counts[tried].astype(np.float32),
-                              state.n_sa[tried].astype(np.float32), true[tried]))
+                parts.append(pair_examples(replay, state, true, chain))
     return parts
 
 

@@ -944,6 +944,12 @@ def history_graph(counts, n_sa, visits, envs=None, states=None, chain: bool = Fa
     return edges, two, near, history_features(counts, n_sa, visits), located
 
 
+def shown_ids(counts, visits) -> torch.Tensor:
+    """``[B, nO]`` (bool): the ids each history has shown, left by a transition (``visits > 0``) or arrived at (a
+    count into them); what :func:`history_features` counts and :func:`chain_coordinate` places."""
+    return (torch.as_tensor(visits) > 0) | (torch.as_tensor(counts).sum((1, 2)) > 0)
+
+
 def edge_count(edges: torch.Tensor) -> torch.Tensor:
     """``[B]`` (float64): how many edges ``x -> y`` each history has shown (``edges``: :func:`history_graph`'s first).
     Every id a history shows is the end of an edge, so the place of :func:`chain_coordinate` changes only with it."""
@@ -959,7 +965,7 @@ def chain_coordinate(sym, visits, counts) -> torch.Tensor:
     the graph cannot tell apart) are ranked by id, so these inputs are equivariant under relabelling the ids only
     where the entries differ, as they do along a chain. ``sym [B, nO, nO]``: the observed edges either way (0/1)."""
     b, n, _ = sym.shape
-    shown = (torch.as_tensor(visits) > 0) | (torch.as_tensor(counts).sum((1, 2)) > 0)
+    shown = shown_ids(counts, visits)
     eye = torch.eye(n, dtype=torch.float64, device=sym.device)
     w = sym.double() * (1.0 - eye) + 0.01 / n  # a weak link between every two ids keeps the graph connected
     inv = w.sum(-1).rsqrt()
@@ -1052,7 +1058,7 @@ def history_features(counts, n_sa, visits) -> torch.Tensor:
     single = (counts > 0).sum(-1) == 1
     k = repeated.flatten(1).sum(-1).to(f32)
     det = (repeated & single).flatten(1).sum(-1).to(f32) / k.clamp(min=1.0)
-    shown = (torch.as_tensor(visits) > 0) | (counts.sum((1, 2)) > 0)      # [B, nO]
+    shown = shown_ids(counts, visits)
     inv = 1.0 / shown.sum(-1).to(f32).clamp(min=1.0)
     return torch.stack([det, torch.log1p(k), inv], -1)
 
