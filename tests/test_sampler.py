@@ -374,6 +374,7 @@ def test_max_draws_exhausted_raises():
          r"unknown reward parts \['bonus'\]"),
         (dict(n_states=16, seed=0, forward_reach=0), ValueError, r"forward_reach must be a positive integer"),
         (dict(n_states=16, seed=0, backward_reach=-2), ValueError, r"backward_reach must be a positive integer"),
+        (dict(n_states=16, seed=0, deterministic="yes"), ValueError, r"deterministic must be True or False"),
     ],
 )
 def test_bad_sampler_input_raises_clear_error(kwargs, exc, match):
@@ -398,3 +399,36 @@ def test_lockstep_sampling_equals_one_seed_at_a_time():
     assert together[1] != together[2]
     with pytest.raises(ValueError, match="one per seed"):
         anymdp.sample_anymdp_tasks([1, 2], [16], 5)
+
+
+def test_deterministic_tasks_move_surely_to_each_rows_most_likely_target(monkeypatch):
+    """``deterministic=True``: the same structure, calibration and filter, every live pair moving to one target
+    inside its band, the most likely target of the banded row its accepted draw had; without the option the
+    tasks keep their stochastic rows."""
+    drawn = []
+    sample_structure = anymdp._sample_structure
+    def record(*args):  # the stochastic rows of every draw, before the option replaces them
+        structure = sample_structure(*args)
+        drawn.append(structure["transition"].copy())
+        return structure
+
+    monkeypatch.setattr(anymdp, "_sample_structure", record)
+    for seed in (5, 6):
+        task = sample_anymdp_task(12, 3, seed=seed, deterministic=True)
+        assert task.meta["deterministic"] is True and len(drawn) == task.meta["draws"]
+        check_structure(task, 3)
+        check_calibration(task)
+        live = ~task.terminal
+        assert set(np.unique(task.transition[live])) == {0.0, 1.0}
+        np.testing.assert_array_equal(task.transition.argmax(-1)[live], drawn[-1].argmax(-1)[live])
+        assert ((drawn[-1] > 0).sum(-1)[live] > 1).any()
+        drawn.clear()
+    plain = sample_anymdp_task(12, 3, seed=5)
+    assert "deterministic" not in plain.meta and plain == sample_anymdp_task(12, 3, seed=5, deterministic=False)
+    assert ((plain.transition > 0).sum(-1)[~plain.terminal] > 1).any()
+
+
+def test_most_likely_moves_keeps_zero_rows_and_breaks_ties_by_the_first_target():
+    rows = np.array([[[0.2, 0.5, 0.3], [0.4, 0.4, 0.2]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    np.testing.assert_array_equal(anymdp.most_likely_moves(rows),
+                                  [[[0, 1, 0], [1, 0, 0]], [[0, 0, 0], [0, 0, 0]]])

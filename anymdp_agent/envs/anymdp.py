@@ -80,6 +80,7 @@ def sample_anymdp_task(
     forward_reach: int | None = None,
     backward_reach: int | None = None,
     reward_parts: Collection[str] = REWARD_PARTS,
+    deterministic: bool = False,
     max_draws: int = 10_000,
 ) -> Task:
     """Draw the accepted AnyMDP task named by ``seed``.
@@ -94,10 +95,14 @@ def sample_anymdp_task(
             ``n//2 + 1``).
         reward_parts: which parts of the composite reward to use, a subset of
             :data:`REWARD_PARTS` (terminal rewards are always calibrated).
+        deterministic: every action moves surely to the most likely target of its banded row (the same
+            chain, bands and centres; rewards, calibration and the quality filter then see those moves).
+            It draws nothing more, but the filter accepts other draws, so a seed names another task.
         max_draws: give up (``RuntimeError``) after this many rejected draws.
     """
     return sample_anymdp_tasks([seed], n_states, n_actions, min_states=min_states, forward_reach=forward_reach,
-                               backward_reach=backward_reach, reward_parts=reward_parts, max_draws=max_draws)[0]
+                               backward_reach=backward_reach, reward_parts=reward_parts,
+                               deterministic=deterministic, max_draws=max_draws)[0]
 
 
 def sample_anymdp_tasks(
@@ -153,7 +158,7 @@ def _solve_in_lockstep(draws: list[Generator]) -> list:
 
 
 def _draw_task(n_states, n_actions, *, seed, min_states=None, forward_reach=None, backward_reach=None,
-               reward_parts=REWARD_PARTS, max_draws=10_000) -> Generator:
+               reward_parts=REWARD_PARTS, deterministic=False, max_draws=10_000) -> Generator:
     """The sampling procedure of one seed, as a generator of solve requests returning the ``Task``."""
     check_sizes(n_states, n_actions, min_states)
     seed = check_seed(seed)
@@ -164,10 +169,14 @@ def _draw_task(n_states, n_actions, *, seed, min_states=None, forward_reach=None
     for name, reach in (("forward_reach", forward_reach), ("backward_reach", backward_reach)):
         if reach is not None and (not isinstance(reach, numbers.Integral) or reach < 1):
             raise ValueError(f"{name} must be a positive integer or None, got {reach!r}")
-    return _draws(n_states, n_actions, seed, min_states, forward_reach, backward_reach, parts, max_draws)
+    if not isinstance(deterministic, (bool, np.bool_)):
+        raise ValueError(f"deterministic must be True or False, got {deterministic!r}")
+    return _draws(n_states, n_actions, seed, min_states, forward_reach, backward_reach, parts, bool(deterministic),
+                  max_draws)
 
 
-def _draws(n_states, n_actions, seed, min_states, forward_reach, backward_reach, parts, max_draws) -> Generator:
+def _draws(n_states, n_actions, seed, min_states, forward_reach, backward_reach, parts, deterministic,
+           max_draws) -> Generator:
     rng = np.random.default_rng(seed)
     n = int(rng.integers(min_states, n_states + 1)) if min_states is not None else n_states
     mapping = rng.permutation(n_states)[:n]
@@ -177,6 +186,8 @@ def _draws(n_states, n_actions, seed, min_states, forward_reach, backward_reach,
 
     for draw in range(1, max_draws + 1):
         structure = _sample_structure(rng, n, n_actions, bp, bm)
+        if deterministic:
+            structure["transition"] = most_likely_moves(structure["transition"])
         raw_reward, reward_std = _sample_rewards(rng, structure, n_actions, parts)
         reward = yield from _calibrate_terminal_rewards(rng, structure, raw_reward)
         if reward is None:
@@ -186,7 +197,7 @@ def _draws(n_states, n_actions, seed, min_states, forward_reach, backward_reach,
             continue
         meta = {"goal_terminal": bool(structure["goal"]), "pitfalls": int(structure["pitfall"].sum()),
                 "draws": draw, "reward_parts": sorted(parts), "forward_reach": bp, "backward_reach": bm,
-                **quality}
+                **({"deterministic": True} if deterministic else {}), **quality}
         return Task(transition=structure["transition"], reward=reward, reward_std=reward_std,
                     start=structure["start"], terminal=structure["terminal"], state_mapping=mapping,
                     n_states=n_states, max_steps=max_steps, kind="anymdp", seed=seed,
@@ -196,6 +207,16 @@ def _draws(n_states, n_actions, seed, min_states, forward_reach, backward_reach,
 
 
 # ---------------------------------------------------------------------- structure
+
+
+def most_likely_moves(transition: np.ndarray) -> np.ndarray:
+    """``[n, na, n]`` rows -> each row's most likely target with probability 1 (the first of tied ones); zero
+    rows (terminal states) stay zero."""
+    out = np.zeros_like(transition)
+    live = transition.sum(-1) > 0
+    i, a = np.nonzero(live)
+    out[i, a, transition[i, a].argmax(-1)] = 1.0
+    return out
 
 
 def _sample_structure(rng: np.random.Generator, n: int, na: int, bp: int, bm: int) -> dict:
