@@ -130,7 +130,8 @@ def load_suite(name: str, num_tasks: int, seed_offset: int = 0, n_actions: int |
       with ``N`` arms (``n_actions`` None or ``N``); task seeds
       ``start + seed_offset + i`` of the ``split`` seed range (``test`` by default, which training never
       touches; training monitors itself on ``validation``); ``task_options`` go to the sampler (e.g.
-      ``{"branching": 1}`` for deterministic Garnet, ``{"alpha": 0.1}`` for sparser Dirichlet rows);
+      ``{"branching": 1}`` for deterministic Garnet, ``{"deterministic": True}`` for deterministic AnyMDP,
+      ``{"alpha": 0.1}`` for sparser Dirichlet rows);
     - ``frozenlake`` (4x4, slippery), ``frozenlake8x8``, ``cliffwalking`` (capped at 200 steps),
       ``gym:<EnvId>`` (any registered env with Discrete spaces): ``num_tasks`` independent runs.
     """

@@ -242,17 +242,19 @@ def test_an_earlier_stage_that_does_not_fit_is_named_before_any_examples_are_col
     assert not (tmp_path / "out").exists()
 
 
-def test_the_training_families_include_deterministic_garnet_on_the_splits_seeds():
-    """``garnet-det-N``: Garnet with one successor per pair, on the split's own seeds (train and validation are
-    different tasks, and neither is a test task)."""
-    assert any(name.startswith("garnet-det-") for name, _, _ in recipe.FAMILIES)
-    train, val = (recipe.family_suite("garnet-det-12", 3, 4, split) for split in ("train", "validation"))
+@pytest.mark.parametrize("family", ["garnet", "anymdp"])
+def test_the_training_families_include_deterministic_tasks_on_the_splits_seeds(family):
+    """``garnet-det-N`` (one successor per pair) and ``anymdp-det-N`` (every action's most likely move made sure):
+    on the split's own seeds (train and validation are different tasks, and neither is a test task)."""
+    assert any(name.startswith(f"{family}-det-") for name, _, _ in recipe.FAMILIES)
+    train, val = (recipe.family_suite(f"{family}-det-12", 3, 4, split) for split in ("train", "validation"))
     for suite in (train, val):
         p = suite.tasks.transition
-        assert suite.num_envs == 3 and ((p == 0) | (p == 1)).all() and np.allclose(p.sum(-1), 1.0)
+        live = p.sum(-1) > 0
+        assert suite.num_envs == 3 and ((p == 0) | (p == 1)).all() and live.any() and np.allclose(p[live].sum(-1), 1.0)
     assert not set(train.seeds) & set(val.seeds)
-    assert not set(train.seeds) & set(load_suite("garnet-12", 3).seeds)
-    stochastic = recipe.family_suite("garnet-12", 3, 4, "train")
+    assert not set(train.seeds) & set(load_suite(f"{family}-12", 3).seeds)
+    stochastic = recipe.family_suite(f"{family}-12", 3, 4, "train")
     assert stochastic.seeds == train.seeds and ((stochastic.tasks.transition > 0).sum(-1) > 1).any()
 
 

@@ -11,7 +11,7 @@
 Training examples come either from a trajectory corpus made by ``anymdp-agent generate`` and read with
 ``datasets`` (``--corpus``: the behaviours' histories in each row are replayed, and each row's ``task_seed``
 gives the task's true model) or, without ``--corpus``, from the count-based planner (``mbrl``) acting on tasks
-from the *train* seed range (AnyMDP at 8-48 states and 2-5 actions, Garnet, and deterministic Garnet at 16 and 48
+from the *train* seed range (AnyMDP at 8-48 states and 2-5 actions, Garnet, and deterministic Garnet and AnyMDP at 16 and 48
 states: :data:`FAMILIES`). At fixed steps of each history its statistics are taken, and every tried pair becomes
 one example: the prior network's features in, the task's *true* next-observation row as the target.
 The network is fitted by the cross-entropy of the true rows under the posterior-mean estimate
@@ -42,11 +42,12 @@ from anymdp_agent.data.corpus import generate_command
 from anymdp_agent.evaluation import Suite, load_suite, run_learner
 
 #: (suite, tasks, actions) of the training histories; the validation histories use the same families.
-#: ``garnet-det-N`` is deterministic Garnet (one successor per pair); the larger tasks show the prior histories
-#: with more ids than the corpus' 8-32.
+#: ``garnet-det-N`` is deterministic Garnet (one successor per pair), ``anymdp-det-N`` deterministic AnyMDP (each
+#: action moves surely along the hidden chain, so the graph's places mean something where the rows are certain);
+#: the larger tasks show the prior histories with more ids than the corpus' 8-32.
 FAMILIES = (("anymdp-8", 48, 5), ("anymdp-16", 96, 5), ("anymdp-16", 48, 3), ("anymdp-24", 32, 4),
             ("anymdp-32", 32, 5), ("anymdp-16", 32, 2), ("garnet-16", 32, 5), ("garnet-det-16", 32, 5),
-            ("garnet-det-48", 16, 4), ("anymdp-48", 16, 5))
+            ("garnet-det-48", 16, 4), ("anymdp-48", 16, 5), ("anymdp-det-16", 32, 5), ("anymdp-det-48", 16, 5))
 #: Steps of each run at which the history's statistics become examples.
 SNAPSHOTS = (20, 60, 150, 400, 1000, 2000, 4000)
 
@@ -133,11 +134,13 @@ def corpus_parts(corpus: str, sequences: int, snapshots=SNAPSHOTS, batch: int = 
 
 def family_suite(name: str, tasks: int, actions: int, split: str) -> Suite:
     """The tasks of one of :data:`FAMILIES`: the suite :func:`~anymdp_agent.evaluation.load_suite` builds;
-    ``garnet-det-N`` is ``garnet-N`` with one successor per pair (``branching=1``), on the same seeds."""
-    det = re.fullmatch(r"garnet-det-(\d+)", name)
+    ``garnet-det-N`` is ``garnet-N`` with one successor per pair (``branching=1``), ``anymdp-det-N`` is ``anymdp-N``
+    with every action's most likely move made sure (``deterministic=True``), on the split's own seeds."""
+    det = re.fullmatch(r"(garnet|anymdp)-det-(\d+)", name)
     if det:
-        return load_suite(f"garnet-{det.group(1)}", tasks, n_actions=actions, split=split,
-                          task_options={"branching": 1})
+        options = {"branching": 1} if det.group(1) == "garnet" else {"deterministic": True}
+        return load_suite(f"{det.group(1)}-{det.group(2)}", tasks, n_actions=actions, split=split,
+                          task_options=options)
     return load_suite(name, tasks, n_actions=actions, split=split)
 
 
