@@ -11,8 +11,8 @@
 Training examples come either from a trajectory corpus made by ``anymdp-agent generate`` and read with
 ``datasets`` (``--corpus``: the behaviours' histories in each row are replayed, and each row's ``task_seed``
 gives the task's true model) or, without ``--corpus``, from the count-based planner (``mbrl``) acting on tasks
-from the *train* seed range (AnyMDP at 8-48 states and 2-5 actions, Garnet, and deterministic Garnet and AnyMDP at 16 and 48
-states: :data:`FAMILIES`). At fixed steps of each history its statistics are taken, and every tried pair becomes
+from the *train* seed range (AnyMDP at 8-48 states and 2-5 actions, Garnet, and deterministic Garnet and
+deterministic AnyMDP at 16 and 48 states: :data:`FAMILIES`). At fixed steps of each history its statistics are taken, and every tried pair becomes
 one example: the prior network's features in, the task's *true* next-observation row as the target.
 The network is fitted by the cross-entropy of the true rows under the posterior-mean estimate
 ``(counts + g) / (n + sum g)`` (:func:`~anymdp_agent.baselines.transition_prior.prior_cross_entropy`); the same
