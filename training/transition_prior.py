@@ -12,8 +12,9 @@ Training examples come either from a trajectory corpus made by ``anymdp-agent ge
 ``datasets`` (``--corpus``: the behaviours' histories in each row are replayed, and each row's ``task_seed``
 gives the task's true model) or, without ``--corpus``, from the count-based planner (``mbrl``) acting on tasks
 from the *train* seed range (AnyMDP at 8-48 states and 2-5 actions, Garnet, and deterministic Garnet and
-deterministic AnyMDP at 16 and 48 states: :data:`FAMILIES`). At fixed steps of each history its statistics are taken, and every tried pair becomes
-one example: the prior network's features in, the task's *true* next-observation row as the target.
+deterministic AnyMDP at 16 and 48 states: :data:`FAMILIES`). At fixed steps of each history its statistics are
+taken, and every tried pair becomes one example: the prior network's features in, the task's *true*
+next-observation row as the target.
 The network is fitted by the cross-entropy of the true rows under the posterior-mean estimate
 ``(counts + g) / (n + sum g)`` (:func:`~anymdp_agent.baselines.transition_prior.prior_cross_entropy`); the same
 score on histories from *validation* seeds picks the best of the evaluated iterations. No Gymnasium env, map or
@@ -132,15 +133,18 @@ def corpus_parts(corpus: str, sequences: int, snapshots=SNAPSHOTS, batch: int = 
     return parts
 
 
+#: The sampler options that make a family's ``<family>-det-N`` tasks deterministic (see :func:`family_suite`).
+DETERMINISTIC_OPTIONS = {"garnet": {"branching": 1}, "anymdp": {"deterministic": True}}
+
+
 def family_suite(name: str, tasks: int, actions: int, split: str) -> Suite:
     """The tasks of one of :data:`FAMILIES`: the suite :func:`~anymdp_agent.evaluation.load_suite` builds;
-    ``garnet-det-N`` is ``garnet-N`` with one successor per pair (``branching=1``), ``anymdp-det-N`` is ``anymdp-N``
-    with every action's most likely move made sure (``deterministic=True``), on the split's own seeds."""
-    det = re.fullmatch(r"(garnet|anymdp)-det-(\d+)", name)
+    ``<family>-det-N`` is ``<family>-N`` with :data:`DETERMINISTIC_OPTIONS` (Garnet with one successor per pair,
+    AnyMDP with every action's most likely move made sure), on the split's own seeds."""
+    det = re.fullmatch(rf"({'|'.join(DETERMINISTIC_OPTIONS)})-det-(\d+)", name)
     if det:
-        options = {"branching": 1} if det.group(1) == "garnet" else {"deterministic": True}
         return load_suite(f"{det.group(1)}-{det.group(2)}", tasks, n_actions=actions, split=split,
-                          task_options=options)
+                          task_options=DETERMINISTIC_OPTIONS[det.group(1)])
     return load_suite(name, tasks, n_actions=actions, split=split)
 
 
