@@ -29,17 +29,17 @@ def zero_prior() -> TransitionPrior:
 
 
 def model_based_agent(prior: TransitionPrior, **kwargs) -> AnyMDPAgentModel:
-    cfg = AnyMDPAgentConfig(backbone="model_based", num_observations=16, num_actions=5, prior_hidden=prior.hidden,
-                            **kwargs)
+    cfg = AnyMDPAgentConfig(**{"backbone": "model_based", "num_observations": 16, "num_actions": 5,
+                               "prior_hidden": prior.hidden, **kwargs})
     model = AnyMDPAgentModel(cfg).eval()
     model.model_based.prior.load_state_dict(prior.state_dict())
     return model
 
 
-def replay(model: AnyMDPAgentModel, rec: Recorder, n_obs: int, mask: np.ndarray, num_actions: int | None = None,
-           q: bool = False):
-    """Feed the recorded history to the agent row by row (a state of ``num_actions`` actions, the config's by
-    default); return its greedy sets [T, B, A] and its state (with ``q``: also its Q there, [T, B, A])."""
+def replay(model: AnyMDPAgentModel, rec: Recorder, n_obs: int | None, mask: np.ndarray,
+           num_actions: int | None = None, q: bool = False):
+    """Feed the recorded history to the agent row by row (a state of ``n_obs`` ids, or ``None``: the config's
+    whole vocabulary, not sized to the environment; ``num_actions`` actions, the config's by default); return its greedy sets [T, B, A] and its state (with ``q``: also its Q there, [T, B, A])."""
     b = rec.actions.shape[1]
     full_mask = torch.zeros(b, num_actions or model.config.num_actions, dtype=torch.bool)
     full_mask[:, :mask.shape[1]] = torch.as_tensor(mask)
@@ -69,13 +69,15 @@ def chain_prior(path) -> str:
     return str(prior.save(path))
 
 
-@pytest.mark.parametrize("prior, weight, novelty", [("none", 1.0, 0.0), ("bundled", 1.0, 0.0), ("bundled", 4.0, 0.0),
-                                                    ("none", 1.0, 1e-3), ("bundled", 4.0, 1e-3), ("chain", 4.0, 1e-3)])
-def test_the_agent_takes_the_planners_decisions_on_the_planners_history(prior, weight, novelty, tmp_path):
+@pytest.mark.parametrize("prior, weight, novelty, seen_only", [
+    ("none", 1.0, 0.0, False), ("bundled", 1.0, 0.0, False), ("bundled", 4.0, 0.0, False), ("none", 1.0, 1e-3, False),
+    ("bundled", 4.0, 1e-3, False), ("chain", 4.0, 1e-3, False), ("bundled", 4.0, 1e-3, True)])
+def test_the_agent_takes_the_planners_decisions_on_the_planners_history(prior, weight, novelty, seen_only, tmp_path):
     """Every action ``mbrl`` (or ``mbrl:prior=bundled:prior_weight=W``, ``:novelty=D``, or a prior reading the
     chain inputs) took is among the agent's best actions on that history, across episode ends and a task with
     fewer actions; the plans' values agree. With novelty the tasks pay only their goal and pitfall rewards, so the
-    optimism level is novelty's for a while."""
+    optimism level is novelty's for a while. ``prior_seen_only`` changes nothing in a state sized to the tasks'
+    ids, as the harness starts it."""
     parts = {"reward_parts": ()} if novelty else {}
     tasks = [sample_anymdp_task(12, 4, seed=31, **parts), sample_anymdp_task(12, 5, seed=32, **parts),
              sample_anymdp_task(10, 5, seed=33, **parts)]
@@ -86,7 +88,7 @@ def test_the_agent_takes_the_planners_decisions_on_the_planners_history(prior, w
     run_learner(rec, suite, 700, seed=2)
     loaded = TransitionPrior.load(source[prior]) if source[prior] else zero_prior()
     model = model_based_agent(loaded, prior_weight=weight, planner_novelty=novelty,
-                              prior_chain_features=loaded.chain)
+                              prior_chain_features=loaded.chain, prior_seen_only=seen_only)
     if prior == "chain":  # the chain inputs move the pseudo-counts, so this case tests them
         assert model.model_based.prior.num_features == 24 and (rec._state.pseudo.std(-1) > 0.1).any()
     best, state, q = replay(model, rec, suite.tasks.n_states, rec._mask, q=True)
@@ -258,42 +260,51 @@ def test_every_pairs_pseudo_counts_are_refreshed_on_the_schedule():
 
 
 def test_with_prior_seen_only_ids_beyond_the_environments_change_nothing():
-    """``prior_seen_only``: no pseudo-counts on ids the history never showed, so a state started with the whole
-    vocabulary (``initial_state`` without ``num_observations``) plans as one with exactly the environment's ids.
-    Without it, the prior spreads mass over ids that never occur."""
+    """``prior_seen_only``: a state started with the whole vocabulary (``initial_state`` without
+    ``num_observations``) puts no pseudo-counts on ids the history never showed, so it plans as one started with
+    exactly the environment's ids. A state sized to its environment keeps mass on its ids not yet shown (states not
+    yet reached), as does any state without the option."""
     tasks = [sample_anymdp_task(8, 4, seed=41), sample_anymdp_task(8, 4, seed=42)]
     rec = Recorder(ModelBasedPlanner())
     run_learner(rec, task_suite(tasks), 300, seed=1)
+    prior = TransitionPrior.load("bundled")
     states = {}
     for seen_only in (True, False):
-        model = model_based_agent(TransitionPrior.load("bundled"), prior_seen_only=seen_only, prior_weight=4.0)
-        for n_obs in (8, 16):
-            _, state = replay(model, rec, n_obs, rec._mask)
-            states[seen_only, n_obs] = state
+        for n_vocab in (8, 16):  # the config's vocabulary; the state is started without num_observations
+            model = model_based_agent(prior, prior_seen_only=seen_only, prior_weight=4.0, num_observations=n_vocab)
+            states[seen_only, n_vocab] = replay(model, rec, None, rec._mask)[1]
+        model = model_based_agent(prior, prior_seen_only=seen_only, prior_weight=4.0)
+        states[seen_only, "sized 16"] = replay(model, rec, 16, rec._mask)[1]
     exact, wide = states[True, 8], states[True, 16]
+    assert not exact.sized.any() and states[True, "sized 16"].sized.all()
     torch.testing.assert_close(wide.pseudo[:, :8, :, :8], exact.pseudo)
     assert (wide.pseudo[:, :, :, 8:] == 0).all()
     torch.testing.assert_close(wide.values[:, :8], exact.values)
-    assert (states[False, 16].pseudo[:, :8, :, 8:] > 0).any()  # the default spreads mass over unused ids
+    for unused in (states[False, 16], states[True, "sized 16"], states[False, "sized 16"]):
+        assert (unused.pseudo[:, :8, :, 8:] > 0).any()  # mass on the ids the history has not shown
+    torch.testing.assert_close(states[True, "sized 16"].pseudo, states[False, "sized 16"].pseudo)
 
 
-@pytest.mark.parametrize("seen_only", [True, False])
-def test_the_prior_runs_only_where_it_counts_and_gives_what_the_whole_network_would(seen_only):
-    """Tried pairs get ``prior(features) * prior_weight`` (at the ids the history showed, with ``prior_seen_only``),
-    exactly what the network gives when run on every pair and id; untried pairs, whose value is the optimism, get
+@pytest.mark.parametrize("seen_only, n_obs", [(True, None), (True, 16), (False, 16)])
+def test_the_prior_runs_only_where_it_counts_and_gives_what_the_whole_network_would(seen_only, n_obs):
+    """Tried pairs get ``prior(features) * prior_weight`` (at the ids the history showed, with ``prior_seen_only``
+    in a state not sized to its environment), exactly what the network gives when run on every pair and id; untried pairs, whose value is the optimism, get
     no pseudo-counts (their observation prediction is uniform)."""
     tasks = [sample_anymdp_task(12, 4, seed=51), sample_anymdp_task(10, 5, seed=52)]
     rec = Recorder(ModelBasedPlanner())
     run_learner(rec, task_suite(tasks), 150, seed=3)
     model = model_based_agent(TransitionPrior.load("bundled"), prior_refresh=1, prior_weight=4.0,
                               prior_seen_only=seen_only)
-    _, state = replay(model, rec, 14, rec._mask)  # every step a full refresh: the pseudo-counts of the whole history
+    _, state = replay(model, rec, n_obs, rec._mask)  # every step a full refresh: the whole history's pseudo-counts
     arrival = relative_arrival(state.arrival_sum, state.arrival_n, state.r_sq, state.visits.sum(-1))
     with torch.no_grad():
         every = model.model_based.prior(transition_prior_features(
             state.n_ss, state.n_sa, state.terminal, state.visits, arrival)).double() * 4.0
     tried = (state.n_sa > 0)[..., None]
-    shown = ((state.visits + state.arrival_n) > 0)[:, None, None, :] if seen_only else torch.ones_like(tried)
+    shown = (((state.visits + state.arrival_n) > 0)[:, None, None, :] if seen_only and n_obs is None
+             else torch.ones_like(tried))
+    unshown = ((state.visits + state.arrival_n) == 0)[:, None, None, :] & tried
+    assert unshown.any() and (state.pseudo[unshown.expand_as(state.pseudo)] > 0).any() == bool(shown.all())
     assert (~tried).any() and tried.any()
     torch.testing.assert_close(state.pseudo, torch.where(tried & shown, every, torch.zeros_like(every)),
                                rtol=1e-5, atol=1e-6)  # float32 network, other batch shapes
