@@ -1133,8 +1133,10 @@ class ModelBasedPlanner(nn.Module):
     ``g = 0`` this is exactly the classic planner (untrained, ``g`` is about 3e-4). The pseudo-counts of the
     observation just left are recomputed after every transition, those of every pair after
     ``max(prior_refresh, prior_refresh_fraction * steps)`` transitions; only tried pairs get them (an untried
-    pair is worth the optimism), and with ``prior_seen_only`` only at ids the history has shown, so the network
-    runs on those alone. Nothing here is differentiated through the plan: the prior is trained on its own, by the
+    pair is worth the optimism), and with ``prior_seen_only``, in a state started with the whole vocabulary
+    (``initial_state`` without ``num_observations``), only at ids the history has shown, so the network runs on
+    those alone; a state sized to its environment keeps prior mass on its ids not yet shown, states not yet
+    reached. Nothing here is differentiated through the plan: the prior is trained on its own, by the
     cross-entropy of the true next-observation rows of training tasks (``anymdp_agent.training.transition_prior``),
     and :meth:`forward`'s observation logits are its posterior-mean prediction.
 
@@ -1154,7 +1156,10 @@ class ModelBasedPlanner(nn.Module):
         self.prior = TransitionPriorNetwork(config.prior_hidden, chain=config.prior_chain_features)
 
     # -- state ---------------------------------------------------------------------------------
-    def initial_cache(self, batch: int, n_obs: int, device, n_actions: int | None = None) -> AnyMDPAgentCache:
+    def initial_cache(self, batch: int, n_obs: int, device, n_actions: int | None = None,
+                      sized: bool = False) -> AnyMDPAgentCache:
+        """``sized``: the caller named the environment's ids (``initial_state(num_observations=...)``), so an id the
+        history has not shown yet is a state not yet reached, not a vocabulary slot no environment uses."""
         a = self.config.num_actions if n_actions is None else n_actions
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
         return AnyMDPAgentCache({
@@ -1169,7 +1174,8 @@ class ModelBasedPlanner(nn.Module):
             "left": torch.full((batch,), -1, dtype=torch.long, device=device),
             "since_refresh": torch.zeros(batch, dtype=torch.long, device=device),
             # with prior_chain_features: each id's place along the graph and the edge count it was computed at
-            "place": torch.full((batch, n_obs), -1.0, device=device), "place_edges": z(batch)})
+            "place": torch.full((batch, n_obs), -1.0, device=device), "place_edges": z(batch),
+            "sized": torch.full((batch,), bool(sized), dtype=torch.bool, device=device)})
 
     @staticmethod
     def state_observations(cache: AnyMDPAgentCache) -> int:
@@ -1222,8 +1228,8 @@ class ModelBasedPlanner(nn.Module):
         # only tried pairs get pseudo-counts (an untried pair is worth the optimism whatever they are), so the
         # network runs on the rows with a tried pair and, with prior_seen_only, on the ids the history has shown
         keep = (t["n_sa"][envs, states] > 0)[:, :, None].expand(-1, -1, n)  # [R, A, nO]
-        if cfg.prior_seen_only:  # no prior mass on ids the history has never shown
-            keep = keep & ((t["visits"] + t["arrival_n"]) > 0)[envs][:, None, :]
+        if cfg.prior_seen_only:  # in a state not sized to its environment, no prior mass on ids never shown
+            keep = keep & (((t["visits"] + t["arrival_n"]) > 0) | t["sized"][:, None])[envs][:, None, :]
         g = torch.zeros(keep.shape, dtype=t["pseudo"].dtype, device=envs.device)
         live = torch.nonzero(keep.flatten(1).any(-1))[:, 0]  # rows with something to compute
         if len(live):
@@ -1485,7 +1491,8 @@ class AnyMDPAgentModel(AnyMDPAgentPreTrainedModel):
         num_actions = None if num_actions is None else int(num_actions)
         n_obs = cfg.num_observations if num_observations is None else num_observations
         if self.size_free:
-            return self.core.initial_cache(batch_size, n_obs, device or self.device, num_actions)
+            return self.core.initial_cache(batch_size, n_obs, device or self.device, num_actions,
+                                           sized=num_observations is not None)
         if n_obs > cfg.num_observations:
             raise ValueError(f"num_observations={n_obs} exceeds the model's vocabulary of {cfg.num_observations} "
                              f"observation ids (only the {BACKBONE_SIZE_FREE} backbone takes more)")

@@ -117,8 +117,11 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         prior_weight: the prior's pseudo-counts are multiplied by this in the posterior-mean model (1: the
             calibrated posterior the prior is trained for; more: more weight on the prior, more retrying of pairs
             whose few visits landed badly).
-        prior_seen_only: no prior mass on ids the history has never shown (arrived at or left), so ids beyond the
-            environment's (a state started with the whole vocabulary) change nothing. Off by default.
+        prior_seen_only: in a state started with the whole vocabulary (``initial_state`` without
+            ``num_observations``), no prior mass on ids the history has never shown (arrived at or left), so ids
+            beyond the environment's change nothing. A state sized to its environment
+            (``initial_state(num_observations=n)``) keeps prior mass on its ids not yet shown: they are states not
+            yet reached, and the mass on them is part of the prior's gain. Off by default (mass on every id).
         prior_chain_features: the prior also reads where each id lies along the history's transition graph (its
             spectral ordering: four more inputs per pair and id, the distances to the pair's outcomes and to the
             pair's own observation). Off by default, so checkpoints from before it load unchanged.
