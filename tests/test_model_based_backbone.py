@@ -15,8 +15,9 @@ from anymdp_agent.configuration_anymdp_agent import AnyMDPAgentConfig
 from anymdp_agent.envs import sample_anymdp_task
 from anymdp_agent.evaluation import run_learner
 from anymdp_agent.rollout import AgentLearner
-from anymdp_agent.modeling_anymdp_agent import (PRIOR_FEATURES, AnyMDPAgentModel, edge_count, history_features,
-                                                history_graph, relative_arrival, transition_prior_features)
+from anymdp_agent.modeling_anymdp_agent import (DISCOVERY_WINDOW, PRIOR_FEATURES, AnyMDPAgentModel, edge_count,
+                                                history_features, history_graph, relative_arrival, still_discovering,
+                                                transition_prior_features)
 
 from test_baselines import Recorder, task_suite
 
@@ -262,8 +263,9 @@ def test_every_pairs_pseudo_counts_are_refreshed_on_the_schedule():
 def test_with_prior_seen_only_ids_beyond_the_environments_change_nothing():
     """``prior_seen_only``: a state started with the whole vocabulary (``initial_state`` without
     ``num_observations``) puts no pseudo-counts on ids the history never showed, so it plans as one started with
-    exactly the environment's ids. A state sized to its environment keeps mass on its ids not yet shown (states not
-    yet reached), as does any state without the option."""
+    exactly the environment's ids. A state sized to its environment keeps mass on its ids not yet shown while it is
+    still finding new ones, and none once it has gone :data:`DISCOVERY_WINDOW` transitions (or as many as it took
+    to find the last) without one; a state without the option keeps it throughout."""
     tasks = [sample_anymdp_task(8, 4, seed=41), sample_anymdp_task(8, 4, seed=42)]
     rec = Recorder(ModelBasedPlanner())
     run_learner(rec, task_suite(tasks), 300, seed=1)
@@ -275,14 +277,45 @@ def test_with_prior_seen_only_ids_beyond_the_environments_change_nothing():
             states[seen_only, n_vocab] = replay(model, rec, None, rec._mask)[1]
         model = model_based_agent(prior, prior_seen_only=seen_only, prior_weight=4.0)
         states[seen_only, "sized 16"] = replay(model, rec, 16, rec._mask)[1]
-    exact, wide = states[True, 8], states[True, 16]
-    assert not exact.sized.any() and states[True, "sized 16"].sized.all()
+    exact, wide, sized = states[True, 8], states[True, 16], states[True, "sized 16"]
+    assert not exact.sized.any() and sized.sized.all()
     torch.testing.assert_close(wide.pseudo[:, :8, :, :8], exact.pseudo)
     assert (wide.pseudo[:, :, :, 8:] == 0).all()
     torch.testing.assert_close(wide.values[:, :8], exact.values)
-    for unused in (states[False, 16], states[True, "sized 16"], states[False, "sized 16"]):
-        assert (unused.pseudo[:, :8, :, 8:] > 0).any()  # mass on the ids the history has not shown
-    torch.testing.assert_close(states[True, "sized 16"].pseudo, states[False, "sized 16"].pseudo)
+    assert (states[False, 16].pseudo[:, :8, :, 8:] > 0).any() and (states[False, "sized 16"].pseudo[:, :8, :, 8:] > 0).any()
+    # every id of these tasks was shown long before the last full refresh (every 16 transitions): no mass beyond
+    assert (sized.discovered_at < 100).all() and (sized.r_count - sized.discovered_at > 100).all()
+    assert not still_discovering(sized.r_count, sized.discovered_at, sized.sized).any()
+    assert (sized.pseudo[:, :, :, 8:] == 0).all()
+    # while it is still finding ids (the first 30 transitions), the sized state keeps mass on those not yet shown
+    rec._obs, rec._actions, rec._transitions = rec._obs[:30], rec._actions[:30], rec._transitions[:30]
+    early = replay(model_based_agent(prior, prior_seen_only=True, prior_weight=4.0), rec, 16, rec._mask)[1]
+    unshown = ((early.visits + early.arrival_n) == 0)[:, None, None, :] & (early.n_sa > 0)[..., None]
+    assert still_discovering(early.r_count, early.discovered_at, early.sized).all()
+    assert (early.pseudo[unshown.expand_as(early.pseudo)] > 0).all()
+
+
+def test_a_sized_state_counts_when_it_last_showed_a_new_id():
+    """``discovered_at``: the transitions so far when either end of a transition was an id the history had not
+    shown; the window of :func:`still_discovering` is the larger of :data:`DISCOVERY_WINDOW` and that count."""
+    model = model_based_agent(zero_prior(), prior_seen_only=True)
+    state = model.initial_state(1, num_observations=6)
+    path = [0, 1, 0, 1, 2, 2, 0]  # new ids at transitions 1 (0 -> 1) and 4 (1 -> 2)
+    seen = []
+    for i, o in enumerate(path):
+        _, state = model._begin_row(state, torch.tensor([o]), None)
+        seen.append(float(state.discovered_at))
+        if i + 1 < len(path):
+            state = model.observe(state, torch.tensor([0]), torch.tensor([0.0]), torch.tensor([path[i + 1]]),
+                                  torch.tensor([False]), torch.tensor([False]))
+    assert seen == [0.0, 1.0, 1.0, 1.0, 4.0, 4.0, 4.0]
+    one = torch.ones(1, dtype=torch.bool)
+    win = DISCOVERY_WINDOW
+    assert still_discovering(torch.tensor([4.0 + win]), torch.tensor([4.0]), one).all()
+    assert not still_discovering(torch.tensor([5.0 + win]), torch.tensor([4.0]), one).any()
+    assert still_discovering(torch.tensor([2.0 * 300]), torch.tensor([300.0]), one).all()
+    assert not still_discovering(torch.tensor([2.0 * 300 + 1]), torch.tensor([300.0]), one).any()
+    assert not still_discovering(torch.tensor([4.0]), torch.tensor([4.0]), ~one).any()  # not sized: never
 
 
 @pytest.mark.parametrize("seen_only, n_obs", [(True, None), (True, 16), (False, 16)])

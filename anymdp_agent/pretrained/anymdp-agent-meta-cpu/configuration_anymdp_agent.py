@@ -120,8 +120,10 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         prior_seen_only: in a state started with the whole vocabulary (``initial_state`` without
             ``num_observations``), no prior mass on ids the history has never shown (arrived at or left), so ids
             beyond the environment's change nothing. A state sized to its environment
-            (``initial_state(num_observations=n)``) keeps prior mass on its ids not yet shown: they are states not
-            yet reached, and the mass on them is part of the prior's gain. Off by default (mass on every id).
+            (``initial_state(num_observations=n)``) keeps prior mass on its ids not yet shown while it is still
+            finding new ones (states not yet reached: that mass is part of the prior's gain), and drops it once it
+            has gone 100 transitions, or as many as it took to find the last new id, without one (the ids left are
+            then taken for ids the environment never uses). Off by default (mass on every id, always).
         prior_chain_features: the prior also reads where each id lies along the history's transition graph (its
             spectral ordering: four more inputs per pair and id, the distances to the pair's outcomes and to the
             pair's own observation). Off by default, so checkpoints from before it load unchanged.

@@ -882,6 +882,20 @@ def prior_feature_count(chain: bool = False) -> int:
     return PRIOR_FEATURES + (CHAIN_FEATURES if chain else 0)
 
 
+#: With ``prior_seen_only``, a state sized to its environment keeps prior mass on ids it has not shown while it is
+#: still finding new ones: until it has gone as many transitions without a new id as it took to find the last one,
+#: and at least this many (AnyMDP's shortest episode). Ids it has not shown by then are taken for ids the
+#: environment never uses.
+DISCOVERY_WINDOW = 100
+
+
+def still_discovering(steps, discovered_at, sized) -> torch.Tensor:
+    """``[B]`` (bool): the histories whose unshown ids still get prior mass under ``prior_seen_only``: sized to
+    their environment and within :data:`DISCOVERY_WINDOW` (or the steps it took to find the last new id, if more)
+    of the last new id. ``steps``, ``discovered_at`` ``[B]``: transitions so far, and at the last new id."""
+    return sized & (steps - discovered_at <= discovered_at.clamp(min=DISCOVERY_WINDOW))
+
+
 #: A refresh of the prior computes its inputs for at most this many bytes of ``[nO, nO]`` matrices at a time.
 PRIOR_ROW_BYTES = 256 << 20
 
@@ -1135,8 +1149,8 @@ class ModelBasedPlanner(nn.Module):
     ``max(prior_refresh, prior_refresh_fraction * steps)`` transitions; only tried pairs get them (an untried
     pair is worth the optimism), and with ``prior_seen_only``, in a state started with the whole vocabulary
     (``initial_state`` without ``num_observations``), only at ids the history has shown, so the network runs on
-    those alone; a state sized to its environment keeps prior mass on its ids not yet shown, states not yet
-    reached. Nothing here is differentiated through the plan: the prior is trained on its own, by the
+    those alone; a state sized to its environment keeps prior mass on its ids not yet shown (states not yet
+    reached) while it is still finding new ones (:func:`still_discovering`). Nothing here is differentiated through the plan: the prior is trained on its own, by the
     cross-entropy of the true next-observation rows of training tasks (``anymdp_agent.training.transition_prior``),
     and :meth:`forward`'s observation logits are its posterior-mean prediction.
 
@@ -1175,7 +1189,9 @@ class ModelBasedPlanner(nn.Module):
             "since_refresh": torch.zeros(batch, dtype=torch.long, device=device),
             # with prior_chain_features: each id's place along the graph and the edge count it was computed at
             "place": torch.full((batch, n_obs), -1.0, device=device), "place_edges": z(batch),
-            "sized": torch.full((batch,), bool(sized), dtype=torch.bool, device=device)})
+            "sized": torch.full((batch,), bool(sized), dtype=torch.bool, device=device),
+            # transitions so far when the history last showed a new id (prior_seen_only, still_discovering)
+            "discovered_at": z(batch)})
 
     @staticmethod
     def state_observations(cache: AnyMDPAgentCache) -> int:
@@ -1193,6 +1209,8 @@ class ModelBasedPlanner(nn.Module):
         real = torch.nonzero(prev_act >= 0)[:, 0]
         if len(real):
             s, a, s2, r = prev_obs[real], prev_act[real], observations[real], prev_rew[real]
+            new = ((t["visits"][real, s] + t["arrival_n"][real, s] == 0) |
+                   (t["visits"][real, s2] + t["arrival_n"][real, s2] == 0))  # either end shown for the first time
             t["n_ss"][real, s, a, s2] += 1.0
             t["n_sa"][real, s, a] += 1.0
             t["r_sum"][real, s, a] += r
@@ -1205,6 +1223,7 @@ class ModelBasedPlanner(nn.Module):
             t["arrival_n"][real, s2] += 1.0
             t["left"][real] = s
             t["since_refresh"][real] += 1
+            t["discovered_at"][real[new]] = t["r_count"][real[new]]
         ended = torch.nonzero(prev_act == END_TERMINATED)[:, 0]
         t["terminal"][ended, prev_obs[ended]] = True
         return t
@@ -1228,8 +1247,9 @@ class ModelBasedPlanner(nn.Module):
         # only tried pairs get pseudo-counts (an untried pair is worth the optimism whatever they are), so the
         # network runs on the rows with a tried pair and, with prior_seen_only, on the ids the history has shown
         keep = (t["n_sa"][envs, states] > 0)[:, :, None].expand(-1, -1, n)  # [R, A, nO]
-        if cfg.prior_seen_only:  # in a state not sized to its environment, no prior mass on ids never shown
-            keep = keep & (((t["visits"] + t["arrival_n"]) > 0) | t["sized"][:, None])[envs][:, None, :]
+        if cfg.prior_seen_only:  # no prior mass on ids never shown, unless sized and still finding new ones
+            open_ = still_discovering(t["r_count"], t["discovered_at"], t["sized"])
+            keep = keep & (((t["visits"] + t["arrival_n"]) > 0) | open_[:, None])[envs][:, None, :]
         g = torch.zeros(keep.shape, dtype=t["pseudo"].dtype, device=envs.device)
         live = torch.nonzero(keep.flatten(1).any(-1))[:, 0]  # rows with something to compute
         if len(live):
