@@ -70,15 +70,13 @@ def chain_prior(path) -> str:
     return str(prior.save(path))
 
 
-@pytest.mark.parametrize("prior, weight, novelty, seen_only", [
-    ("none", 1.0, 0.0, False), ("bundled", 1.0, 0.0, False), ("bundled", 4.0, 0.0, False), ("none", 1.0, 1e-3, False),
-    ("bundled", 4.0, 1e-3, False), ("chain", 4.0, 1e-3, False), ("bundled", 4.0, 1e-3, True)])
-def test_the_agent_takes_the_planners_decisions_on_the_planners_history(prior, weight, novelty, seen_only, tmp_path):
+@pytest.mark.parametrize("prior, weight, novelty", [("none", 1.0, 0.0), ("bundled", 1.0, 0.0), ("bundled", 4.0, 0.0),
+                                                    ("none", 1.0, 1e-3), ("bundled", 4.0, 1e-3), ("chain", 4.0, 1e-3)])
+def test_the_agent_takes_the_planners_decisions_on_the_planners_history(prior, weight, novelty, tmp_path):
     """Every action ``mbrl`` (or ``mbrl:prior=bundled:prior_weight=W``, ``:novelty=D``, or a prior reading the
     chain inputs) took is among the agent's best actions on that history, across episode ends and a task with
     fewer actions; the plans' values agree. With novelty the tasks pay only their goal and pitfall rewards, so the
-    optimism level is novelty's for a while. ``prior_seen_only`` changes nothing in a state sized to the tasks'
-    ids, as the harness starts it."""
+    optimism level is novelty's for a while."""
     parts = {"reward_parts": ()} if novelty else {}
     tasks = [sample_anymdp_task(12, 4, seed=31, **parts), sample_anymdp_task(12, 5, seed=32, **parts),
              sample_anymdp_task(10, 5, seed=33, **parts)]
@@ -89,7 +87,7 @@ def test_the_agent_takes_the_planners_decisions_on_the_planners_history(prior, w
     run_learner(rec, suite, 700, seed=2)
     loaded = TransitionPrior.load(source[prior]) if source[prior] else zero_prior()
     model = model_based_agent(loaded, prior_weight=weight, planner_novelty=novelty,
-                              prior_chain_features=loaded.chain, prior_seen_only=seen_only)
+                              prior_chain_features=loaded.chain)
     if prior == "chain":  # the chain inputs move the pseudo-counts, so this case tests them
         assert model.model_based.prior.num_features == 24 and (rec._state.pseudo.std(-1) > 0.1).any()
     best, state, q = replay(model, rec, suite.tasks.n_states, rec._mask, q=True)

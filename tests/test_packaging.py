@@ -166,3 +166,29 @@ def test_bundled_agents_carry_the_packages_own_modeling_files():
         for name in ("modeling_anymdp_agent.py", "configuration_anymdp_agent.py"):
             assert (folder / name).read_text() == (package / name).read_text(), (
                 f"{folder.name}/{name} differs from anymdp_agent/{name}: copy the package's file into the folder")
+
+
+def test_bundle_ships_the_packages_own_modeling_files(tmp_path, monkeypatch):
+    """``training/bundle.py`` evaluates a checkpoint with the package's ``AnyMDPAgentModel``, so the remote code it
+    ships beside the weights is the package's too, even where the checkpoint was saved under an older package."""
+    import anymdp_agent
+    import anymdp_agent.hub as hub
+    from anymdp_agent.training import bundle as bundler
+
+    from test_rollout import tiny_model
+
+    checkpoint = tmp_path / "checkpoint"
+    tiny_model("model_based").save_pretrained(checkpoint)
+    (checkpoint / "modeling_anymdp_agent.py").write_text((checkpoint / "modeling_anymdp_agent.py").read_text()
+                                                         + "\n# saved under an older package\n")
+    evaluated = []
+    monkeypatch.setattr(hub, "pretrained_dir", lambda: tmp_path / "pretrained")
+    monkeypatch.setattr(bundler, "evaluate_checkpoint", lambda folder, *a, **k: evaluated.append(Path(folder)))
+    monkeypatch.setattr(bundler, "render_card", lambda folder, *a, **k: (Path(folder) / "README.md").write_text("card"))
+    (tmp_path / "pretrained").mkdir()
+    dest = bundler.bundle(checkpoint, "tiny-agent")
+    assert dest == tmp_path / "pretrained" / "tiny-agent" and evaluated[0].name == ".tiny-agent.tmp"
+    package = Path(anymdp_agent.__file__).parent
+    for name in hub.CODE_FILES:
+        assert (dest / name).read_text() == (package / name).read_text()
+    assert (dest / "model.safetensors").read_bytes() == (checkpoint / "model.safetensors").read_bytes()

@@ -172,12 +172,14 @@ def render_card(folder: str | os.PathLike, name: str, limitations: str | None = 
 
 def bundle(checkpoint: str | os.PathLike, name: str, quick: bool = False, seed: int = 0,
            limitations: str | None = None) -> Path:
-    """Copy ``checkpoint`` to ``anymdp_agent/pretrained/<name>``, evaluate it there and render its card.
+    """Copy ``checkpoint`` to ``anymdp_agent/pretrained/<name>`` with the package's own remote-code files, evaluate
+    it there and render its card.
 
     Built under a temporary name and renamed at the end: an interrupted run leaves the old bundle intact.
     """
+    import anymdp_agent
     from anymdp_agent.fileio import replace_dir
-    from anymdp_agent.hub import pretrained_dir
+    from anymdp_agent.hub import CODE_FILES, pretrained_dir
     from anymdp_agent.rollout import load_agent
 
     src = Path(checkpoint)
@@ -186,6 +188,11 @@ def bundle(checkpoint: str | os.PathLike, name: str, quick: bool = False, seed: 
     tmp = dest.with_name(f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("eval", "README.md", ".*"))
+    # the evaluation runs the package's AnyMDPAgentModel, so the remote code shipped beside it is the package's
+    # too, not a copy the checkpoint was saved with under an older package
+    package = Path(anymdp_agent.__file__).parent
+    for name in CODE_FILES:
+        shutil.copyfile(package / name, tmp / name)
     t0 = time.perf_counter()
     suites, long_context = quick_suites() if quick else (SUITES, LONG)
     evaluate_checkpoint(tmp, suites, long_context, seed=seed)
