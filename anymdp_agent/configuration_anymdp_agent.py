@@ -123,7 +123,9 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             (``initial_state(num_observations=n)``) keeps prior mass on its ids not yet shown while it is still
             finding new ones (states not yet reached: that mass is part of the prior's gain), and drops it once it
             has gone 100 transitions, or as many as it took to find the last new id, without one (the ids left are
-            then taken for ids the environment never uses). Off by default (mass on every id, always).
+            then taken for ids the environment never uses). A state with more ids than ``num_observations`` keeps
+            mass on shown ids only: the prior trains on far fewer ids, and its mass summed over hundreds of ids not
+            yet shown would be an extrapolation. Off by default (mass on every id, always).
         prior_chain_features: the prior also reads where each id lies along the history's transition graph (its
             spectral ordering: four more inputs per pair and id, the distances to the pair's outcomes and to the
             pair's own observation). Off by default, so checkpoints from before it load unchanged.

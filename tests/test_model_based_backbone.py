@@ -261,8 +261,8 @@ def test_every_pairs_pseudo_counts_are_refreshed_on_the_schedule():
 def test_with_prior_seen_only_ids_beyond_the_environments_change_nothing():
     """``prior_seen_only``: a state started with the whole vocabulary (``initial_state`` without
     ``num_observations``) puts no pseudo-counts on ids the history never showed, so it plans as one started with
-    exactly the environment's ids. A state sized to its environment keeps mass on its ids not yet shown while it is
-    still finding new ones, and none once it has gone :data:`DISCOVERY_WINDOW` transitions (or as many as it took
+    exactly the environment's ids. A state sized to its environment (within the config's vocabulary) keeps mass on
+    its ids not yet shown while it is still finding new ones, and none once it has gone :data:`DISCOVERY_WINDOW` transitions (or as many as it took
     to find the last) without one; a state without the option keeps it throughout."""
     tasks = [sample_anymdp_task(8, 4, seed=41), sample_anymdp_task(8, 4, seed=42)]
     rec = Recorder(ModelBasedPlanner())
@@ -291,6 +291,11 @@ def test_with_prior_seen_only_ids_beyond_the_environments_change_nothing():
     unshown = ((early.visits + early.arrival_n) == 0)[:, None, None, :] & (early.n_sa > 0)[..., None]
     assert still_discovering(early.r_count, early.discovered_at, early.sized).all()
     assert (early.pseudo[unshown.expand_as(early.pseudo)] > 0).all()
+    # ... unless it holds more ids than the config's vocabulary: then it keeps mass on shown ids only
+    beyond = replay(model_based_agent(prior, prior_seen_only=True, prior_weight=4.0, num_observations=8), rec, 16,
+                    rec._mask)[1]
+    assert still_discovering(beyond.r_count, beyond.discovered_at, beyond.sized).all()
+    assert (beyond.pseudo[unshown.expand_as(beyond.pseudo)] == 0).all() and (beyond.pseudo > 0).any()
 
 
 def test_a_sized_state_counts_when_it_last_showed_a_new_id():

@@ -1150,7 +1150,8 @@ class ModelBasedPlanner(nn.Module):
     pair is worth the optimism), and with ``prior_seen_only``, in a state started with the whole vocabulary
     (``initial_state`` without ``num_observations``), only at ids the history has shown, so the network runs on
     those alone; a state sized to its environment keeps prior mass on its ids not yet shown (states not yet
-    reached) while it is still finding new ones (:func:`still_discovering`). Nothing here is differentiated through the plan: the prior is trained on its own, by the
+    reached) while it is still finding new ones (:func:`still_discovering`) and holds no more ids than the config's
+    vocabulary. Nothing here is differentiated through the plan: the prior is trained on its own, by the
     cross-entropy of the true next-observation rows of training tasks (``anymdp_agent.training.transition_prior``),
     and :meth:`forward`'s observation logits are its posterior-mean prediction.
 
@@ -1248,7 +1249,9 @@ class ModelBasedPlanner(nn.Module):
         # network runs on the rows with a tried pair and, with prior_seen_only, on the ids the history has shown
         keep = (t["n_sa"][envs, states] > 0)[:, :, None].expand(-1, -1, n)  # [R, A, nO]
         if cfg.prior_seen_only:  # no prior mass on ids never shown, unless sized and still finding new ones
-            open_ = still_discovering(t["r_count"], t["discovered_at"], t["sized"])
+            # ... and within the vocabulary: the prior trained on tasks of at most 48 states, so its mass summed over
+            # hundreds of ids not yet shown would be an extrapolation
+            open_ = still_discovering(t["r_count"], t["discovered_at"], t["sized"]) & (n <= cfg.num_observations)
             keep = keep & (((t["visits"] + t["arrival_n"]) > 0) | open_[:, None])[envs][:, None, :]
         g = torch.zeros(keep.shape, dtype=t["pseudo"].dtype, device=envs.device)
         live = torch.nonzero(keep.flatten(1).any(-1))[:, 0]  # rows with something to compute
