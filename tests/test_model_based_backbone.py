@@ -71,24 +71,26 @@ def chain_prior(path) -> str:
     return str(prior.save(path))
 
 
-@pytest.mark.parametrize("prior, weight, novelty", [("none", 1.0, 0.0), ("bundled", 1.0, 0.0), ("bundled", 4.0, 0.0),
-                                                    ("none", 1.0, 1e-3), ("bundled", 4.0, 1e-3), ("chain", 4.0, 1e-3)])
-def test_the_agent_takes_the_planners_decisions_on_the_planners_history(prior, weight, novelty, tmp_path):
-    """Every action ``mbrl`` (or ``mbrl:prior=bundled:prior_weight=W``, ``:novelty=D``, or a prior reading the
-    chain inputs) took is among the agent's best actions on that history, across episode ends and a task with
-    fewer actions; the plans' values agree. With novelty the tasks pay only their goal and pitfall rewards, so the
-    optimism level is novelty's for a while."""
+@pytest.mark.parametrize("prior, weight, novelty, tail", [
+    ("none", 1.0, 0.0, 0), ("bundled", 1.0, 0.0, 0), ("bundled", 4.0, 0.0, 0), ("none", 1.0, 1e-3, 0),
+    ("bundled", 4.0, 1e-3, 0), ("chain", 4.0, 1e-3, 0), ("none", 1.0, 0.0, 30), ("bundled", 4.0, 1e-3, 30)])
+def test_the_agent_takes_the_planners_decisions_on_the_planners_history(prior, weight, novelty, tail, tmp_path):
+    """Every action ``mbrl`` (or ``mbrl:prior=bundled:prior_weight=W``, ``:novelty=D``, ``:tail=K``, or a prior
+    reading the chain inputs) took is among the agent's best actions on that history, across episode ends and a
+    task with fewer actions; the plans' values agree. With novelty the tasks pay only their goal and pitfall
+    rewards, so the optimism level is novelty's for a while. With a tail both plan each episode's last ``K`` steps
+    for the steps left, once an episode has been truncated."""
     parts = {"reward_parts": ()} if novelty else {}
     tasks = [sample_anymdp_task(12, 4, seed=31, **parts), sample_anymdp_task(12, 5, seed=32, **parts),
              sample_anymdp_task(10, 5, seed=33, **parts)]
     suite = task_suite(tasks)
     source = {"none": "", "bundled": "bundled", "chain": chain_prior(tmp_path / "chain") if prior == "chain" else ""}
-    planner = ModelBasedPlanner(prior=source[prior], prior_weight=weight, novelty=novelty)
+    planner = ModelBasedPlanner(prior=source[prior], prior_weight=weight, novelty=novelty, tail=tail)
     rec = Recorder(planner)
     run_learner(rec, suite, 700, seed=2)
     loaded = TransitionPrior.load(source[prior]) if source[prior] else zero_prior()
     model = model_based_agent(loaded, prior_weight=weight, planner_novelty=novelty,
-                              prior_chain_features=loaded.chain)
+                              prior_chain_features=loaded.chain, planner_tail_steps=tail)
     if prior == "chain":  # the chain inputs move the pseudo-counts, so this case tests them
         assert model.model_based.prior.num_features == 24 and (rec._state.pseudo.std(-1) > 0.1).any()
     best, state, q = replay(model, rec, suite.tasks.n_states, rec._mask, q=True)
@@ -100,6 +102,9 @@ def test_the_agent_takes_the_planners_decisions_on_the_planners_history(prior, w
     assert (taken | near_tie).all(), f"{(~(taken | near_tie)).sum()} of {taken.size} decisions differ"
     assert (~taken).sum() <= 0.002 * taken.size, f"{(~taken).sum()} of {taken.size} decisions differ at near-ties"
     assert any(t.terminated.any() for t in rec._transitions)  # episode ends were replayed
+    if tail:  # histories with a truncated episode learnt its length, and planned its tails for the steps left
+        assert (rec._state.episode_cap > 0).any()
+        np.testing.assert_array_equal(state.episode_cap.numpy(), rec._state.episode_cap)
     np.testing.assert_allclose(state.values.numpy(), rec._state.values, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(state.n_ss.numpy(), rec._state.counts)
     np.testing.assert_array_equal(state.terminal.numpy(), rec._state.terminal)

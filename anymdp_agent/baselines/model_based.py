@@ -122,6 +122,10 @@ class PlannerState:
     # was computed at (recomputed where an edge was added: history_graph's ``known``).
     place: object = None
     place_edges: object = None
+    # Only with ``tail`` (``mbrl:tail=k``): transitions in the current episode, and the longest episode that ended
+    # by truncation (0: none yet) [B].
+    episode_steps: np.ndarray | None = None
+    episode_cap: np.ndarray | None = None
 
 
 #: What a known-model ablation of the planner may read from the true model (``mbrl:known=...``).
@@ -170,21 +174,27 @@ class ModelBasedPlanner(InContextLearner):
     prior's pseudo-counts times ``prior_weight`` (1: the calibrated posterior mean; more: more weight on the prior,
     so a pair whose few visits landed badly keeps more of its prior value). It reads nothing but the history; with
     a zero prior it is exactly ``mbrl``.
+
+    ``tail = k > 0`` plans, in the last ``k`` steps of an episode, for the steps left (the agent's
+    ``planner_tail_steps``; :meth:`tail_q`): the episode's length is the longest one that ended by truncation.
     """
 
     name = "mbrl"
 
     def __init__(self, gamma: float = 0.99, sweeps: int = 3, lookahead: int = 0, optimism: float = 1.0,
-                 known: str = "none", prior: str = "", prior_weight: float = 1.0, novelty: float = 0.0):
-        if not 0 <= gamma < 1 or sweeps < 1 or lookahead < 0 or not optimism >= 0 \
+                 known: str = "none", prior: str = "", prior_weight: float = 1.0, novelty: float = 0.0,
+                 tail: int = 0):
+        if not 0 <= gamma < 1 or sweeps < 1 or lookahead < 0 or not optimism >= 0 or tail < 0 \
                 or not (prior_weight >= 0 and math.isfinite(prior_weight)) or not (novelty >= 0 and math.isfinite(novelty)):
-            raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1, lookahead >= 0, optimism >= 0 and "
-                             f"finite prior_weight >= 0 and novelty >= 0, got gamma={gamma}, sweeps={sweeps}, "
-                             f"lookahead={lookahead}, optimism={optimism}, prior_weight={prior_weight}, novelty={novelty}")
+            raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1, lookahead >= 0, optimism >= 0, "
+                             f"finite prior_weight >= 0, novelty >= 0 and tail >= 0, got gamma={gamma}, "
+                             f"sweeps={sweeps}, lookahead={lookahead}, optimism={optimism}, "
+                             f"prior_weight={prior_weight}, novelty={novelty}, tail={tail}")
         if known not in KNOWN_PARTS:
             raise ValueError(f"ModelBasedPlanner: known must be one of {', '.join(KNOWN_PARTS)}, got {known!r}")
         self.gamma, self.sweeps, self.lookahead, self.optimism = gamma, sweeps, lookahead, float(optimism)
         self.novelty = float(novelty)
+        self.tail = int(tail)
         self.known = known
         self.prior, self.prior_weight = prior, float(prior_weight)
         self._prior = None
@@ -207,6 +217,8 @@ class ModelBasedPlanner(InContextLearner):
             state.pseudo, state.pseudo_total = np.zeros_like(state.counts), np.zeros_like(state.n_sa)
             state.visits, state.arrival_sum, state.arrival_n = (np.zeros((b, n)) for _ in range(3))
             state.reward_sq = np.zeros(b)
+        if self.tail:
+            state.episode_steps, state.episode_cap = np.zeros(b), np.zeros(b)
         if self.known != "none":
             p, r = true_model(spec)
             if self.known in ("transitions", "both"):
@@ -260,10 +272,45 @@ class ModelBasedPlanner(InContextLearner):
         return self._NO_PRIOR if self._prior is None else (state.pseudo, state.pseudo_total, True)
 
     def act(self, state: PlannerState, obs: np.ndarray):
-        return argmax_random_ties(self.q_values(state, obs), state.mask, state.rng), state
+        q = self.q_values(state, obs)
+        if self.tail:
+            q = self.tail_q(state, obs, q)
+        return argmax_random_ties(q, state.mask, state.rng), state
+
+    def tail_q(self, state: PlannerState, obs: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """``q [B, na]`` with the environments in the last ``tail`` steps of an episode of known length (``h`` steps
+        left) given the Q of a plan for those steps: ``h - 1`` backups from values of 0, then one at ``obs``
+        (the agent's ``tail_q``)."""
+        left = state.episode_cap - state.episode_steps
+        rows = np.nonzero((state.episode_cap > 0) & (left >= 1) & (left <= self.tail))[0]
+        if not len(rows):
+            return q
+        counts, r_sum = self.model(state)
+        pseudo, pseudo_total, use_prior = self._prior_args(state)
+        if use_prior:
+            pseudo, pseudo_total = pseudo[rows], pseudo_total[rows]
+        args = (counts[rows], state.n_sa[rows], r_sum[rows], self.level(state)[rows])
+        rest = (float(self.gamma), self.optimism, pseudo, pseudo_total, use_prior)
+        mask, terminal, h = state.mask[rows], state.terminal[rows], left[rows]
+        v = np.zeros((len(rows), state.values.shape[1]))
+        out = np.empty(args[0].shape[:3])
+        for j in range(1, int(h.max())):  # v: the best return of j steps, for the environments with more than j left
+            _q_all(*args, v, *rest, out)
+            best = np.where(mask[:, None, :], out, -np.inf).max(-1)
+            best[terminal] = 0.0
+            v = np.where((j < h)[:, None], best, v)
+        q, q_rows = q.copy(), np.empty((len(rows), q.shape[1]))
+        _q_at(*args, v, *rest, np.asarray(obs, dtype=np.int64)[rows], q_rows)
+        q[rows] = q_rows
+        return q
 
     def observe(self, state: PlannerState, t: Transition) -> PlannerState:
         self.record(state, t)
+        if self.tail:
+            state.episode_steps += 1.0
+            cut = np.asarray(t.truncated, dtype=bool)
+            state.episode_cap = np.where(cut, np.maximum(state.episode_cap, state.episode_steps), state.episode_cap)
+            state.episode_steps[cut | np.asarray(t.terminated, dtype=bool)] = 0.0
         if self.lookahead:
             state.values = np.zeros_like(state.values)
             self.plan(state, self.lookahead - 1)

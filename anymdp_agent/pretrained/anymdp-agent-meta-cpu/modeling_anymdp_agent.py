@@ -1192,7 +1192,10 @@ class ModelBasedPlanner(nn.Module):
             "place": torch.full((batch, n_obs), -1.0, device=device), "place_edges": z(batch),
             "sized": torch.full((batch,), bool(sized), dtype=torch.bool, device=device),
             # transitions so far when the history last showed a new id (prior_seen_only, still_discovering)
-            "discovered_at": z(batch)})
+            "discovered_at": z(batch),
+            # transitions in the current episode, and the longest episode that ended by truncation (0: none yet):
+            # the episode's length, which planner_tail_steps plans for
+            "episode_steps": z(batch), "episode_cap": z(batch)})
 
     @staticmethod
     def state_observations(cache: AnyMDPAgentCache) -> int:
@@ -1225,8 +1228,12 @@ class ModelBasedPlanner(nn.Module):
             t["left"][real] = s
             t["since_refresh"][real] += 1
             t["discovered_at"][real[new]] = t["r_count"][real[new]]
+            t["episode_steps"][real] += 1.0
         ended = torch.nonzero(prev_act == END_TERMINATED)[:, 0]
         t["terminal"][ended, prev_obs[ended]] = True
+        cut = prev_act == END_TRUNCATED
+        t["episode_cap"] = torch.where(cut, torch.maximum(t["episode_cap"], t["episode_steps"]), t["episode_cap"])
+        t["episode_steps"] = torch.where(cut | (prev_act == END_TERMINATED), 0.0, t["episode_steps"])
         return t
 
     def refresh_prior(self, t: dict[str, torch.Tensor], pending: torch.Tensor) -> None:
@@ -1316,7 +1323,33 @@ class ModelBasedPlanner(nn.Module):
             self.plan(t, pending, allowed)
             t["left"] = torch.full_like(t["left"], -1)
         q_now = self.q_values(t, t["values"], observations)
+        if self.config.planner_tail_steps:
+            q_now = self.tail_q(t, observations, allowed, q_now)
         return q_now.masked_fill(~allowed, -torch.inf), t
+
+    #: The statistics a backup reads (:meth:`q_values`).
+    BACKUP_KEYS = ("n_sa", "n_ss", "pseudo", "pseudo_total", "r_sum", "r_max", "r_absmax")
+
+    def tail_q(self, t: dict[str, torch.Tensor], observations: torch.Tensor, allowed: torch.Tensor,
+               q_now: torch.Tensor) -> torch.Tensor:
+        """``q_now [B, A]`` with the histories in the last ``planner_tail_steps`` steps of an episode of known length
+        (``h`` steps left, ``episode_cap - episode_steps``) given the Q of a plan for those steps instead: ``h - 1``
+        backups from values of 0 at the episode's end, then one at the observation. The same backups as the
+        stationary plan (untried pairs keep their optimism), so only what the rest of the episode can still give
+        changes. Only those histories are backed up."""
+        left = t["episode_cap"] - t["episode_steps"]
+        rows = torch.nonzero((t["episode_cap"] > 0) & (left >= 1) & (left <= self.config.planner_tail_steps))[:, 0]
+        if not len(rows):
+            return q_now
+        sub = {k: t[k][rows] for k in self.BACKUP_KEYS}
+        terminal, ok, h = t["terminal"][rows], allowed[rows], left[rows]
+        v = torch.zeros_like(t["values"][rows])
+        for j in range(1, int(h.max())):  # v: the best return of j steps, for the histories with more than j left
+            q = self.q_values(sub, v).masked_fill(~ok[:, None, :], -torch.inf)
+            v = torch.where((j < h)[:, None], q.max(-1).values.masked_fill(terminal, 0.0), v)
+        q_now = q_now.clone()
+        q_now[rows] = self.q_values(sub, v, observations[rows])
+        return q_now
 
     def greedy_logits(self, q: torch.Tensor) -> torch.Tensor:
         """0 on the best actions of ``q [B, A]`` (within :data:`TIE` of the largest, relative), :data:`NOT_BEST`

@@ -113,6 +113,11 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             while no positive reward has been seen: the plan heads for untried pairs instead of walking at
             random (sparse rewards), or of ending episodes for a reward of 0 when every reward so far was a cost.
             Once the largest reward exceeds ``d * m`` it changes nothing. 0 (the default): the classic planner.
+        planner_tail_steps: with ``k > 0``, in the last ``k`` steps of an episode the agent plans for the steps
+            left: ``h`` backups from values of 0 at the episode's end instead of the stationary values, so it
+            takes what the rest of the episode can still give. The episode's length is learnt from the history:
+            the longest episode that ended by truncation (none yet: no change). Untried pairs keep their optimism.
+            0 (the default): the stationary plan at every step.
         prior_hidden: width of the transition prior network (two tanh layers).
         prior_weight: the prior's pseudo-counts are multiplied by this in the posterior-mean model (1: the
             calibrated posterior the prior is trained for; more: more weight on the prior, more retrying of pairs
@@ -185,6 +190,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         planner_sweeps: int = 3,
         planner_optimism: float = 1.0,
         planner_novelty: float = 0.0,
+        planner_tail_steps: int = 0,
         prior_hidden: int = 32,
         prior_refresh: int = 16,
         prior_refresh_fraction: float = 0.0,
@@ -226,6 +232,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.planner_sweeps = planner_sweeps
         self.planner_optimism = planner_optimism
         self.planner_novelty = planner_novelty
+        self.planner_tail_steps = planner_tail_steps
         self.prior_hidden = prior_hidden
         self.prior_refresh = prior_refresh
         self.prior_refresh_fraction = prior_refresh_fraction
@@ -244,6 +251,9 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be a positive integer, got {value!r}")
+        tail = self.planner_tail_steps
+        if isinstance(tail, bool) or not isinstance(tail, int) or tail < 0:
+            raise ValueError(f"AnyMDPAgentConfig.planner_tail_steps must be an integer >= 0, got {tail!r}")
         for name in ("planner_optimism", "planner_novelty", "prior_refresh_fraction", "prior_weight"):
             o = getattr(self, name)
             if isinstance(o, bool) or not isinstance(o, (int, float)) or not math.isfinite(o) or o < 0:
