@@ -441,3 +441,31 @@ def test_the_harness_planner_refreshes_its_prior_in_parts_too(monkeypatch):
     assert parts == [2 * 16] and (whole[0] > 0).any()
     np.testing.assert_allclose(state.pseudo, whole[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(state.pseudo_total, whole[1], rtol=1e-5)
+
+
+def test_the_last_steps_of_an_episode_are_planned_for_the_steps_left():
+    """Two states: at 0, action 1 pays 0.5 and stays, action 0 pays nothing but leads to 1, which pays 1 forever.
+    After an episode truncated at 4 steps, the stationary plan leaves 0 by action 0; with ``planner_tail_steps = 2``
+    and one step left the agent takes the 0.5 instead, and with more than 2 left it plans as before."""
+    history = [(0, 1, 0.5, 0, False, False), (0, 0, 0.0, 1, False, False), (1, 0, 1.0, 1, False, False),
+               (1, 1, 1.0, 1, False, True),  # truncated: the episode's length is 4
+               (0, 1, 0.5, 0, False, False), (0, 1, 0.5, 0, False, False), (0, 1, 0.5, 0, False, False)]
+
+    def best_actions(tail: int, steps: int) -> list[int]:
+        model = model_based_agent(zero_prior(), planner_tail_steps=tail)
+        state = model.initial_state(1, num_observations=2, num_actions=2)
+        mask = torch.ones(1, 2, dtype=torch.bool)
+        for s, a, r, s2, term, trunc in history[:steps]:
+            _, state = model._begin_row(state, torch.tensor([s]), mask)
+            state = model.observe(state, torch.tensor([a]), torch.tensor([r]), torch.tensor([s2]),
+                                  torch.tensor([term]), torch.tensor([trunc]), action_mask=mask)
+        logits, state = model._begin_row(state, torch.tensor([0]), mask)
+        assert state.episode_cap.item() == (4.0 if steps >= 4 else 0.0)
+        return torch.nonzero(logits[0] == 0)[:, 0].tolist()
+
+    assert best_actions(0, 7) == [0]         # the stationary plan heads for state 1
+    assert best_actions(2, 7) == [1]         # one step left: the 0.5 now beats a move that pays later
+    assert best_actions(2, 5) == [0]         # three steps left, more than the tail: the stationary plan
+    assert best_actions(2, 3) == [0]         # no episode truncated yet: no length known, the stationary plan
+    with pytest.raises(ValueError, match="planner_tail_steps"):
+        AnyMDPAgentConfig(backbone="model_based", planner_tail_steps=-1)

@@ -295,6 +295,7 @@ def test_the_corpus_recipe_replays_the_corpus_and_writes_a_loadable_agent(tmp_pa
     agent = AutoModel.from_pretrained(tmp_path / "agent", trust_remote_code=True)
     assert agent.config.backbone == "model_based" and agent.config.prior_weight == 4.0
     assert agent.config.planner_novelty == recipe.PriorArgs.novelty == 0.001
+    assert agent.config.planner_tail_steps == recipe.PriorArgs.tail_steps == 10
     prior = TransitionPrior.load(tmp_path / "prior")
     for a, b in zip(agent.model_based.prior.parameters(), prior.parameters()):
         torch.testing.assert_close(a, b)

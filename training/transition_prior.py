@@ -203,10 +203,12 @@ class PriorArgs:
     seen_only: bool = True     # the agent's prior_seen_only: no prior mass on ids the history has never shown
     novelty: float = 0.001     # the agent's planner_novelty: untried pairs stay worth something while no reward is positive
     chain_features: bool = True  # the prior also reads each id's place along the transition graph (prior_chain_features)
+    tail_steps: int = 10       # the agent's planner_tail_steps: each episode's last steps planned for the steps left
 
 
 def write_agent(prior: TransitionPrior, path: str, record: dict, prior_weight: float = 1.0,
-                refresh_fraction: float = 0.0, seen_only: bool = False, novelty: float = 0.0) -> Path:
+                refresh_fraction: float = 0.0, seen_only: bool = False, novelty: float = 0.0,
+                tail_steps: int = 0) -> Path:
     """The ``model_based`` agent with ``prior`` as a ``transformers`` checkpoint at ``path`` (written into a
     temporary folder beside it with ``train_config.json`` and its card, then put in place)."""
     from anymdp_agent.configuration_anymdp_agent import AnyMDPAgentConfig
@@ -217,6 +219,7 @@ def write_agent(prior: TransitionPrior, path: str, record: dict, prior_weight: f
     config = AnyMDPAgentConfig(backbone="model_based", num_observations=64, num_actions=5, prior_hidden=prior.hidden,
                                prior_weight=prior_weight, prior_refresh_fraction=refresh_fraction,
                                prior_seen_only=seen_only, planner_novelty=novelty, prior_chain_features=prior.chain,
+                               planner_tail_steps=tail_steps,
                                temperature_start=1.0, temperature_end=1.0, temperature_decay_steps=0)
     model = AnyMDPAgentModel(config)
     model.model_based.prior.load_state_dict(prior.state_dict())
@@ -287,7 +290,7 @@ def train(args: PriorArgs) -> dict:
         if args.agent_out:
             record = {"recipe": "transition-prior", "step": best[1], "max_steps": args.iters, **summary}
             written = write_agent(prior, args.agent_out, record, args.prior_weight, args.refresh_fraction,
-                                  args.seen_only, args.novelty)
+                                  args.seen_only, args.novelty, args.tail_steps)
             say(f"agent -> {written}", flush=True)
     accelerator.wait_for_everyone()
     return summary
@@ -300,9 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     args, *_ = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False, return_remaining_strings=False)
     if args.steps < 1 or args.iters < 1 or args.batch < 1 or args.eval_every < 1 or not args.lr > 0 or not args.scale > 0 \
             or args.corpus_sequences < 1 or not args.prior_weight >= 0 or not args.refresh_fraction >= 0 \
-            or not args.novelty >= 0:
+            or not args.novelty >= 0 or args.tail_steps < 0:
         parser.error("steps, iters, batch, eval_every and corpus_sequences must be >= 1, lr and scale > 0, "
-                     "prior_weight, refresh_fraction and novelty >= 0")
+                     "prior_weight, refresh_fraction, novelty and tail_steps >= 0")
     if args.corpus:
         from anymdp_agent.data.corpus import open_corpus
 
