@@ -446,12 +446,13 @@ def test_the_harness_planner_refreshes_its_prior_in_parts_too(monkeypatch):
 def test_the_last_steps_of_an_episode_are_planned_for_the_steps_left():
     """Two states: at 0, action 1 pays 0.5 and stays, action 0 pays nothing but leads to 1, which pays 1 forever.
     After an episode truncated at 4 steps, the stationary plan leaves 0 by action 0; with ``planner_tail_steps = 2``
-    and one step left the agent takes the 0.5 instead, and with more than 2 left it plans as before."""
+    and one step left the agent takes the 0.5 instead, and with more than 2 left it plans as before. Where the steps
+    left value the actions alike (action 1 paying nothing), the stationary plan still chooses."""
     history = [(0, 1, 0.5, 0, False, False), (0, 0, 0.0, 1, False, False), (1, 0, 1.0, 1, False, False),
                (1, 1, 1.0, 1, False, True),  # truncated: the episode's length is 4
                (0, 1, 0.5, 0, False, False), (0, 1, 0.5, 0, False, False), (0, 1, 0.5, 0, False, False)]
 
-    def best_actions(tail: int, steps: int) -> list[int]:
+    def best_actions(tail: int, steps: int, history=history) -> list[int]:
         model = model_based_agent(zero_prior(), planner_tail_steps=tail)
         state = model.initial_state(1, num_observations=2, num_actions=2)
         mask = torch.ones(1, 2, dtype=torch.bool)
@@ -467,5 +468,7 @@ def test_the_last_steps_of_an_episode_are_planned_for_the_steps_left():
     assert best_actions(2, 7) == [1]         # one step left: the 0.5 now beats a move that pays later
     assert best_actions(2, 5) == [0]         # three steps left, more than the tail: the stationary plan
     assert best_actions(2, 3) == [0]         # no episode truncated yet: no length known, the stationary plan
+    unpaid = [(s, a, 0.0 if a == 1 and s == 0 else r, s2, term, trunc) for s, a, r, s2, term, trunc in history]
+    assert best_actions(2, 7, unpaid) == [0]  # one step left, both worth 0 for it: the stationary plan's choice
     with pytest.raises(ValueError, match="planner_tail_steps"):
         AnyMDPAgentConfig(backbone="model_based", planner_tail_steps=-1)

@@ -184,10 +184,13 @@ def test_bundle_ships_the_packages_own_modeling_files(tmp_path, monkeypatch):
     evaluated = []
     monkeypatch.setattr(hub, "pretrained_dir", lambda: tmp_path / "pretrained")
     monkeypatch.setattr(bundler, "evaluate_checkpoint", lambda folder, *a, **k: evaluated.append(Path(folder)))
-    monkeypatch.setattr(bundler, "render_card", lambda folder, *a, **k: (Path(folder) / "README.md").write_text("card"))
+    carded = []  # the name the card is rendered under: the bundle's, not a file copied on the way
+    monkeypatch.setattr(bundler, "render_card", lambda folder, name, *a, **k: (
+        carded.append(name), (Path(folder) / "README.md").write_text("card")))
     (tmp_path / "pretrained").mkdir()
     dest = bundler.bundle(checkpoint, "tiny-agent")
     assert dest == tmp_path / "pretrained" / "tiny-agent" and evaluated[0].name == ".tiny-agent.tmp"
+    assert carded == ["tiny-agent"]
     package = Path(anymdp_agent.__file__).parent
     for name in hub.CODE_FILES:
         assert (dest / name).read_text() == (package / name).read_text()

@@ -279,8 +279,8 @@ class ModelBasedPlanner(InContextLearner):
 
     def tail_q(self, state: PlannerState, obs: np.ndarray, q: np.ndarray) -> np.ndarray:
         """``q [B, na]`` with the environments in the last ``tail`` steps of an episode of known length (``h`` steps
-        left) given the Q of a plan for those steps: ``h - 1`` backups from values of 0, then one at ``obs``
-        (the agent's ``tail_q``)."""
+        left) restricted to the actions best for those steps (``h - 1`` backups from values of 0, then one at
+        ``obs``): among actions those value alike, the stationary plan chooses (the agent's ``tail_q``)."""
         left = state.episode_cap - state.episode_steps
         rows = np.nonzero((state.episode_cap > 0) & (left >= 1) & (left <= self.tail))[0]
         if not len(rows):
@@ -299,9 +299,12 @@ class ModelBasedPlanner(InContextLearner):
             best = np.where(mask[:, None, :], out, -np.inf).max(-1)
             best[terminal] = 0.0
             v = np.where((j < h)[:, None], best, v)
-        q, q_rows = q.copy(), np.empty((len(rows), q.shape[1]))
-        _q_at(*args, v, *rest, np.asarray(obs, dtype=np.int64)[rows], q_rows)
-        q[rows] = q_rows
+        q_tail = np.empty((len(rows), q.shape[1]))
+        _q_at(*args, v, *rest, np.asarray(obs, dtype=np.int64)[rows], q_tail)
+        q_tail = np.where(mask, q_tail, -np.inf)
+        top = q_tail.max(-1, keepdims=True)
+        q = q.copy()  # among the actions best for the steps left, the stationary plan's preference
+        q[rows] = np.where(q_tail >= top - 1e-9 * (1.0 + np.abs(top)), q[rows], -np.inf)
         return q
 
     def observe(self, state: PlannerState, t: Transition) -> PlannerState:
