@@ -1333,10 +1333,11 @@ class ModelBasedPlanner(nn.Module):
     def tail_q(self, t: dict[str, torch.Tensor], observations: torch.Tensor, allowed: torch.Tensor,
                q_now: torch.Tensor) -> torch.Tensor:
         """``q_now [B, A]`` with the histories in the last ``planner_tail_steps`` steps of an episode of known length
-        (``h`` steps left, ``episode_cap - episode_steps``) given the Q of a plan for those steps instead: ``h - 1``
-        backups from values of 0 at the episode's end, then one at the observation. The same backups as the
-        stationary plan (untried pairs keep their optimism), so only what the rest of the episode can still give
-        changes. Only those histories are backed up."""
+        (``h`` steps left, ``episode_cap - episode_steps``) restricted to the actions best for those steps (-inf
+        elsewhere): the Q of ``h - 1`` backups from values of 0 at the episode's end, then one at the observation.
+        The same backups as the stationary plan (untried pairs keep their optimism), so only what the rest of the
+        episode can still give changes; among actions it values alike (nothing within reach pays, say) the
+        stationary plan still chooses. Only those histories are backed up."""
         left = t["episode_cap"] - t["episode_steps"]
         rows = torch.nonzero((t["episode_cap"] > 0) & (left >= 1) & (left <= self.config.planner_tail_steps))[:, 0]
         if not len(rows):
@@ -1347,8 +1348,11 @@ class ModelBasedPlanner(nn.Module):
         for j in range(1, int(h.max())):  # v: the best return of j steps, for the histories with more than j left
             q = self.q_values(sub, v).masked_fill(~ok[:, None, :], -torch.inf)
             v = torch.where((j < h)[:, None], q.max(-1).values.masked_fill(terminal, 0.0), v)
-        q_now = q_now.clone()
-        q_now[rows] = self.q_values(sub, v, observations[rows])
+        q_tail = self.q_values(sub, v, observations[rows]).masked_fill(~ok, -torch.inf)
+        top = q_tail.max(-1, keepdim=True).values
+        best = q_tail >= top - self.TIE * (1.0 + top.abs())
+        q_now = q_now.clone()  # among the actions best for the steps left, the stationary plan's preference
+        q_now[rows] = q_now[rows].masked_fill(~best, -torch.inf)
         return q_now
 
     def greedy_logits(self, q: torch.Tensor) -> torch.Tensor:
