@@ -114,10 +114,10 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             random (sparse rewards), or of ending episodes for a reward of 0 when every reward so far was a cost.
             Once the largest reward exceeds ``d * m`` it changes nothing. 0 (the default): the classic planner.
         planner_tail_steps: with ``k > 0``, in the last ``k`` steps of an episode the agent plans for the steps
-            left: ``h`` backups from values of 0 at the episode's end instead of the stationary values, so it
-            takes what the rest of the episode can still give. The episode's length is learnt from the history:
-            the longest episode that ended by truncation (none yet: no change). Untried pairs keep their optimism.
-            0 (the default): the stationary plan at every step.
+            left: ``h`` backups from values of 0 at the episode's end, so it takes what the rest of the episode can
+            still give; among actions that plan values alike, the stationary plan chooses. The episode's length is
+            learnt from the history: the longest episode that ended by truncation (none yet: no change). Untried
+            pairs keep their optimism. 0 (the default): the stationary plan at every step.
         prior_hidden: width of the transition prior network (two tanh layers).
         prior_weight: the prior's pseudo-counts are multiplied by this in the posterior-mean model (1: the
             calibrated posterior the prior is trained for; more: more weight on the prior, more retrying of pairs
