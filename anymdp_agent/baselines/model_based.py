@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .protocol import EnvSpec, InContextLearner, Transition, argmax_random_ties
+from .protocol import EnvSpec, InContextLearner, Transition, argmax_random_ties, best_actions
 
 
 #: Floating-point reassociation (vectorised reductions) but no assumption that values are finite: untried
@@ -293,18 +293,14 @@ class ModelBasedPlanner(InContextLearner):
         rest = (float(self.gamma), self.optimism, pseudo, pseudo_total, use_prior)
         mask, terminal, h = state.mask[rows], state.terminal[rows], left[rows]
         v = np.zeros((len(rows), state.values.shape[1]))
-        out = np.empty(args[0].shape[:3])
         for j in range(1, int(h.max())):  # v: the best return of j steps, for the environments with more than j left
-            _q_all(*args, v, *rest, out)
-            best = np.where(mask[:, None, :], out, -np.inf).max(-1)
-            best[terminal] = 0.0
-            v = np.where((j < h)[:, None], best, v)
+            swept = v.copy()
+            _sweeps(*args, mask, terminal, swept, *rest, 1)
+            v = np.where((j < h)[:, None], swept, v)
         q_tail = np.empty((len(rows), q.shape[1]))
         _q_at(*args, v, *rest, np.asarray(obs, dtype=np.int64)[rows], q_tail)
-        q_tail = np.where(mask, q_tail, -np.inf)
-        top = q_tail.max(-1, keepdims=True)
         q = q.copy()  # among the actions best for the steps left, the stationary plan's preference
-        q[rows] = np.where(q_tail >= top - 1e-9 * (1.0 + np.abs(top)), q[rows], -np.inf)
+        q[rows] = np.where(best_actions(q_tail, mask), q[rows], -np.inf)
         return q
 
     def observe(self, state: PlannerState, t: Transition) -> PlannerState:

@@ -93,14 +93,18 @@ class InContextLearner:
 # ---------------------------------------------------------------------- shared batched helpers
 
 
-def argmax_random_ties(values: np.ndarray, mask: np.ndarray, rng: np.random.Generator, atol: float = 1e-9) -> np.ndarray:
-    """Row-wise argmax over allowed entries ``[B, na]``, ties broken uniformly at random."""
+def best_actions(values: np.ndarray, mask: np.ndarray, atol: float = 1e-9) -> np.ndarray:
+    """``[B, na]`` (bool): the allowed entries within ``atol`` (relative) of their row's best allowed value."""
     v = np.where(mask, values, -np.inf)
     best = v.max(-1, keepdims=True)
     with np.errstate(invalid="ignore"):
         near = np.where(np.isinf(best), v == best, v >= best - atol * (1.0 + np.abs(best)))
-    tied = mask & near
-    return sample_categorical(tied.astype(np.float64), rng)
+    return mask & near
+
+
+def argmax_random_ties(values: np.ndarray, mask: np.ndarray, rng: np.random.Generator, atol: float = 1e-9) -> np.ndarray:
+    """Row-wise argmax over allowed entries ``[B, na]``, ties (:func:`best_actions`) broken uniformly at random."""
+    return sample_categorical(best_actions(values, mask, atol).astype(np.float64), rng)
 
 
 def sample_categorical(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:

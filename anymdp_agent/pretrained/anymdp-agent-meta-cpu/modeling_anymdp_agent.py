@@ -1301,12 +1301,17 @@ class ModelBasedPlanner(nn.Module):
         q = torch.where(tried, q, optimistic[:, None, None])
         return q if observations is None else q[:, 0]
 
+    def sweep(self, t: dict[str, torch.Tensor], values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """One synchronous value-iteration sweep of ``values [B, S]`` on each history's model: the best allowed
+        action's backup, 0 at terminal observations."""
+        q = self.q_values(t, values).masked_fill(~allowed[:, None, :], -torch.inf)
+        return q.max(-1).values.masked_fill(t["terminal"], 0.0)
+
     def plan(self, t: dict[str, torch.Tensor], pending: torch.Tensor, allowed: torch.Tensor) -> None:
         """``planner_sweeps`` synchronous value-iteration sweeps of the ``pending`` histories, in place."""
         v = t["values"]
         for _ in range(self.config.planner_sweeps):
-            q = self.q_values(t, v).masked_fill(~allowed[:, None, :], -torch.inf)
-            v = q.max(-1).values.masked_fill(t["terminal"], 0.0)
+            v = self.sweep(t, v, allowed)
         t["values"] = torch.where(pending[:, None], v, t["values"])
 
     def step(self, cache: AnyMDPAgentCache, observations: torch.Tensor, action_mask=None, policy: bool = True):
@@ -1327,8 +1332,8 @@ class ModelBasedPlanner(nn.Module):
             q_now = self.tail_q(t, observations, allowed, q_now)
         return q_now.masked_fill(~allowed, -torch.inf), t
 
-    #: The statistics a backup reads (:meth:`q_values`).
-    BACKUP_KEYS = ("n_sa", "n_ss", "pseudo", "pseudo_total", "r_sum", "r_max", "r_absmax")
+    #: The statistics a sweep reads (:meth:`q_values`, and the terminal observations).
+    SWEEP_KEYS = ("n_sa", "n_ss", "pseudo", "pseudo_total", "r_sum", "r_max", "r_absmax", "terminal")
 
     def tail_q(self, t: dict[str, torch.Tensor], observations: torch.Tensor, allowed: torch.Tensor,
                q_now: torch.Tensor) -> torch.Tensor:
@@ -1342,15 +1347,12 @@ class ModelBasedPlanner(nn.Module):
         rows = torch.nonzero((t["episode_cap"] > 0) & (left >= 1) & (left <= self.config.planner_tail_steps))[:, 0]
         if not len(rows):
             return q_now
-        sub = {k: t[k][rows] for k in self.BACKUP_KEYS}
-        terminal, ok, h = t["terminal"][rows], allowed[rows], left[rows]
+        sub = {k: t[k][rows] for k in self.SWEEP_KEYS}
+        ok, h = allowed[rows], left[rows]
         v = torch.zeros_like(t["values"][rows])
         for j in range(1, int(h.max())):  # v: the best return of j steps, for the histories with more than j left
-            q = self.q_values(sub, v).masked_fill(~ok[:, None, :], -torch.inf)
-            v = torch.where((j < h)[:, None], q.max(-1).values.masked_fill(terminal, 0.0), v)
-        q_tail = self.q_values(sub, v, observations[rows]).masked_fill(~ok, -torch.inf)
-        top = q_tail.max(-1, keepdim=True).values
-        best = q_tail >= top - self.TIE * (1.0 + top.abs())
+            v = torch.where((j < h)[:, None], self.sweep(sub, v, ok), v)
+        best = self.greedy_logits(self.q_values(sub, v, observations[rows]).masked_fill(~ok, -torch.inf)) == 0
         q_now = q_now.clone()  # among the actions best for the steps left, the stationary plan's preference
         q_now[rows] = q_now[rows].masked_fill(~best, -torch.inf)
         return q_now
