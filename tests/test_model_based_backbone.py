@@ -273,7 +273,7 @@ def test_with_prior_seen_only_ids_beyond_the_environments_change_nothing():
     throughout."""
     tasks = [sample_anymdp_task(8, 4, seed=41), sample_anymdp_task(8, 4, seed=42)]
     rec = Recorder(ModelBasedPlanner())
-    run_learner(rec, task_suite(tasks), 300, seed=1)
+    run_learner(rec, task_suite(tasks), 3 * DISCOVERY_WINDOW // 2, seed=1)
     prior = TransitionPrior.load("bundled")
     states = {}
     for seen_only in (True, False):
@@ -290,7 +290,7 @@ def test_with_prior_seen_only_ids_beyond_the_environments_change_nothing():
     for without in (states[False, 16], states[False, "sized 16"]):  # no option: mass on unshown ids throughout
         assert (without.pseudo[:, :8, :, 8:] > 0).any()
     # every id of these tasks was shown long before the last full refresh (every 16 transitions): no mass beyond
-    assert (sized.discovered_at < 100).all() and (sized.r_count - sized.discovered_at > 100).all()
+    assert (sized.discovered_at < 100).all() and (sized.r_count - sized.discovered_at > DISCOVERY_WINDOW).all()
     assert not still_discovering(sized.r_count, sized.discovered_at, sized.sized).any()
     assert (sized.pseudo[:, :, :, 8:] == 0).all()
     # while it is still finding ids (the first 30 transitions), the sized state keeps mass on those not yet shown
@@ -324,8 +324,9 @@ def test_a_sized_state_counts_when_it_last_showed_a_new_id():
     win = DISCOVERY_WINDOW
     assert still_discovering(torch.tensor([4.0 + win]), torch.tensor([4.0]), one).all()
     assert not still_discovering(torch.tensor([5.0 + win]), torch.tensor([4.0]), one).any()
-    assert still_discovering(torch.tensor([2.0 * 300]), torch.tensor([300.0]), one).all()
-    assert not still_discovering(torch.tensor([2.0 * 300 + 1]), torch.tensor([300.0]), one).any()
+    late = 1.5 * win  # a last new id later than the window: the window is as long as finding it took
+    assert still_discovering(torch.tensor([2.0 * late]), torch.tensor([late]), one).all()
+    assert not still_discovering(torch.tensor([2.0 * late + 1]), torch.tensor([late]), one).any()
     assert not still_discovering(torch.tensor([4.0]), torch.tensor([4.0]), ~one).any()  # not sized: never
 
 

@@ -127,7 +127,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             beyond the environment's change nothing. A state sized to its environment
             (``initial_state(num_observations=n)``) keeps prior mass on its ids not yet shown while it is still
             finding new ones (states not yet reached: that mass is part of the prior's gain), and drops it once it
-            has gone 100 transitions, or as many as it took to find the last new id, without one (the ids left are
+            has gone 400 transitions, or as many as it took to find the last new id, without one (the ids left are
             then taken for ids the environment never uses). A state with more ids than ``num_observations`` keeps
             mass on shown ids only: the prior trains on far fewer ids, and its mass summed over hundreds of ids not
             yet shown would be an extrapolation. Off by default (mass on every id, always).

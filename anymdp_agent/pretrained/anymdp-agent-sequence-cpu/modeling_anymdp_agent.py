@@ -884,9 +884,10 @@ def prior_feature_count(chain: bool = False) -> int:
 
 #: With ``prior_seen_only``, a state sized to its environment keeps prior mass on ids it has not shown while it is
 #: still finding new ones: until it has gone as many transitions without a new id as it took to find the last one,
-#: and at least this many (AnyMDP's shortest episode). Ids it has not shown by then are taken for ids the
-#: environment never uses.
-DISCOVERY_WINDOW = 100
+#: and at least this many. Ids it has not shown by then are taken for ids the environment never uses. (100, AnyMDP's
+#: shortest episode, closed the window before a chain's far states were found: on RiverSwim the agent then stayed at
+#: the bank; 400 and 1,000 found them alike, and the shorter keeps unused ids' pull shorter.)
+DISCOVERY_WINDOW = 400
 
 
 def still_discovering(steps, discovered_at, sized) -> torch.Tensor:
