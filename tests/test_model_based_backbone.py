@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from anymdp_agent.baselines import make_learner
 from anymdp_agent.baselines.model_based import ModelBasedPlanner
 from anymdp_agent.baselines.transition_prior import TransitionPrior
 from anymdp_agent.configuration_anymdp_agent import AnyMDPAgentConfig
@@ -94,20 +95,59 @@ def test_the_agent_takes_the_planners_decisions_on_the_planners_history(prior, w
     if prior == "chain":  # the chain inputs move the pseudo-counts, so this case tests them
         assert model.model_based.prior.num_features == 24 and (rec._state.pseudo.std(-1) > 0.1).any()
     best, state, q = replay(model, rec, suite.tasks.n_states, rec._mask, q=True)
+    assert_same_decisions(rec, best, state, q)
+    if tail:  # histories with a truncated episode learnt its length, and planned its tails for the steps left
+        assert (rec._state.episode_cap > 0).any()
+        np.testing.assert_array_equal(state.episode_cap.numpy(), rec._state.episode_cap)
+
+
+def assert_same_decisions(rec: Recorder, best: np.ndarray, state, q: np.ndarray) -> None:
+    """Every action the recorded planner took is among the agent's best on its history, and the two end with the
+    same plan and statistics. The harness keeps pseudo-counts in float32, the agent in float64: a decision may
+    differ only where the planner's action is within 1e-7 (relative) of the agent's best, a tie up to rounding."""
     taken = np.take_along_axis(best, rec.actions[..., None], -1)[..., 0]
-    # the harness keeps pseudo-counts in float32, the agent in float64: a decision may differ only where the
-    # planner's action is within 1e-7 (relative) of the agent's best, a tie up to rounding
     q_taken = np.take_along_axis(q, rec.actions[..., None], -1)[..., 0]
     near_tie = q_taken >= q.max(-1) - 1e-7 * np.abs(q.max(-1))
     assert (taken | near_tie).all(), f"{(~(taken | near_tie)).sum()} of {taken.size} decisions differ"
     assert (~taken).sum() <= 0.002 * taken.size, f"{(~taken).sum()} of {taken.size} decisions differ at near-ties"
     assert any(t.terminated.any() for t in rec._transitions)  # episode ends were replayed
-    if tail:  # histories with a truncated episode learnt its length, and planned its tails for the steps left
-        assert (rec._state.episode_cap > 0).any()
-        np.testing.assert_array_equal(state.episode_cap.numpy(), rec._state.episode_cap)
     np.testing.assert_allclose(state.values.numpy(), rec._state.values, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(state.n_ss.numpy(), rec._state.counts)
     np.testing.assert_array_equal(state.terminal.numpy(), rec._state.terminal)
+
+
+def test_with_seen_only_and_refresh_fraction_the_harness_planner_is_the_bundled_agents_rule():
+    """``mbrl:prior=AGENT:...:seen_only=V:refresh_fraction=f`` is the agent with ``prior_seen_only`` and
+    ``prior_refresh_fraction`` (the bundled settings), decision for decision, on tasks with ids their environment
+    never uses: the discovery window closes during the run, and from then on neither puts prior mass on those ids
+    (without ``seen_only`` the planner still would)."""
+    import copy
+
+    from anymdp_agent.rollout import bundled_agent_path
+
+    tasks = [sample_anymdp_task(14, 4, seed=31, min_states=8), sample_anymdp_task(14, 5, seed=36, min_states=8),
+             sample_anymdp_task(14, 5, seed=33)]  # 11, 10 and 14 of 14 ids used
+    suite = task_suite(tasks)
+    path = str(bundled_agent_path())
+    planner = make_learner(f"mbrl:prior={path}:prior_weight=4:novelty=0.001:tail=10:seen_only=16:"
+                           "refresh_fraction=0.125")
+    rec = Recorder(planner)
+    run_learner(rec, suite, 900, seed=2)
+    model = model_based_agent(TransitionPrior.load(path), prior_weight=4.0, planner_novelty=1e-3,
+                              prior_chain_features=True, planner_tail_steps=10, prior_seen_only=True,
+                              prior_refresh_fraction=0.125)
+    best, state, q = replay(model, rec, suite.tasks.n_states, rec._mask, q=True)
+    assert_same_decisions(rec, best, state, q)
+    s = rec._state
+    np.testing.assert_array_equal(state.discovered_at.numpy(), s.discovered_at)
+    unshown = (s.visits + s.arrival_n) == 0
+    assert unshown[:2].any(-1).all() and not unshown[2].any()  # the first two environments have unused ids
+    assert (s.discovered_at[:2] + DISCOVERY_WINDOW < 900).all() and not planner.open_ids(s)[unshown].any()
+    at_unshown = np.broadcast_to(unshown[:, None, None, :], s.pseudo.shape)
+    assert not s.pseudo[at_unshown].any() and not state.pseudo.numpy()[at_unshown].any()
+    everywhere = copy.deepcopy(s)
+    make_learner(f"mbrl:prior={path}:prior_weight=4").refresh_prior(everywhere)
+    assert (everywhere.pseudo[at_unshown & (s.n_sa > 0)[..., None]] > 0).all()
 
 
 def test_a_state_may_hold_more_ids_and_actions_than_the_config_names():

@@ -140,6 +140,26 @@ def test_save_and_load_round_trip_and_clear_errors(tmp_path):
         TransitionPrior(hidden=0)
 
 
+def test_the_prior_inside_a_saved_model_based_agent_loads_and_other_agents_are_refused(tmp_path):
+    """``mbrl:prior=AGENT_FOLDER`` plans with the prior of a saved ``model_based`` agent: the same weights."""
+    from anymdp_agent.configuration_anymdp_agent import AnyMDPAgentConfig
+    from anymdp_agent.modeling_anymdp_agent import AnyMDPAgentModel
+
+    torch.manual_seed(0)
+    agent = AnyMDPAgentModel(AnyMDPAgentConfig(backbone="model_based", num_observations=8, num_actions=3,
+                                               prior_hidden=6, prior_chain_features=True))
+    torch.nn.init.normal_(agent.model_based.prior.net[-1].weight)
+    agent.save_pretrained(tmp_path / "agent")
+    prior = make_learner(f"mbrl:prior={tmp_path / 'agent'}")._prior
+    assert prior.hidden == 6 and prior.chain
+    for (k, v), (k2, v2) in zip(prior.state_dict().items(), agent.model_based.prior.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    AnyMDPAgentModel(AnyMDPAgentConfig(backbone="planning", num_observations=8, num_actions=3, planning_steps=2,
+                                       chunk_size=4)).save_pretrained(tmp_path / "planning")
+    with pytest.raises(ValueError, match="'planning' backbone.*only a model_based agent holds a transition prior"):
+        TransitionPrior.load(tmp_path / "planning")
+
+
 def test_an_untrained_prior_is_about_zero_and_the_bundled_one_loads():
     x = np.zeros((3, NUM_FEATURES), dtype=np.float32)
     assert (TransitionPrior().pseudo_counts(x) < 1e-3).all()

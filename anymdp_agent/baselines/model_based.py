@@ -118,6 +118,9 @@ class PlannerState:
     arrival_n: np.ndarray | None = None
     reward_sq: np.ndarray | None = None     # [B] sum of squared rewards
     prior_steps: int = 0                     # steps recorded since the last refresh of every pair's pseudo-counts
+    # Only with ``seen_only``: [B] transitions so far when each history last showed a new id (the agent's
+    # ``discovered_at``, read by still_discovering).
+    discovered_at: np.ndarray | None = None
     # Only with a prior reading the chain inputs: each id's place along the graph [B, nO] and the edge count [B] it
     # was computed at (recomputed where an edge was added: history_graph's ``known``).
     place: object = None
@@ -173,7 +176,14 @@ class ModelBasedPlanner(InContextLearner):
     pair is worth the larger of its empirical backup and its backup on the prior's posterior-mean model, with the
     prior's pseudo-counts times ``prior_weight`` (1: the calibrated posterior mean; more: more weight on the prior,
     so a pair whose few visits landed badly keeps more of its prior value). It reads nothing but the history; with
-    a zero prior it is exactly ``mbrl``.
+    a zero prior it is exactly ``mbrl``. Two options make it the agent's rule (the ``model_based`` backbone's
+    ``prior_seen_only`` and ``prior_refresh_fraction``): ``seen_only = V > 0`` puts no prior mass on ids the history
+    has not shown, except while it is still finding new ones (the agent's
+    :func:`~anymdp_agent.modeling_anymdp_agent.still_discovering`) in an environment of at most ``V`` ids (the
+    agent's ``num_observations``; 0, the default: mass on every id, always); ``refresh_fraction = f > 0``
+    recomputes every pair's pseudo-counts after ``max(16, f * steps)`` steps instead of every 16. The bundled
+    agent's rule is ``mbrl:prior=PATH:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125``
+    (``PATH``: the agent's folder, whose prior it loads).
 
     ``tail = k > 0`` plans, in the last ``k`` steps of an episode, for the steps left (the agent's
     ``planner_tail_steps``; :meth:`tail_q`): the episode's length is the longest one that ended by truncation.
@@ -183,13 +193,18 @@ class ModelBasedPlanner(InContextLearner):
 
     def __init__(self, gamma: float = 0.99, sweeps: int = 3, lookahead: int = 0, optimism: float = 1.0,
                  known: str = "none", prior: str = "", prior_weight: float = 1.0, novelty: float = 0.0,
-                 tail: int = 0):
-        if not 0 <= gamma < 1 or sweeps < 1 or lookahead < 0 or not optimism >= 0 or tail < 0 \
-                or not (prior_weight >= 0 and math.isfinite(prior_weight)) or not (novelty >= 0 and math.isfinite(novelty)):
+                 tail: int = 0, seen_only: int = 0, refresh_fraction: float = 0.0):
+        if not 0 <= gamma < 1 or sweeps < 1 or lookahead < 0 or not optimism >= 0 or tail < 0 or seen_only < 0 \
+                or not (prior_weight >= 0 and math.isfinite(prior_weight)) or not (novelty >= 0 and math.isfinite(novelty)) \
+                or not (refresh_fraction >= 0 and math.isfinite(refresh_fraction)):
             raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1, lookahead >= 0, optimism >= 0, "
-                             f"finite prior_weight >= 0, novelty >= 0 and tail >= 0, got gamma={gamma}, "
-                             f"sweeps={sweeps}, lookahead={lookahead}, optimism={optimism}, "
-                             f"prior_weight={prior_weight}, novelty={novelty}, tail={tail}")
+                             f"finite prior_weight >= 0, novelty >= 0, tail >= 0, seen_only >= 0 and finite "
+                             f"refresh_fraction >= 0, got gamma={gamma}, sweeps={sweeps}, lookahead={lookahead}, "
+                             f"optimism={optimism}, prior_weight={prior_weight}, novelty={novelty}, tail={tail}, "
+                             f"seen_only={seen_only}, refresh_fraction={refresh_fraction}")
+        if (seen_only or refresh_fraction) and not prior:
+            raise ValueError("ModelBasedPlanner: seen_only and refresh_fraction shape a learned prior's pseudo-counts; "
+                             "give the prior too (prior=bundled or prior=PATH)")
         if known not in KNOWN_PARTS:
             raise ValueError(f"ModelBasedPlanner: known must be one of {', '.join(KNOWN_PARTS)}, got {known!r}")
         self.gamma, self.sweeps, self.lookahead, self.optimism = gamma, sweeps, lookahead, float(optimism)
@@ -197,6 +212,7 @@ class ModelBasedPlanner(InContextLearner):
         self.tail = int(tail)
         self.known = known
         self.prior, self.prior_weight = prior, float(prior_weight)
+        self.seen_only, self.refresh_fraction = int(seen_only), float(refresh_fraction)
         self._prior = None
         if prior:
             from .transition_prior import TransitionPrior
@@ -217,6 +233,8 @@ class ModelBasedPlanner(InContextLearner):
             state.pseudo, state.pseudo_total = np.zeros_like(state.counts), np.zeros_like(state.n_sa)
             state.visits, state.arrival_sum, state.arrival_n = (np.zeros((b, n)) for _ in range(3))
             state.reward_sq = np.zeros(b)
+        if self.seen_only:
+            state.discovered_at = np.zeros(b)
         if self.tail:
             state.episode_steps, state.episode_cap = np.zeros(b), np.zeros(b)
         if self.known != "none":
@@ -335,20 +353,27 @@ class ModelBasedPlanner(InContextLearner):
     def _update_prior(self, state: PlannerState, pair: tuple, next_obs: np.ndarray, rewards: np.ndarray) -> None:
         """The prior's statistics after one step of ``pair``'s environments, then :meth:`refresh_prior`."""
         envs, obs = pair[0], pair[1]
+        if state.discovered_at is not None:  # either end shown for the first time
+            shown = state.visits + state.arrival_n
+            new = envs[(shown[envs, obs] == 0) | (shown[envs, next_obs] == 0)]
         state.visits[envs, obs] += 1.0
         state.arrival_sum[envs, next_obs] += rewards
         state.arrival_n[envs, next_obs] += 1.0
         state.reward_sq[envs] += rewards ** 2
+        if state.discovered_at is not None:
+            state.discovered_at[new] = state.visits[new].sum(-1)
         state.prior_steps += 1
-        if state.prior_steps >= self.PRIOR_REFRESH:
+        due = max(self.PRIOR_REFRESH, self.refresh_fraction * state.visits.sum(-1).max())
+        if state.prior_steps >= due:
             state.prior_steps = 0
             self.refresh_prior(state)
         else:
             self.refresh_prior(state, envs, obs)
 
-    #: Every pair's pseudo-counts are recomputed every this many steps; in between, after each step, those of the
-    #: observation just left (whose counts changed). The network also reads what other steps revealed about the
-    #: ids around a pair, which changes slowly; recomputing every pair every step costs about 10x more.
+    #: Every pair's pseudo-counts are recomputed every this many steps (or ``refresh_fraction`` of the steps so far,
+    #: if more); in between, after each step, those of the observation just left (whose counts changed). The network
+    #: also reads what other steps revealed about the ids around a pair, which changes slowly; recomputing every
+    #: pair every step costs about 10x more.
     PRIOR_REFRESH = 16
 
     @staticmethod
@@ -370,7 +395,8 @@ class ModelBasedPlanner(InContextLearner):
     def refresh_prior(self, state: PlannerState, envs: np.ndarray | None = None, states: np.ndarray | None = None) -> None:
         """Recompute the pseudo-counts of every pair, or of the pairs at the observations ``states`` of ``envs``;
         a part of the rows at a time (:func:`~anymdp_agent.modeling_anymdp_agent.prior_row_parts`), so memory stays
-        bounded at hundreds of ids."""
+        bounded at hundreds of ids. With ``seen_only``, no mass on ids the history has not shown unless it is still
+        finding new ones."""
         from ..modeling_anymdp_agent import prior_row_parts
         from .transition_prior import prior_graph
 
@@ -382,11 +408,28 @@ class ModelBasedPlanner(InContextLearner):
         graph = prior_graph(state.counts, state.n_sa, state.visits, envs, states, chain, known)
         if chain:
             state.place, state.place_edges = graph[4]
+        open_ids = None if not self.seen_only else self.open_ids(state)
         for part in prior_row_parts(len(envs), n):
             rows = (envs[part], states[part])
             g = self._prior.pseudo_counts(self.prior_inputs(state, *rows, graph, chain)) * np.float32(self.prior_weight)
+            if open_ids is not None:
+                g *= open_ids[rows[0]][:, None, :]
             state.pseudo[rows] = g
             state.pseudo_total[rows] = g.sum(-1, dtype=np.float64)
+
+    def open_ids(self, state: PlannerState) -> np.ndarray:
+        """``[B, nO]`` (bool), with ``seen_only``: the ids each history's prior may put mass on: those it has
+        shown, and every id while it is still finding new ones in an environment of at most ``seen_only`` ids
+        (:func:`~anymdp_agent.modeling_anymdp_agent.still_discovering`, the agent's rule)."""
+        import torch
+
+        from ..modeling_anymdp_agent import still_discovering
+
+        b, n = state.visits.shape
+        sized = torch.full((b,), n <= self.seen_only)
+        discovering = still_discovering(torch.from_numpy(state.visits.sum(-1)), torch.from_numpy(state.discovered_at),
+                                        sized).numpy()
+        return ((state.visits + state.arrival_n) > 0) | discovering[:, None]
 
 
 @numba.njit(cache=True)

@@ -89,10 +89,22 @@ class TransitionPrior(TransitionPriorNetwork):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TransitionPrior":
-        """Load a saved prior (``"bundled"`` names the shipped one); a clear error for anything else."""
+        """Load a saved prior (``"bundled"`` names the shipped one), or the prior inside a saved ``model_based``
+        agent (its folder: ``config.json`` and ``model.safetensors``); a clear error for anything else."""
         from safetensors.torch import load_file
 
         path = BUNDLED if str(path) == "bundled" else Path(path)
+        agent = json.loads((path / CONFIG_NAME).read_text()) if (path / CONFIG_NAME).is_file() else {}
+        if agent.get("model_type") == "anymdp_agent":
+            if agent.get("backbone") != "model_based" or not (path / WEIGHTS_NAME).is_file():
+                raise ValueError(f"{path} is an agent with the {agent.get('backbone')!r} backbone (or no weights); only "
+                                 "a model_based agent holds a transition prior")
+            prior = cls(hidden=int(agent.get("prior_hidden", 32)), chain=bool(agent.get("prior_chain_features")))
+            key = "model_based.prior."
+            prior.load_state_dict({k[len(key):]: v for k, v in load_file(str(path / WEIGHTS_NAME)).items()
+                                   if k.startswith(key)})
+            prior.eval()
+            return prior
         if not (path / COMPLETE_NAME).exists() or not (path / CONFIG_NAME).exists():
             raise ValueError(f"{path} is not a saved transition prior (no {CONFIG_NAME} and {COMPLETE_NAME}); "
                              "train one with python -m anymdp_agent.training.transition_prior or use prior=bundled")
