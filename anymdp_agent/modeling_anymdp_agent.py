@@ -1160,7 +1160,7 @@ class ModelBasedPlanner(nn.Module):
     """
 
     NOT_BEST = -1e4
-    #: Q values this close (relative) count as tied: the same tolerance as the harness planner's.
+    #: Q values this close (relative) count as tied: the harness' ``TIE_TOLERANCE`` (this file stands alone).
     TIE = 1e-9
     #: Nothing here is sized by the vocabulary: the statistics are per id and pair, and the prior is the same
     #: network for every id and action, so a state may hold any number of observation ids and actions.

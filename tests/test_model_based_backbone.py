@@ -513,3 +513,24 @@ def test_the_last_steps_of_an_episode_are_planned_for_the_steps_left():
     assert best_actions(2, 7, unpaid) == [0]  # one step left, both worth 0 for it: the stationary plan's choice
     with pytest.raises(ValueError, match="planner_tail_steps"):
         AnyMDPAgentConfig(backbone="model_based", planner_tail_steps=-1)
+
+
+def test_one_tie_tolerance_for_the_agent_the_planner_and_the_corpus_behaviours():
+    """Values within ``TIE_TOLERANCE`` (relative) of the best are tied, one further away is not: in the harness'
+    :func:`best_actions`, the corpus behaviours' compiled argmax, and the agent's greedy logits (its remote code keeps
+    the number itself)."""
+    from anymdp_agent.baselines.protocol import TIE_TOLERANCE, best_actions
+    from anymdp_agent.data.behaviours import _argmax_random_ties
+
+    top = 10.0
+    q = np.array([top, top - 0.5 * TIE_TOLERANCE * (1 + top), top - 2 * TIE_TOLERANCE * (1 + top), top, 0.0])
+    mask = np.array([True, True, True, True, False])
+    tied = np.array([True, True, False, True, False])
+    np.testing.assert_array_equal(best_actions(q[None], mask[None])[0], tied)
+    rng = np.random.default_rng(0)
+    picks = {int(_argmax_random_ties(q, mask, rng)) for _ in range(200)}
+    assert picks == {0, 1, 3}
+    model = model_based_agent(zero_prior())
+    assert model.model_based.TIE == TIE_TOLERANCE
+    np.testing.assert_array_equal(model.model_based.greedy_logits(torch.from_numpy(q[None, :4]))[0].numpy() == 0,
+                                  tied[:4])

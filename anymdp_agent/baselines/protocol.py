@@ -93,7 +93,12 @@ class InContextLearner:
 # ---------------------------------------------------------------------- shared batched helpers
 
 
-def best_actions(values: np.ndarray, mask: np.ndarray, atol: float = 1e-9) -> np.ndarray:
+#: Values this close (relative: ``atol * (1 + |best|)``) to the best count as tied, in every learner of the package
+#: (the corpus' compiled behaviours read it too); the agent's remote code keeps the same number (a test checks it).
+TIE_TOLERANCE = 1e-9
+
+
+def best_actions(values: np.ndarray, mask: np.ndarray, atol: float = TIE_TOLERANCE) -> np.ndarray:
     """``[B, na]`` (bool): the allowed entries within ``atol`` (relative) of their row's best allowed value."""
     v = np.where(mask, values, -np.inf)
     best = v.max(-1, keepdims=True)
@@ -102,7 +107,8 @@ def best_actions(values: np.ndarray, mask: np.ndarray, atol: float = 1e-9) -> np
     return mask & near
 
 
-def argmax_random_ties(values: np.ndarray, mask: np.ndarray, rng: np.random.Generator, atol: float = 1e-9) -> np.ndarray:
+def argmax_random_ties(values: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                       atol: float = TIE_TOLERANCE) -> np.ndarray:
     """Row-wise argmax over allowed entries ``[B, na]``, ties (:func:`best_actions`) broken uniformly at random."""
     return sample_categorical(best_actions(values, mask, atol).astype(np.float64), rng)
 

@@ -44,7 +44,7 @@ import numba
 import numpy as np
 
 from ..baselines.model_based import ModelBasedPlanner, PlannerState, optimism, q_value
-from ..baselines.protocol import EnvSpec, Transition
+from ..baselines.protocol import TIE_TOLERANCE, EnvSpec, Transition
 from ..configuration_anymdp_agent import TAGS
 
 BEHAVIOURS = ("random", "explore", "qlearn", "mixed_a", "mixed_b", "mixed_c", "mixed_d", "distill_a", "distill_b",
@@ -192,9 +192,10 @@ def _allowed_max(values, mask):
 
 @numba.njit(cache=True)
 def _argmax_random_ties(values, mask, rng):
-    """Argmax over allowed actions, ties (relative 1e-9) broken uniformly."""
+    """Argmax over allowed actions, ties (:data:`~anymdp_agent.baselines.protocol.TIE_TOLERANCE`, relative) broken
+    uniformly: :func:`~anymdp_agent.baselines.protocol.argmax_random_ties` for one row inside a compiled loop."""
     best = _allowed_max(values, mask)
-    near = best - 1e-9 * (1.0 + abs(best))
+    near = best - TIE_TOLERANCE * (1.0 + abs(best))
     tied = np.zeros(len(values), dtype=np.bool_)
     for a in range(len(values)):
         tied[a] = mask[a] and values[a] >= near
