@@ -129,8 +129,9 @@ def test_with_seen_only_and_refresh_fraction_the_harness_planner_is_the_bundled_
              sample_anymdp_task(14, 5, seed=33)]  # 11, 10 and 14 of 14 ids used
     suite = task_suite(tasks)
     path = str(bundled_agent_path())
-    planner = make_learner(f"mbrl:prior={path}:prior_weight=4:novelty=0.001:tail=10:seen_only=16:"
-                           "refresh_fraction=0.125")
+    planner = make_learner("mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=16:refresh_fraction=0.125")
+    assert all(torch.equal(a, b) for a, b in zip(planner._prior.state_dict().values(),
+                                                 TransitionPrior.load(path).state_dict().values()))
     rec = Recorder(planner)
     run_learner(rec, suite, 900, seed=2)
     model = model_based_agent(TransitionPrior.load(path), prior_weight=4.0, planner_novelty=1e-3,

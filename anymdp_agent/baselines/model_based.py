@@ -182,8 +182,8 @@ class ModelBasedPlanner(InContextLearner):
     :func:`~anymdp_agent.modeling_anymdp_agent.still_discovering`) in an environment of at most ``V`` ids (the
     agent's ``num_observations``; 0, the default: mass on every id, always); ``refresh_fraction = f > 0``
     recomputes every pair's pseudo-counts after ``max(16, f * steps)`` steps instead of every 16. The bundled
-    agent's rule is ``mbrl:prior=PATH:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125``
-    (``PATH``: the agent's folder, whose prior it loads).
+    agent's rule is ``mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125``
+    (``prior=agent`` loads the bundled agent's prior; ``prior=PATH`` that of the ``model_based`` agent saved there).
 
     ``tail = k > 0`` plans, in the last ``k`` steps of an episode, for the steps left (the agent's
     ``planner_tail_steps``; :meth:`tail_q`): the episode's length is the longest one that ended by truncation.

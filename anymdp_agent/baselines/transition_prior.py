@@ -90,9 +90,14 @@ class TransitionPrior(TransitionPriorNetwork):
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TransitionPrior":
         """Load a saved prior (``"bundled"`` names the shipped one), or the prior inside a saved ``model_based``
-        agent (its folder: ``config.json`` and ``model.safetensors``); a clear error for anything else."""
+        agent (its folder: ``config.json`` and ``model.safetensors``; ``"agent"`` names the bundled default agent);
+        a clear error for anything else."""
         from safetensors.torch import load_file
 
+        if str(path) == "agent":
+            from ..rollout import bundled_agent_path
+
+            path = bundled_agent_path()
         path = BUNDLED if str(path) == "bundled" else Path(path)
         agent = json.loads((path / CONFIG_NAME).read_text()) if (path / CONFIG_NAME).is_file() else {}
         if agent.get("model_type") == "anymdp_agent":
