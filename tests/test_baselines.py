@@ -480,7 +480,7 @@ def test_make_learner_parses_options():
     with pytest.raises(ValueError, match="tail >= 0"):
         make_learner("mbrl:tail=-1")
     for option in ("seen_only=64", "refresh_fraction=0.125"):  # they shape a prior's pseudo-counts: none here
-        with pytest.raises(ValueError, match=r"give the prior too \(prior=bundled or prior=PATH\)"):
+        with pytest.raises(ValueError, match=r"give the prior too \(prior=agent, prior=bundled or prior=PATH\)"):
             make_learner(f"mbrl:{option}")
     with pytest.raises(ValueError, match="seen_only >= 0"):
         make_learner("mbrl:prior=bundled:seen_only=-1")

@@ -204,7 +204,7 @@ class ModelBasedPlanner(InContextLearner):
                              f"seen_only={seen_only}, refresh_fraction={refresh_fraction}")
         if (seen_only or refresh_fraction) and not prior:
             raise ValueError("ModelBasedPlanner: seen_only and refresh_fraction shape a learned prior's pseudo-counts; "
-                             "give the prior too (prior=bundled or prior=PATH)")
+                             "give the prior too (prior=agent, prior=bundled or prior=PATH)")
         if known not in KNOWN_PARTS:
             raise ValueError(f"ModelBasedPlanner: known must be one of {', '.join(KNOWN_PARTS)}, got {known!r}")
         self.gamma, self.sweeps, self.lookahead, self.optimism = gamma, sweeps, lookahead, float(optimism)
