@@ -1,4 +1,5 @@
-"""Learner-steps/s of the bundled agent and of the planner with its learned transition prior
+"""Learner-steps/s of the bundled agent, of its rule run by the harness' compiled planner (``mbrl:prior=agent`` with
+the agent's settings, :data:`AGENT_RULE`) and of the planner with its learned transition prior
 (``mbrl:prior=bundled``) next to the count-based planner (``mbrl``), through the harness.
 
     python -m benchmarks.learner_speed            # B = 1, 64, 1024 on anymdp-16 (about 2 minutes)
@@ -7,7 +8,7 @@
 
 One process pinned to one core, 1 thread. A timed call is ``run_learner(learner, suite, steps)``: the whole
 in-context loop the evaluation runs (act, env step, observe, episode-end rows), from a fresh state, on
-``B`` validation tasks of ``--suite`` (AnyMDP-16 by default). The three are timed round-robin (1 warm-up
+``B`` validation tasks of ``--suite`` (AnyMDP-16 by default). The four are timed round-robin (1 warm-up
 round, then ``--repeats`` timed rounds), so the ratios to ``mbrl`` are measured side by side under the same load.
 Return-driven meta-training (``training/meta_rl.py``) pays this cost for every step of every run it learns from.
 """
@@ -23,6 +24,10 @@ import argparse  # noqa: E402  (numpy must come after the pinning)
 import torch  # noqa: E402
 
 from benchmarks._common import Contender, fmt_rate, machine_line, med, run_alternating, table  # noqa: E402
+
+
+#: The bundled agent's rule as a harness learner: its prior and settings (a test checks the two decision for decision).
+AGENT_RULE = "mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125"
 
 
 def main(argv=None) -> None:
@@ -47,15 +52,18 @@ def main(argv=None) -> None:
         steps = {1: 300, 64: 300, 1024: 100}[b] // (3 if args.quick else 1)
         suite = load_suite(args.suite, b, split="validation")
         agent = AgentLearner(args.agent or bundled_agent_path())
-        learners = (("agent", agent), ("mbrl:prior=bundled", make_learner("mbrl:prior=bundled")), ("mbrl", make_learner("mbrl")))
+        rule = AGENT_RULE if args.agent is None else AGENT_RULE.replace("prior=agent", f"prior={args.agent}")
+        learners = (("agent", agent), ("the agent's rule", make_learner(rule)),
+                    ("mbrl:prior=bundled", make_learner("mbrl:prior=bundled")), ("mbrl", make_learner("mbrl")))
         contenders = [Contender(name, (lambda rep, lr=lr: (lambda: run_learner(lr, suite, steps, seed=rep))), b * steps)
                       for name, lr in learners]
         run_alternating(contenders, args.repeats)
-        a, p, m = contenders
-        rows.append([str(b), fmt_rate(a.rates), fmt_rate(p.rates), fmt_rate(m.rates), f"{med(a.rates) / med(m.rates):.3f}",
+        a, r, p, m = contenders
+        rows.append([str(b), fmt_rate(a.rates), fmt_rate(r.rates), fmt_rate(p.rates), fmt_rate(m.rates),
+                     f"{med(a.rates) / med(m.rates):.3f}", f"{med(r.rates) / med(m.rates):.3f}",
                      f"{med(p.rates) / med(m.rates):.3f}"])
-    print(table(["B", "agent learner-steps/s", "mbrl:prior learner-steps/s", "mbrl learner-steps/s", "agent / mbrl",
-                 "mbrl:prior / mbrl"], rows))
+    print(table(["B", "agent learner-steps/s", "its rule learner-steps/s", "mbrl:prior learner-steps/s",
+                 "mbrl learner-steps/s", "agent / mbrl", "its rule / mbrl", "mbrl:prior / mbrl"], rows))
 
 
 if __name__ == "__main__":
