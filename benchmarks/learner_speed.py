@@ -1,5 +1,5 @@
 """Learner-steps/s of the bundled agent, of its rule run by the harness' compiled planner (``mbrl:prior=agent`` with
-the agent's settings, :data:`AGENT_RULE`) and of the planner with its learned transition prior
+the agent's settings, :func:`~anymdp_agent.baselines.model_based.agent_rule`) and of the planner with its learned transition prior
 (``mbrl:prior=bundled``) next to the count-based planner (``mbrl``), through the harness.
 
     python -m benchmarks.learner_speed            # B = 1, 64, 1024 on anymdp-16 (about 2 minutes)
@@ -26,10 +26,6 @@ import torch  # noqa: E402
 from benchmarks._common import Contender, fmt_rate, machine_line, med, run_alternating, table  # noqa: E402
 
 
-#: The bundled agent's rule as a harness learner: its prior and settings (a test checks the two decision for decision).
-AGENT_RULE = "mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125"
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -39,6 +35,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from anymdp_agent.baselines import make_learner
+    from anymdp_agent.baselines.model_based import agent_rule
     from anymdp_agent.evaluation import check_suite_name, load_suite, run_learner
     from anymdp_agent.rollout import AgentLearner, bundled_agent_path
 
@@ -52,8 +49,7 @@ def main(argv=None) -> None:
         steps = {1: 300, 64: 300, 1024: 100}[b] // (3 if args.quick else 1)
         suite = load_suite(args.suite, b, split="validation")
         agent = AgentLearner(args.agent or bundled_agent_path())
-        rule = AGENT_RULE if args.agent is None else AGENT_RULE.replace("prior=agent", f"prior={args.agent}")
-        learners = (("agent", agent), ("the agent's rule", make_learner(rule)),
+        learners = (("agent", agent), ("the agent's rule", make_learner(agent_rule(args.agent or "agent"))),
                     ("mbrl:prior=bundled", make_learner("mbrl:prior=bundled")), ("mbrl", make_learner("mbrl")))
         contenders = [Contender(name, (lambda rep, lr=lr: (lambda: run_learner(lr, suite, steps, seed=rep))), b * steps)
                       for name, lr in learners]

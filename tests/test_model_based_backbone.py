@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from anymdp_agent.baselines import make_learner
-from anymdp_agent.baselines.model_based import ModelBasedPlanner
+from anymdp_agent.baselines.model_based import ModelBasedPlanner, agent_rule
 from anymdp_agent.baselines.transition_prior import TransitionPrior
 from anymdp_agent.configuration_anymdp_agent import AnyMDPAgentConfig
 from anymdp_agent.envs import sample_anymdp_task
@@ -129,7 +129,9 @@ def test_with_seen_only_and_refresh_fraction_the_harness_planner_is_the_bundled_
              sample_anymdp_task(14, 5, seed=33)]  # 11, 10 and 14 of 14 ids used
     suite = task_suite(tasks)
     path = str(bundled_agent_path())
-    planner = make_learner("mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=16:refresh_fraction=0.125")
+    rule = agent_rule()  # the bundled agent's config, written as the harness planner's options
+    assert rule == "mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125"
+    planner = make_learner(rule)
     assert all(torch.equal(a, b) for a, b in zip(planner._prior.state_dict().values(),
                                                  TransitionPrior.load(path).state_dict().values()))
     rec = Recorder(planner)
@@ -535,3 +537,24 @@ def test_one_tie_tolerance_for_the_agent_the_planner_and_the_corpus_behaviours()
     assert model.model_based.TIE == TIE_TOLERANCE
     np.testing.assert_array_equal(model.model_based.greedy_logits(torch.from_numpy(q[None, :4]))[0].numpy() == 0,
                                   tied[:4])
+
+
+def test_agent_rule_writes_a_saved_agents_config_as_the_harness_planners_options(tmp_path):
+    """Every planner setting of a ``model_based`` agent's config becomes the ``mbrl`` option of the same meaning (those
+    at the planner's defaults left out); a config the harness cannot express, or another backbone, is refused."""
+    cfg = dict(backbone="model_based", num_observations=24, num_actions=4, planning_gamma=0.98, planner_sweeps=5,
+               prior_weight=2.5, planner_tail_steps=7, prior_refresh_fraction=0.25)
+    AnyMDPAgentModel(AnyMDPAgentConfig(**cfg)).save_pretrained(tmp_path / "a")
+    rule = agent_rule(str(tmp_path / "a"))
+    assert rule == f"mbrl:prior={tmp_path / 'a'}:gamma=0.98:sweeps=5:prior_weight=2.5:tail=7:refresh_fraction=0.25"
+    planner = make_learner(rule)  # prior_seen_only off: mass on every id, so no seen_only
+    assert (planner.gamma, planner.sweeps, planner.prior_weight, planner.tail, planner.seen_only) == (0.98, 5, 2.5, 7, 0)
+    AnyMDPAgentModel(AnyMDPAgentConfig(**cfg, prior_seen_only=True)).save_pretrained(tmp_path / "b")
+    assert agent_rule(str(tmp_path / "b")).endswith(":seen_only=24:refresh_fraction=0.25")
+    AnyMDPAgentModel(AnyMDPAgentConfig(**cfg, prior_refresh=8)).save_pretrained(tmp_path / "c")
+    with pytest.raises(ValueError, match="prior_refresh=8; the harness planner refreshes every pair every 16 steps"):
+        agent_rule(str(tmp_path / "c"))
+    AnyMDPAgentModel(AnyMDPAgentConfig(backbone="planning", num_observations=8, num_actions=3, planning_steps=2,
+                                       chunk_size=4)).save_pretrained(tmp_path / "d")
+    with pytest.raises(ValueError, match="not a saved model_based agent .*backbone 'planning'"):
+        agent_rule(str(tmp_path / "d"))

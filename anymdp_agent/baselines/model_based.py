@@ -183,7 +183,8 @@ class ModelBasedPlanner(InContextLearner):
     agent's ``num_observations``; 0, the default: mass on every id, always); ``refresh_fraction = f > 0``
     recomputes every pair's pseudo-counts after ``max(16, f * steps)`` steps instead of every 16. The bundled
     agent's rule is ``mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125``
-    (``prior=agent`` loads the bundled agent's prior; ``prior=PATH`` that of the ``model_based`` agent saved there).
+    (``prior=agent`` loads the bundled agent's prior; ``prior=PATH`` that of the ``model_based`` agent saved there;
+    :func:`agent_rule` writes this spec for any saved ``model_based`` agent from its config).
 
     ``tail = k > 0`` plans, in the last ``k`` steps of an episode, for the steps left (the agent's
     ``planner_tail_steps``; :meth:`tail_q`): the episode's length is the longest one that ended by truncation.
@@ -354,8 +355,8 @@ class ModelBasedPlanner(InContextLearner):
         """The prior's statistics after one step of ``pair``'s environments, then :meth:`refresh_prior`."""
         envs, obs = pair[0], pair[1]
         if state.discovered_at is not None:  # either end shown for the first time
-            shown = state.visits + state.arrival_n
-            new = envs[(shown[envs, obs] == 0) | (shown[envs, next_obs] == 0)]
+            new = envs[(state.visits[envs, obs] + state.arrival_n[envs, obs] == 0)
+                       | (state.visits[envs, next_obs] + state.arrival_n[envs, next_obs] == 0)]
         state.visits[envs, obs] += 1.0
         state.arrival_sum[envs, next_obs] += rewards
         state.arrival_n[envs, next_obs] += 1.0
@@ -363,7 +364,9 @@ class ModelBasedPlanner(InContextLearner):
         if state.discovered_at is not None:
             state.discovered_at[new] = state.visits[new].sum(-1)
         state.prior_steps += 1
-        due = max(self.PRIOR_REFRESH, self.refresh_fraction * state.visits.sum(-1).max())
+        due = self.PRIOR_REFRESH
+        if self.refresh_fraction:
+            due = max(due, self.refresh_fraction * state.visits.sum(-1).max())
         if state.prior_steps >= due:
             state.prior_steps = 0
             self.refresh_prior(state)
@@ -430,6 +433,31 @@ class ModelBasedPlanner(InContextLearner):
         discovering = still_discovering(torch.from_numpy(state.visits.sum(-1)), torch.from_numpy(state.discovered_at),
                                         sized).numpy()
         return ((state.visits + state.arrival_n) > 0) | discovering[:, None]
+
+
+def agent_rule(path: str = "agent") -> str:
+    """The ``mbrl`` spec that is the saved ``model_based`` agent at ``path``'s own rule (``"agent"``: the bundled
+    default): its prior, and its config's planner settings as :class:`ModelBasedPlanner` options, those equal to the
+    planner's defaults left out. A clear error for a config the harness planner cannot express."""
+    import inspect
+
+    from .transition_prior import saved_config
+
+    folder, c = saved_config(path)
+    if c.get("model_type") != "anymdp_agent" or c.get("backbone") != "model_based":
+        raise ValueError(f"{folder} is not a saved model_based agent (model_type {c.get('model_type')!r}, backbone "
+                         f"{c.get('backbone')!r}): only its rule is the harness planner's")
+    if c.get("prior_refresh", 16) != ModelBasedPlanner.PRIOR_REFRESH:
+        raise ValueError(f"{folder}: prior_refresh={c['prior_refresh']}; the harness planner refreshes every pair every "
+                         f"{ModelBasedPlanner.PRIOR_REFRESH} steps (refresh_fraction can lengthen it, not shorten it)")
+    options = {"gamma": c.get("planning_gamma", 0.99), "sweeps": c.get("planner_sweeps", 3),
+               "optimism": c.get("planner_optimism", 1.0), "prior_weight": c.get("prior_weight", 1.0),
+               "novelty": c.get("planner_novelty", 0.0), "tail": c.get("planner_tail_steps", 0),
+               "seen_only": c.get("num_observations", 0) if c.get("prior_seen_only") else 0,
+               "refresh_fraction": c.get("prior_refresh_fraction", 0.0)}
+    defaults = inspect.signature(ModelBasedPlanner).parameters
+    return f"mbrl:prior={path}" + "".join(f":{k}={str(v).removesuffix('.0')}" for k, v in options.items()
+                                         if v != defaults[k].default)
 
 
 @numba.njit(cache=True)

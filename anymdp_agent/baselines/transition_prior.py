@@ -94,26 +94,20 @@ class TransitionPrior(TransitionPriorNetwork):
         a clear error for anything else."""
         from safetensors.torch import load_file
 
-        if str(path) == "agent":
-            from ..rollout import bundled_agent_path
-
-            path = bundled_agent_path()
-        path = BUNDLED if str(path) == "bundled" else Path(path)
-        agent = json.loads((path / CONFIG_NAME).read_text()) if (path / CONFIG_NAME).is_file() else {}
-        if agent.get("model_type") == "anymdp_agent":
-            if agent.get("backbone") != "model_based" or not (path / WEIGHTS_NAME).is_file():
-                raise ValueError(f"{path} is an agent with the {agent.get('backbone')!r} backbone (or no weights); only "
-                                 "a model_based agent holds a transition prior")
-            prior = cls(hidden=int(agent.get("prior_hidden", 32)), chain=bool(agent.get("prior_chain_features")))
+        path, config = saved_config(path)
+        if config.get("model_type") == "anymdp_agent":
+            if config.get("backbone") != "model_based" or not (path / WEIGHTS_NAME).is_file():
+                raise ValueError(f"{path} is an agent with the {config.get('backbone')!r} backbone (or no weights); "
+                                 "only a model_based agent holds a transition prior")
+            prior = cls(hidden=int(config.get("prior_hidden", 32)), chain=bool(config.get("prior_chain_features")))
             key = "model_based.prior."
             prior.load_state_dict({k[len(key):]: v for k, v in load_file(str(path / WEIGHTS_NAME)).items()
                                    if k.startswith(key)})
             prior.eval()
             return prior
-        if not (path / COMPLETE_NAME).exists() or not (path / CONFIG_NAME).exists():
+        if not (path / COMPLETE_NAME).exists() or not config:
             raise ValueError(f"{path} is not a saved transition prior (no {CONFIG_NAME} and {COMPLETE_NAME}); "
                              "train one with python -m anymdp_agent.training.transition_prior or use prior=bundled")
-        config = json.loads((path / CONFIG_NAME).read_text())
         readable = {prior_feature_count(False): False, prior_feature_count(True): True}
         if config.get("kind") != "anymdp-transition-prior" or config.get("num_features") not in readable:
             raise ValueError(f"{path} holds {config.get('kind')!r} with {config.get('num_features')} features; "
@@ -123,6 +117,17 @@ class TransitionPrior(TransitionPriorNetwork):
         prior.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
         prior.eval()
         return prior
+
+
+def saved_config(path: str | os.PathLike) -> tuple[Path, dict]:
+    """The folder ``path`` names (``"bundled"``: the shipped prior; ``"agent"``: the bundled default agent) and its
+    ``config.json`` (``{}`` if it has none): a saved prior's, or a saved agent's."""
+    if str(path) == "agent":
+        from ..rollout import bundled_agent_path
+
+        path = bundled_agent_path()
+    path = BUNDLED if str(path) == "bundled" else Path(path)
+    return path, (json.loads((path / CONFIG_NAME).read_text()) if (path / CONFIG_NAME).is_file() else {})
 
 
 def prior_cross_entropy(g: torch.Tensor, counts: torch.Tensor, n_sa: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
