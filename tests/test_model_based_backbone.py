@@ -153,6 +153,62 @@ def test_with_seen_only_and_refresh_fraction_the_harness_planner_is_the_bundled_
     assert (everywhere.pseudo[at_unshown & (s.n_sa > 0)[..., None]] > 0).all()
 
 
+def test_with_evidence_the_harness_planner_is_the_agent_with_prior_evidence():
+    """``mbrl:...:evidence=1`` is the agent with ``prior_evidence``, decision for decision: both score every
+    transition from a tried pair under each weight of ``EVIDENCE_WEIGHTS`` before counting it, and plan with the
+    pseudo-counts times the best. Where a history contradicts the prior the weight falls below 1; the evidence is
+    the sequential log-likelihood of the history."""
+    import copy
+
+    from anymdp_agent.modeling_anymdp_agent import EVIDENCE_WEIGHTS, evidence_weight
+    from anymdp_agent.rollout import bundled_agent_path
+
+    tasks = [sample_anymdp_task(14, a, seed=s, min_states=8) for s, a in ((31, 4), (32, 5), (36, 4), (38, 5))]
+    suite = task_suite(tasks)
+    path = str(bundled_agent_path())
+    planner = make_learner(agent_rule() + ":evidence=1")
+    rec = Recorder(planner)
+    run_learner(rec, suite, 900, seed=2)
+    model = model_based_agent(TransitionPrior.load(path), prior_weight=4.0, planner_novelty=1e-3,
+                              prior_chain_features=True, planner_tail_steps=10, prior_seen_only=True,
+                              prior_refresh_fraction=0.125, prior_evidence=True)
+    best, state, q = replay(model, rec, suite.tasks.n_states, rec._mask, q=True)
+    assert_same_decisions(rec, best, state, q)
+    s = rec._state
+    np.testing.assert_allclose(state.evidence.numpy(), s.evidence, rtol=1e-5)
+    np.testing.assert_array_equal(state.prior_scale.numpy(), s.prior_scale)
+    assert (s.prior_scale < 1).any() and (s.prior_scale == 1).any()  # shrunk where contradicted, kept elsewhere
+    assert set(s.prior_scale) <= set(EVIDENCE_WEIGHTS)
+    np.testing.assert_array_equal(evidence_weight(torch.from_numpy(s.evidence)).numpy(), s.prior_scale)
+    # what the plan used: the network's pseudo-counts times prior_weight times the weight
+    fresh = copy.deepcopy(s)
+    fresh.prior_scale = fresh.evidence = None
+    make_learner(agent_rule()).refresh_prior(fresh)
+    planner.refresh_prior(s)
+    np.testing.assert_allclose(s.pseudo, fresh.pseudo * s.prior_scale[:, None, None, None].astype(np.float32),
+                               rtol=1e-6)
+
+
+def test_the_evidence_is_the_sequential_log_likelihood_and_ties_go_to_the_largest_weight():
+    """``evidence_terms``: log((w g_t + c_t + 1e-6) / (w G + n)) for each weight, checked by hand;
+    ``evidence_weight``: the argmax, and 1 before any evidence (all tied)."""
+    from anymdp_agent.modeling_anymdp_agent import EVIDENCE_WEIGHTS, evidence_terms, evidence_weight
+
+    terms = evidence_terms(torch.tensor([0.5, 0.0]), torch.tensor([2.0, 1.0]), torch.tensor([3.0, 0.0]),
+                           torch.tensor([4.0, 2.0]))
+    w = np.array(EVIDENCE_WEIGHTS)
+    np.testing.assert_allclose(terms.numpy(), np.log([(w * 0.5 + 3 + 1e-6) / (w * 2 + 4), (1e-6 + 0 * w) / (w + 2)]))
+    assert evidence_weight(torch.zeros(3, len(w))).tolist() == [1.0] * 3
+    ev = torch.tensor([[0.0, 1.0, 1.0, -1.0, -2.0], [5.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert evidence_weight(ev).tolist() == [w[2], w[0]]
+    with pytest.raises(ValueError, match="prior_evidence"):
+        AnyMDPAgentConfig(backbone="model_based", prior_weight=0.0, prior_evidence=True)
+    with pytest.raises(ValueError, match="evidence"):
+        make_learner("mbrl:evidence=1")
+    with pytest.raises(ValueError, match="evidence 0 or 1"):
+        make_learner("mbrl:prior=bundled:evidence=2")
+
+
 def test_a_state_may_hold_more_ids_and_actions_than_the_config_names():
     """The backbone is sized by nothing learned: an agent configured for 16 ids and 5 actions, started with 24 ids
     and 7 actions, takes the harness planner's decisions on a 24-state, 7-action task, and runs in the harness

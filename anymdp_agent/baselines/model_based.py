@@ -121,6 +121,10 @@ class PlannerState:
     # Only with ``seen_only``: [B] transitions so far when each history last showed a new id (the agent's
     # ``discovered_at``, read by still_discovering).
     discovered_at: np.ndarray | None = None
+    # Only with ``evidence``: each weight's summed log-probability of the transitions so far [B, W], and the weight
+    # the pseudo-counts carry (times prior_weight) [B] (the agent's ``prior_evidence``).
+    evidence: np.ndarray | None = None
+    prior_scale: np.ndarray | None = None
     # Only with a prior reading the chain inputs: each id's place along the graph [B, nO] and the edge count [B] it
     # was computed at (recomputed where an edge was added: history_graph's ``known``).
     place: object = None
@@ -194,18 +198,21 @@ class ModelBasedPlanner(InContextLearner):
 
     def __init__(self, gamma: float = 0.99, sweeps: int = 3, lookahead: int = 0, optimism: float = 1.0,
                  known: str = "none", prior: str = "", prior_weight: float = 1.0, novelty: float = 0.0,
-                 tail: int = 0, seen_only: int = 0, refresh_fraction: float = 0.0):
+                 tail: int = 0, seen_only: int = 0, refresh_fraction: float = 0.0, evidence: int = 0):
         if not 0 <= gamma < 1 or sweeps < 1 or lookahead < 0 or not optimism >= 0 or tail < 0 or seen_only < 0 \
                 or not (prior_weight >= 0 and math.isfinite(prior_weight)) or not (novelty >= 0 and math.isfinite(novelty)) \
-                or not (refresh_fraction >= 0 and math.isfinite(refresh_fraction)):
+                or not (refresh_fraction >= 0 and math.isfinite(refresh_fraction)) or evidence not in (0, 1):
             raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1, lookahead >= 0, optimism >= 0, "
                              f"finite prior_weight >= 0, novelty >= 0, tail >= 0, seen_only >= 0 and finite "
-                             f"refresh_fraction >= 0, got gamma={gamma}, sweeps={sweeps}, lookahead={lookahead}, "
+                             f"refresh_fraction >= 0 and evidence 0 or 1, got gamma={gamma}, sweeps={sweeps}, lookahead={lookahead}, "
                              f"optimism={optimism}, prior_weight={prior_weight}, novelty={novelty}, tail={tail}, "
-                             f"seen_only={seen_only}, refresh_fraction={refresh_fraction}")
-        if (seen_only or refresh_fraction) and not prior:
-            raise ValueError("ModelBasedPlanner: seen_only and refresh_fraction shape a learned prior's pseudo-counts; "
-                             "give the prior too (prior=agent, prior=bundled or prior=PATH)")
+                             f"seen_only={seen_only}, refresh_fraction={refresh_fraction}, evidence={evidence}")
+        if (seen_only or refresh_fraction or evidence) and not prior:
+            raise ValueError("ModelBasedPlanner: seen_only, refresh_fraction and evidence shape a learned prior's "
+                             "pseudo-counts; give the prior too (prior=agent, prior=bundled or prior=PATH)")
+        if evidence and not prior_weight:
+            raise ValueError("ModelBasedPlanner: evidence weighs the prior by its evidence, but prior_weight is 0 (no "
+                             "prior): set prior_weight > 0 or leave evidence out")
         if known not in KNOWN_PARTS:
             raise ValueError(f"ModelBasedPlanner: known must be one of {', '.join(KNOWN_PARTS)}, got {known!r}")
         self.gamma, self.sweeps, self.lookahead, self.optimism = gamma, sweeps, lookahead, float(optimism)
@@ -214,6 +221,7 @@ class ModelBasedPlanner(InContextLearner):
         self.known = known
         self.prior, self.prior_weight = prior, float(prior_weight)
         self.seen_only, self.refresh_fraction = int(seen_only), float(refresh_fraction)
+        self.evidence = bool(evidence)
         self._prior = None
         if prior:
             from .transition_prior import TransitionPrior
@@ -236,6 +244,10 @@ class ModelBasedPlanner(InContextLearner):
             state.reward_sq = np.zeros(b)
         if self.seen_only:
             state.discovered_at = np.zeros(b)
+        if self.evidence:
+            from ..modeling_anymdp_agent import EVIDENCE_WEIGHTS
+
+            state.evidence, state.prior_scale = np.zeros((b, len(EVIDENCE_WEIGHTS))), np.ones(b)
         if self.tail:
             state.episode_steps, state.episode_cap = np.zeros(b), np.zeros(b)
         if self.known != "none":
@@ -341,6 +353,8 @@ class ModelBasedPlanner(InContextLearner):
         (then the transition's arrays hold those environments' steps)."""
         pair = (np.asarray(np.arange(len(t.obs)) if envs is None else envs, dtype=np.int64),
                 np.asarray(t.obs, dtype=np.int64), np.asarray(t.actions, dtype=np.int64))
+        if state.evidence is not None:
+            self._add_evidence(state, pair, np.asarray(t.next_obs, dtype=np.int64))
         _record(state.counts, state.n_sa, state.reward_sum, state.r_max, state.r_absmax, state.terminal, *pair,
                 np.asarray(t.next_obs, dtype=np.int64), np.asarray(t.rewards, dtype=np.float64),
                 np.asarray(t.terminated, dtype=bool))
@@ -348,8 +362,43 @@ class ModelBasedPlanner(InContextLearner):
             state.known_counts[pair] += state.true_transition[pair]
         if state.known_r_sum is not None:
             state.known_r_sum[pair] += state.true_reward[pair]
+        if state.evidence is not None:
+            self._reweigh(state, pair[0])
         if state.pseudo is not None:
             self._update_prior(state, pair, np.asarray(t.next_obs, dtype=np.int64), np.asarray(t.rewards, dtype=np.float64))
+
+    def _add_evidence(self, state: PlannerState, pair: tuple, next_obs: np.ndarray) -> None:
+        """``evidence``: each weight's log-probability of the step of ``pair``'s environments, from pairs already
+        tried, before it is counted (the agent's ``add_evidence``)."""
+        import torch
+
+        from ..modeling_anymdp_agent import evidence_terms
+
+        n = state.n_sa[pair]
+        tried = n > 0
+        if tried.any():
+            e, s, a, s2 = pair[0][tried], pair[1][tried], pair[2][tried], next_obs[tried]
+            unit = self.prior_weight * state.prior_scale[e]
+            terms = evidence_terms(*(torch.from_numpy(np.asarray(x, dtype=np.float64)) for x in (
+                state.pseudo[e, s, a, s2] / unit, state.pseudo_total[e, s, a] / unit, state.counts[e, s, a, s2],
+                n[tried])))
+            state.evidence[e] += terms.numpy()
+
+    @staticmethod
+    def _reweigh(state: PlannerState, envs: np.ndarray) -> None:
+        """``evidence``: the pseudo-counts of ``envs`` whose best weight changed, rescaled to it."""
+        import torch
+
+        from ..modeling_anymdp_agent import evidence_weight
+
+        new = evidence_weight(torch.from_numpy(state.evidence[envs])).numpy()
+        moved = new != state.prior_scale[envs]
+        if moved.any():
+            e = envs[moved]
+            ratio = new[moved] / state.prior_scale[e]
+            state.pseudo[e] *= ratio[:, None, None, None].astype(np.float32)
+            state.pseudo_total[e] *= ratio[:, None, None]
+            state.prior_scale[e] = new[moved]
 
     def _update_prior(self, state: PlannerState, pair: tuple, next_obs: np.ndarray, rewards: np.ndarray) -> None:
         """The prior's statistics after one step of ``pair``'s environments, then :meth:`refresh_prior`."""
@@ -415,6 +464,8 @@ class ModelBasedPlanner(InContextLearner):
         for part in prior_row_parts(len(envs), n):
             rows = (envs[part], states[part])
             g = self._prior.pseudo_counts(self.prior_inputs(state, *rows, graph, chain)) * np.float32(self.prior_weight)
+            if state.prior_scale is not None:
+                g *= state.prior_scale[rows[0]][:, None, None].astype(np.float32)
             if open_ids is not None:
                 g *= open_ids[rows[0]][:, None, :]
             state.pseudo[rows] = g
@@ -454,7 +505,7 @@ def agent_rule(path: str = "agent") -> str:
                "optimism": c.get("planner_optimism", 1.0), "prior_weight": c.get("prior_weight", 1.0),
                "novelty": c.get("planner_novelty", 0.0), "tail": c.get("planner_tail_steps", 0),
                "seen_only": c.get("num_observations", 0) if c.get("prior_seen_only") else 0,
-               "refresh_fraction": c.get("prior_refresh_fraction", 0.0)}
+               "refresh_fraction": c.get("prior_refresh_fraction", 0.0), "evidence": int(c.get("prior_evidence", False))}
     defaults = inspect.signature(ModelBasedPlanner).parameters
     return f"mbrl:prior={path}" + "".join(f":{k}={str(v).removesuffix('.0')}" for k, v in options.items()
                                          if v != defaults[k].default)
