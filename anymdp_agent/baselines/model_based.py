@@ -189,6 +189,9 @@ class ModelBasedPlanner(InContextLearner):
     agent's rule is ``mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125``
     (``prior=agent`` loads the bundled agent's prior; ``prior=PATH`` that of the ``model_based`` agent saved there;
     :func:`agent_rule` writes this spec for any saved ``model_based`` agent from its config).
+    ``evidence = 1`` is the agent's ``prior_evidence`` (off by default, and in the bundled agent): each history weighs
+    the prior by the sequential likelihood of its own transitions under the network's pseudo-counts times each of
+    :data:`~anymdp_agent.modeling_anymdp_agent.EVIDENCE_WEIGHTS`, and plans with ``prior_weight`` times the best.
 
     ``tail = k > 0`` plans, in the last ``k`` steps of an episode, for the steps left (the agent's
     ``planner_tail_steps``; :meth:`tail_q`): the episode's length is the longest one that ended by truncation.
@@ -221,7 +224,7 @@ class ModelBasedPlanner(InContextLearner):
         self.known = known
         self.prior, self.prior_weight = prior, float(prior_weight)
         self.seen_only, self.refresh_fraction = int(seen_only), float(refresh_fraction)
-        self.evidence = bool(evidence)
+        self.evidence = int(evidence)
         self._prior = None
         if prior:
             from .transition_prior import TransitionPrior

@@ -122,6 +122,13 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         prior_weight: the prior's pseudo-counts are multiplied by this in the posterior-mean model (1: the
             calibrated posterior the prior is trained for; more: more weight on the prior, more retrying of pairs
             whose few visits landed badly).
+        prior_evidence: each history weighs the prior by what its own transitions say of it (empirical Bayes):
+            every transition from a tried pair adds, for each weight ``w`` of 1/16, 1/8, 1/4, 1/2 and 1
+            (``EVIDENCE_WEIGHTS`` in the model), the log-probability that the posterior-mean model with the
+            network's pseudo-counts times ``w`` gave it before the step (1: the calibrated posterior the prior is
+            trained for), and the plan's pseudo-counts are ``prior_weight`` times the best ``w`` (ties: the largest).
+            A prior that a history's transitions contradict is shrunk; one they bear out keeps ``prior_weight``.
+            Off by default (always ``prior_weight``).
         prior_seen_only: in a state started with the whole vocabulary (``initial_state`` without
             ``num_observations``), no prior mass on ids the history has never shown (arrived at or left), so ids
             beyond the environment's change nothing. A state sized to its environment
@@ -196,6 +203,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         prior_refresh_fraction: float = 0.0,
         prior_weight: float = 1.0,
         prior_seen_only: bool = False,
+        prior_evidence: bool = False,
         prior_chain_features: bool = False,
         **kwargs,
     ):
@@ -238,6 +246,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.prior_refresh_fraction = prior_refresh_fraction
         self.prior_weight = prior_weight
         self.prior_seen_only = prior_seen_only
+        self.prior_evidence = prior_evidence
         self.prior_chain_features = prior_chain_features
         self.validate_settings()
         super().__init__(**kwargs)
@@ -258,13 +267,16 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             o = getattr(self, name)
             if isinstance(o, bool) or not isinstance(o, (int, float)) or not math.isfinite(o) or o < 0:
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be a finite number >= 0, got {o!r}")
+        if self.prior_evidence is True and self.prior_weight == 0:
+            raise ValueError("AnyMDPAgentConfig.prior_evidence weighs the prior by its evidence, but prior_weight is 0 "
+                             "(no prior): set prior_weight > 0 or prior_evidence=False")
         if self.num_tags <= UNKNOWN_TAG:
             raise ValueError(f"AnyMDPAgentConfig.num_tags must be > {UNKNOWN_TAG} (the 'unknown' tag the agent is "
                              f"told), got {self.num_tags}")
         if self.num_actions < 2:
             raise ValueError(f"AnyMDPAgentConfig.num_actions must be >= 2, got {self.num_actions}")
         for name in ("carry_values", "memory_decay", "context_adaptation", "use_flash_linear_attention",
-                     "observation_statistics", "statistics_lookahead", "prior_seen_only",
+                     "observation_statistics", "statistics_lookahead", "prior_seen_only", "prior_evidence",
                      "prior_chain_features"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be True or False, got {getattr(self, name)!r}")

@@ -897,6 +897,28 @@ def still_discovering(steps, discovered_at, sized) -> torch.Tensor:
     return sized & (steps - discovered_at <= discovered_at.clamp(min=DISCOVERY_WINDOW))
 
 
+#: With ``prior_evidence``: the weights of the prior network's pseudo-counts whose evidence a history compares (1:
+#: the calibrated posterior the prior is trained for). The plan's pseudo-counts are ``prior_weight`` times the best.
+EVIDENCE_WEIGHTS = (0.0625, 0.125, 0.25, 0.5, 1.0)
+
+
+def evidence_terms(pseudo_next, pseudo_total, count_next, n) -> torch.Tensor:
+    """``[R, W]``: the log-probability of one transition each under the posterior-mean model with the prior
+    network's pseudo-counts times each of :data:`EVIDENCE_WEIGHTS`, before the step. ``[R]`` each: the network's
+    pseudo-count of the arrival and their sum over ids; the pair's count of the arrival and of all its steps (>= 1).
+    An arrival that neither gives mass to is scored as 1e-6 of a count."""
+    w = torch.tensor(EVIDENCE_WEIGHTS, dtype=torch.float64, device=n.device)
+    num = w * pseudo_next.double()[:, None] + count_next.double()[:, None] + 1e-6
+    return torch.log(num / (w * pseudo_total.double()[:, None] + n.double()[:, None]))
+
+
+def evidence_weight(evidence: torch.Tensor) -> torch.Tensor:
+    """``[B]``: the weight of :data:`EVIDENCE_WEIGHTS` with the highest summed log-probability ``evidence [B, W]``
+    (ties, as before any evidence: the largest)."""
+    w = torch.tensor(EVIDENCE_WEIGHTS, dtype=torch.float64, device=evidence.device)
+    return w.flip(0)[evidence.flip(-1).argmax(-1)]
+
+
 #: A refresh of the prior computes its inputs for at most this many bytes of ``[nO, nO]`` matrices at a time.
 PRIOR_ROW_BYTES = 256 << 20
 
@@ -1194,6 +1216,10 @@ class ModelBasedPlanner(nn.Module):
             "sized": torch.full((batch,), bool(sized), dtype=torch.bool, device=device),
             # transitions so far when the history last showed a new id (prior_seen_only, still_discovering)
             "discovered_at": z(batch),
+            # with prior_evidence: each weight's summed log-probability of the transitions so far, and the weight
+            # the pseudo-counts carry (times prior_weight)
+            "evidence": z(batch, len(EVIDENCE_WEIGHTS)),
+            "prior_scale": torch.ones(batch, dtype=torch.float64, device=device),
             # transitions in the current episode, and the longest episode that ended by truncation (0: none yet):
             # the episode's length, which planner_tail_steps plans for
             "episode_steps": z(batch), "episode_cap": z(batch)})
@@ -1216,6 +1242,8 @@ class ModelBasedPlanner(nn.Module):
             s, a, s2, r = prev_obs[real], prev_act[real], observations[real], prev_rew[real]
             new = ((t["visits"][real, s] + t["arrival_n"][real, s] == 0) |
                    (t["visits"][real, s2] + t["arrival_n"][real, s2] == 0))  # either end shown for the first time
+            if self.config.prior_evidence:
+                self.add_evidence(t, real, s, a, s2)
             t["n_ss"][real, s, a, s2] += 1.0
             t["n_sa"][real, s, a] += 1.0
             t["r_sum"][real, s, a] += r
@@ -1230,12 +1258,36 @@ class ModelBasedPlanner(nn.Module):
             t["since_refresh"][real] += 1
             t["discovered_at"][real[new]] = t["r_count"][real[new]]
             t["episode_steps"][real] += 1.0
+            if self.config.prior_evidence:
+                self.reweigh(t, real)
         ended = torch.nonzero(prev_act == END_TERMINATED)[:, 0]
         t["terminal"][ended, prev_obs[ended]] = True
         cut = prev_act == END_TRUNCATED
         t["episode_cap"] = torch.where(cut, torch.maximum(t["episode_cap"], t["episode_steps"]), t["episode_cap"])
         t["episode_steps"] = torch.where(cut | (prev_act == END_TERMINATED), 0.0, t["episode_steps"])
         return t
+
+    def add_evidence(self, t: dict[str, torch.Tensor], envs, s, a, s2) -> None:
+        """``prior_evidence``: each weight's log-probability of the transitions ``(s, a) -> s2`` of ``envs`` (one
+        each) from pairs already tried, before they are counted."""
+        n = t["n_sa"][envs, s, a]
+        tried = torch.nonzero(n > 0)[:, 0]
+        if len(tried):
+            e, s, a, s2 = envs[tried], s[tried], a[tried], s2[tried]
+            unit = self.config.prior_weight * t["prior_scale"][e]  # what the stored pseudo-counts are multiplied by
+            t["evidence"][e] += evidence_terms(t["pseudo"][e, s, a, s2] / unit, t["pseudo_total"][e, s, a] / unit,
+                                               t["n_ss"][e, s, a, s2], n[tried])
+
+    @staticmethod
+    def reweigh(t: dict[str, torch.Tensor], envs) -> None:
+        """``prior_evidence``: the pseudo-counts of ``envs`` whose best weight changed, rescaled to it."""
+        new = evidence_weight(t["evidence"][envs])
+        moved = new != t["prior_scale"][envs]
+        if bool(moved.any()):
+            e, ratio = envs[moved], new[moved] / t["prior_scale"][envs[moved]]
+            t["pseudo"][e] *= ratio[:, None, None, None]
+            t["pseudo_total"][e] *= ratio[:, None, None]
+            t["prior_scale"][e] = new[moved]
 
     def refresh_prior(self, t: dict[str, torch.Tensor], pending: torch.Tensor) -> None:
         """Recompute the pseudo-counts of the ``pending`` histories: every pair's where ``prior_refresh`` transitions
@@ -1277,6 +1329,8 @@ class ModelBasedPlanner(nn.Module):
                 mask = keep[rows_i]
                 g[rows_i] = g.new_zeros(mask.shape).masked_scatter(
                     mask, self.prior(features[mask]).to(g.dtype) * cfg.prior_weight)
+        if cfg.prior_evidence:
+            g *= t["prior_scale"][envs][:, None, None]
         t["pseudo"][envs, states] = g
         t["pseudo_total"][envs, states] = g.sum(-1)
 
