@@ -170,6 +170,16 @@ def load_agent(path: str | os.PathLike, device: str | torch.device = "cpu") -> A
     return model.to(device).eval()
 
 
+def is_agent_model(model) -> bool:
+    """Whether ``model`` is an AnyMDP agent: this package's :class:`AnyMDPAgentModel`, or the same class loaded from a
+    checkpoint's own code (``AutoModel.from_pretrained(..., trust_remote_code=True)``), which is another class object
+    of the same code."""
+    if isinstance(model, AnyMDPAgentModel):
+        return True
+    return isinstance(model, torch.nn.Module) and type(model).__name__ == AnyMDPAgentModel.__name__ \
+        and getattr(getattr(model, "config", None), "model_type", None) == AnyMDPAgentConfig.model_type
+
+
 @dataclass
 class _AgentState:
     cache: AnyMDPAgentCache
@@ -196,8 +206,13 @@ class AgentLearner(InContextLearner):
         if not all(math.isfinite(x) and x >= 0 for x in given):
             raise ValueError(f"temperatures and decay_steps must be finite and >= 0, got temperature_start="
                              f"{temperature_start}, temperature_end={temperature_end}, decay_steps={decay_steps}")
-        self.checkpoint = None if isinstance(model, AnyMDPAgentModel) else str(model)
-        self._model = model if isinstance(model, AnyMDPAgentModel) else load_agent(model, device)
+        loaded = is_agent_model(model)
+        if not loaded and not isinstance(model, (str, os.PathLike)):
+            raise TypeError(f"AgentLearner takes an AnyMDP agent (AnyMDPAgentModel, or one loaded with "
+                            f"AutoModel.from_pretrained(..., trust_remote_code=True)) or its checkpoint folder, got "
+                            f"{type(model).__name__}")
+        self.checkpoint = None if loaded else str(model)
+        self._model = model if loaded else load_agent(model, device)
         self._model.eval()
         cfg = self._model.config
         self.temperature_start = float(cfg.temperature_start if temperature_start is None else temperature_start)

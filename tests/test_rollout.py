@@ -284,3 +284,26 @@ def test_a_bundle_being_built_is_no_bundled_checkpoint(tmp_path, monkeypatch):
         (tmp_path / name / "config.json").write_text("{}")
     monkeypatch.setattr(rollout, "pretrained_dir", lambda: tmp_path)
     assert rollout.bundled_agent_names() == ["anymdp-agent-x"]
+
+
+def test_agent_learner_takes_an_agent_loaded_with_its_own_code(anymdp16, tmp_path):
+    """``AutoModel.from_pretrained(..., trust_remote_code=True)``, in a Python that has not used this package's classes,
+    gives the checkpoint's own copy of the class, another class object (loaded here as transformers loads it): the
+    wrapper takes it and runs it as it runs the package's class; anything else is a clear error."""
+    import shutil
+
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    from anymdp_agent.rollout import bundled_agent_path
+
+    folder = tmp_path / "agent"
+    shutil.copytree(bundled_agent_path(), folder)
+    remote_class = get_class_from_dynamic_module("modeling_anymdp_agent.AnyMDPAgentModel", str(folder))
+    remote = remote_class.from_pretrained(folder)
+    assert type(remote) is not AnyMDPAgentModel and type(remote).__name__ == "AnyMDPAgentModel"
+    learner = AgentLearner(remote)
+    assert learner.model is remote and learner.checkpoint is None
+    assert _same_run(run_learner(learner, anymdp16, 300, seed=1),
+                     run_learner(AgentLearner(str(folder)), anymdp16, 300, seed=1))
+    with pytest.raises(TypeError, match="AgentLearner takes an AnyMDP agent"):
+        AgentLearner(torch.nn.Linear(2, 2))
