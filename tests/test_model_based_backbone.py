@@ -130,8 +130,9 @@ def test_with_seen_only_and_refresh_fraction_the_harness_planner_is_the_bundled_
     suite = task_suite(tasks)
     path = str(bundled_agent_path())
     rule = agent_rule()  # the bundled agent's config, written as the harness planner's options
-    assert rule == "mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125"
-    planner = make_learner(rule)
+    assert rule == ("mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125:"
+                    "evidence=1")
+    planner = make_learner(rule.removesuffix(":evidence=1"))  # the evidence rule has its own test below
     assert all(torch.equal(a, b) for a, b in zip(planner._prior.state_dict().values(),
                                                  TransitionPrior.load(path).state_dict().values()))
     rec = Recorder(planner)
@@ -166,7 +167,7 @@ def test_with_evidence_the_harness_planner_is_the_agent_with_prior_evidence():
     tasks = [sample_anymdp_task(14, a, seed=s, min_states=8) for s, a in ((31, 4), (32, 5), (36, 4), (38, 5))]
     suite = task_suite(tasks)
     path = str(bundled_agent_path())
-    planner = make_learner(agent_rule() + ":evidence=1")
+    planner = make_learner(agent_rule())  # the bundled agent's rule: evidence=1
     rec = Recorder(planner)
     run_learner(rec, suite, 900, seed=2)
     model = model_based_agent(TransitionPrior.load(path), prior_weight=4.0, planner_novelty=1e-3,
@@ -180,13 +181,15 @@ def test_with_evidence_the_harness_planner_is_the_agent_with_prior_evidence():
     assert (s.prior_scale < 1).any() and (s.prior_scale == 1).any()  # shrunk where contradicted, kept elsewhere
     assert set(s.prior_scale) <= set(EVIDENCE_WEIGHTS)
     np.testing.assert_array_equal(evidence_weight(torch.from_numpy(s.evidence)).numpy(), s.prior_scale)
-    # what the plan used: the network's pseudo-counts times prior_weight times the weight
+    # what the plan used: the network's pseudo-counts times prior_weight, and times the weight at the ids shown
     fresh = copy.deepcopy(s)
     fresh.prior_scale = fresh.evidence = None
-    make_learner(agent_rule()).refresh_prior(fresh)
+    make_learner(agent_rule().replace(":evidence=1", "")).refresh_prior(fresh)
     planner.refresh_prior(s)
-    np.testing.assert_allclose(s.pseudo, fresh.pseudo * s.prior_scale[:, None, None, None].astype(np.float32),
-                               rtol=1e-6)
+    shown = (s.visits + s.arrival_n) > 0
+    assert not shown.all()  # ids the environments never use keep the prior's full weight (here: none, seen_only)
+    factor = np.where(shown, s.prior_scale[:, None], 1.0).astype(np.float32)
+    np.testing.assert_allclose(s.pseudo, fresh.pseudo * factor[:, None, None, :], rtol=1e-6)
 
 
 def test_the_evidence_is_the_sequential_log_likelihood_and_ties_go_to_the_largest_weight():

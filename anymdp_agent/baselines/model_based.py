@@ -186,12 +186,13 @@ class ModelBasedPlanner(InContextLearner):
     :func:`~anymdp_agent.modeling_anymdp_agent.still_discovering`) in an environment of at most ``V`` ids (the
     agent's ``num_observations``; 0, the default: mass on every id, always); ``refresh_fraction = f > 0``
     recomputes every pair's pseudo-counts after ``max(16, f * steps)`` steps instead of every 16. The bundled
-    agent's rule is ``mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125``
+    agent's rule is ``mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125:evidence=1``
     (``prior=agent`` loads the bundled agent's prior; ``prior=PATH`` that of the ``model_based`` agent saved there;
     :func:`agent_rule` writes this spec for any saved ``model_based`` agent from its config).
-    ``evidence = 1`` is the agent's ``prior_evidence`` (off by default, and in the bundled agent): each history weighs
+    ``evidence = 1`` is the agent's ``prior_evidence`` (off by default, on in the bundled agent): each history weighs
     the prior by the sequential likelihood of its own transitions under the network's pseudo-counts times each of
-    :data:`~anymdp_agent.modeling_anymdp_agent.EVIDENCE_WEIGHTS`, and plans with ``prior_weight`` times the best.
+    :data:`~anymdp_agent.modeling_anymdp_agent.EVIDENCE_WEIGHTS`, and plans with ``prior_weight`` times the best at
+    the ids it has shown (``prior_weight`` alone at ids not shown yet).
 
     ``tail = k > 0`` plans, in the last ``k`` steps of an episode, for the steps left (the agent's
     ``planner_tail_steps``; :meth:`tail_q`): the episode's length is the longest one that ended by truncation.
@@ -358,6 +359,7 @@ class ModelBasedPlanner(InContextLearner):
                 np.asarray(t.obs, dtype=np.int64), np.asarray(t.actions, dtype=np.int64))
         if state.evidence is not None:
             self._add_evidence(state, pair, np.asarray(t.next_obs, dtype=np.int64))
+            shown_before = self._shown(state, pair[0])
         _record(state.counts, state.n_sa, state.reward_sum, state.r_max, state.r_absmax, state.terminal, *pair,
                 np.asarray(t.next_obs, dtype=np.int64), np.asarray(t.rewards, dtype=np.float64),
                 np.asarray(t.terminated, dtype=bool))
@@ -365,10 +367,20 @@ class ModelBasedPlanner(InContextLearner):
             state.known_counts[pair] += state.true_transition[pair]
         if state.known_r_sum is not None:
             state.known_r_sum[pair] += state.true_reward[pair]
-        if state.evidence is not None:
-            self._reweigh(state, pair[0])
         if state.pseudo is not None:
-            self._update_prior(state, pair, np.asarray(t.next_obs, dtype=np.int64), np.asarray(t.rewards, dtype=np.float64))
+            self._update_prior(state, pair, np.asarray(t.next_obs, dtype=np.int64), np.asarray(t.rewards, dtype=np.float64),
+                               shown_before if state.evidence is not None else None)
+
+    @staticmethod
+    def _shown(state: PlannerState, envs: np.ndarray) -> np.ndarray:
+        """``[R, nO]`` (bool): the ids the histories ``envs`` have shown (the agent's ``shown_ids``)."""
+        return (state.visits[envs] + state.arrival_n[envs]) > 0
+
+    def _evidence_units(self, state: PlannerState, envs: np.ndarray, shown: np.ndarray | None = None) -> np.ndarray:
+        """``[R, nO]``: what the network's pseudo-counts are multiplied by under ``evidence``: ``prior_weight`` times
+        the history's weight at ids it has shown, ``prior_weight`` alone elsewhere (the agent's ``evidence_units``)."""
+        shown = self._shown(state, envs) if shown is None else shown
+        return self.prior_weight * np.where(shown, state.prior_scale[envs][:, None], 1.0)
 
     def _add_evidence(self, state: PlannerState, pair: tuple, next_obs: np.ndarray) -> None:
         """``evidence``: each weight's log-probability of the step of ``pair``'s environments, from pairs already
@@ -381,30 +393,31 @@ class ModelBasedPlanner(InContextLearner):
         tried = n > 0
         if tried.any():
             e, s, a, s2 = pair[0][tried], pair[1][tried], pair[2][tried], next_obs[tried]
-            unit = self.prior_weight * state.prior_scale[e]
+            net = state.pseudo[e, s, a] / self._evidence_units(state, e)  # the network's own pseudo-counts
             terms = evidence_terms(*(torch.from_numpy(np.asarray(x, dtype=np.float64)) for x in (
-                state.pseudo[e, s, a, s2] / unit, state.pseudo_total[e, s, a] / unit, state.counts[e, s, a, s2],
-                n[tried])))
+                net[np.arange(len(e)), s2], net.sum(-1), state.counts[e, s, a, s2], n[tried])))
             state.evidence[e] += terms.numpy()
 
-    @staticmethod
-    def _reweigh(state: PlannerState, envs: np.ndarray) -> None:
-        """``evidence``: the pseudo-counts of ``envs`` whose best weight changed, rescaled to it."""
+    def _reweigh(self, state: PlannerState, envs: np.ndarray, shown_before: np.ndarray) -> None:
+        """``evidence``: the pseudo-counts of ``envs`` rescaled where the best weight changed or an id was shown for
+        the first time (the agent's ``reweigh``)."""
         import torch
 
         from ..modeling_anymdp_agent import evidence_weight
 
-        new = evidence_weight(torch.from_numpy(state.evidence[envs])).numpy()
-        moved = new != state.prior_scale[envs]
+        old = self._evidence_units(state, envs, shown_before)
+        state.prior_scale[envs] = evidence_weight(torch.from_numpy(state.evidence[envs])).numpy()
+        ratio = self._evidence_units(state, envs) / old
+        moved = (ratio != 1.0).any(-1)
         if moved.any():
             e = envs[moved]
-            ratio = new[moved] / state.prior_scale[e]
-            state.pseudo[e] *= ratio[:, None, None, None].astype(np.float32)
-            state.pseudo_total[e] *= ratio[:, None, None]
-            state.prior_scale[e] = new[moved]
+            state.pseudo[e] *= ratio[moved][:, None, None, :].astype(np.float32)
+            state.pseudo_total[e] = state.pseudo[e].sum(-1, dtype=np.float64)
 
-    def _update_prior(self, state: PlannerState, pair: tuple, next_obs: np.ndarray, rewards: np.ndarray) -> None:
-        """The prior's statistics after one step of ``pair``'s environments, then :meth:`refresh_prior`."""
+    def _update_prior(self, state: PlannerState, pair: tuple, next_obs: np.ndarray, rewards: np.ndarray,
+                      shown_before: np.ndarray | None = None) -> None:
+        """The prior's statistics after one step of ``pair``'s environments (with ``evidence``, the weights after
+        it: ``shown_before``, the ids shown before it), then :meth:`refresh_prior`."""
         envs, obs = pair[0], pair[1]
         if state.discovered_at is not None:  # either end shown for the first time
             new = envs[(state.visits[envs, obs] + state.arrival_n[envs, obs] == 0)
@@ -415,6 +428,8 @@ class ModelBasedPlanner(InContextLearner):
         state.reward_sq[envs] += rewards ** 2
         if state.discovered_at is not None:
             state.discovered_at[new] = state.visits[new].sum(-1)
+        if shown_before is not None:
+            self._reweigh(state, envs, shown_before)
         state.prior_steps += 1
         due = self.PRIOR_REFRESH
         if self.refresh_fraction:
@@ -468,7 +483,7 @@ class ModelBasedPlanner(InContextLearner):
             rows = (envs[part], states[part])
             g = self._prior.pseudo_counts(self.prior_inputs(state, *rows, graph, chain)) * np.float32(self.prior_weight)
             if state.prior_scale is not None:
-                g *= state.prior_scale[rows[0]][:, None, None].astype(np.float32)
+                g *= (self._evidence_units(state, rows[0]) / self.prior_weight)[:, None, :].astype(np.float32)
             if open_ids is not None:
                 g *= open_ids[rows[0]][:, None, :]
             state.pseudo[rows] = g

@@ -126,9 +126,10 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             every transition from a tried pair adds, for each weight ``w`` of 1/16, 1/8, 1/4, 1/2 and 1
             (``EVIDENCE_WEIGHTS`` in the model), the log-probability that the posterior-mean model with the
             network's pseudo-counts times ``w`` gave it before the step (1: the calibrated posterior the prior is
-            trained for), and the plan's pseudo-counts are ``prior_weight`` times the best ``w`` (ties: the largest).
-            A prior that a history's transitions contradict is shrunk; one they bear out keeps ``prior_weight``.
-            Off by default (always ``prior_weight``).
+            trained for), and the plan's pseudo-counts at the ids the history has shown are ``prior_weight`` times the
+            best ``w`` (ties: the largest). At ids not shown yet (states it may still reach) they keep
+            ``prior_weight``, so a prior that a history's transitions contradict stops pulling it back to what it
+            knows while still pulling it on to what it has not seen. Off by default (always ``prior_weight``).
         prior_seen_only: in a state started with the whole vocabulary (``initial_state`` without
             ``num_observations``), no prior mass on ids the history has never shown (arrived at or left), so ids
             beyond the environment's change nothing. A state sized to its environment

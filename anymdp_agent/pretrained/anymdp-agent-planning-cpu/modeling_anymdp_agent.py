@@ -1244,6 +1244,7 @@ class ModelBasedPlanner(nn.Module):
                    (t["visits"][real, s2] + t["arrival_n"][real, s2] == 0))  # either end shown for the first time
             if self.config.prior_evidence:
                 self.add_evidence(t, real, s, a, s2)
+                shown_before = self.shown(t, real)
             t["n_ss"][real, s, a, s2] += 1.0
             t["n_sa"][real, s, a] += 1.0
             t["r_sum"][real, s, a] += r
@@ -1259,13 +1260,25 @@ class ModelBasedPlanner(nn.Module):
             t["discovered_at"][real[new]] = t["r_count"][real[new]]
             t["episode_steps"][real] += 1.0
             if self.config.prior_evidence:
-                self.reweigh(t, real)
+                self.reweigh(t, real, shown_before)
         ended = torch.nonzero(prev_act == END_TERMINATED)[:, 0]
         t["terminal"][ended, prev_obs[ended]] = True
         cut = prev_act == END_TRUNCATED
         t["episode_cap"] = torch.where(cut, torch.maximum(t["episode_cap"], t["episode_steps"]), t["episode_cap"])
         t["episode_steps"] = torch.where(cut | (prev_act == END_TERMINATED), 0.0, t["episode_steps"])
         return t
+
+    @staticmethod
+    def shown(t: dict[str, torch.Tensor], envs) -> torch.Tensor:
+        """``[R, nO]`` (bool): the ids the histories ``envs`` have shown, left or arrived at (:func:`shown_ids`)."""
+        return (t["visits"][envs] + t["arrival_n"][envs]) > 0
+
+    def evidence_units(self, t: dict[str, torch.Tensor], envs, shown=None) -> torch.Tensor:
+        """``[R, nO]``: what the network's pseudo-counts of ``envs`` are multiplied by under ``prior_evidence``:
+        ``prior_weight`` times the history's weight at the ids it has ``shown`` (now, by default), ``prior_weight``
+        alone at ids not shown yet (states it may still reach keep the prior's full pull)."""
+        shown = self.shown(t, envs) if shown is None else shown
+        return self.config.prior_weight * torch.where(shown, t["prior_scale"][envs, None], 1.0)
 
     def add_evidence(self, t: dict[str, torch.Tensor], envs, s, a, s2) -> None:
         """``prior_evidence``: each weight's log-probability of the transitions ``(s, a) -> s2`` of ``envs`` (one
@@ -1274,20 +1287,22 @@ class ModelBasedPlanner(nn.Module):
         tried = torch.nonzero(n > 0)[:, 0]
         if len(tried):
             e, s, a, s2 = envs[tried], s[tried], a[tried], s2[tried]
-            unit = self.config.prior_weight * t["prior_scale"][e]  # what the stored pseudo-counts are multiplied by
-            t["evidence"][e] += evidence_terms(t["pseudo"][e, s, a, s2] / unit, t["pseudo_total"][e, s, a] / unit,
+            net = t["pseudo"][e, s, a] / self.evidence_units(t, e)  # the network's own pseudo-counts [R, nO]
+            t["evidence"][e] += evidence_terms(net[torch.arange(len(e), device=e.device), s2], net.sum(-1),
                                                t["n_ss"][e, s, a, s2], n[tried])
 
-    @staticmethod
-    def reweigh(t: dict[str, torch.Tensor], envs) -> None:
-        """``prior_evidence``: the pseudo-counts of ``envs`` whose best weight changed, rescaled to it."""
-        new = evidence_weight(t["evidence"][envs])
-        moved = new != t["prior_scale"][envs]
-        if bool(moved.any()):
-            e, ratio = envs[moved], new[moved] / t["prior_scale"][envs[moved]]
-            t["pseudo"][e] *= ratio[:, None, None, None]
-            t["pseudo_total"][e] *= ratio[:, None, None]
-            t["prior_scale"][e] = new[moved]
+    def reweigh(self, t: dict[str, torch.Tensor], envs, shown_before: torch.Tensor) -> None:
+        """``prior_evidence``: after a transition of ``envs``, their pseudo-counts rescaled where the best weight
+        changed or an id was shown for the first time (``shown_before``: the ids shown before it), so they stay the
+        network's times :meth:`evidence_units`."""
+        old = self.evidence_units(t, envs, shown_before)
+        t["prior_scale"][envs] = evidence_weight(t["evidence"][envs])
+        ratio = self.evidence_units(t, envs) / old  # [R, nO]
+        moved = torch.nonzero((ratio != 1.0).any(-1))[:, 0]
+        if len(moved):
+            e = envs[moved]
+            t["pseudo"][e] *= ratio[moved][:, None, None, :]
+            t["pseudo_total"][e] = t["pseudo"][e].sum(-1)
 
     def refresh_prior(self, t: dict[str, torch.Tensor], pending: torch.Tensor) -> None:
         """Recompute the pseudo-counts of the ``pending`` histories: every pair's where ``prior_refresh`` transitions
@@ -1330,7 +1345,7 @@ class ModelBasedPlanner(nn.Module):
                 g[rows_i] = g.new_zeros(mask.shape).masked_scatter(
                     mask, self.prior(features[mask]).to(g.dtype) * cfg.prior_weight)
         if cfg.prior_evidence:
-            g *= t["prior_scale"][envs][:, None, None]
+            g *= (self.evidence_units(t, envs) / cfg.prior_weight)[:, None, :]
         t["pseudo"][envs, states] = g
         t["pseudo_total"][envs, states] = g.sum(-1)
 
