@@ -357,23 +357,22 @@ class ModelBasedPlanner(InContextLearner):
         (then the transition's arrays hold those environments' steps)."""
         pair = (np.asarray(np.arange(len(t.obs)) if envs is None else envs, dtype=np.int64),
                 np.asarray(t.obs, dtype=np.int64), np.asarray(t.actions, dtype=np.int64))
+        next_obs, shown_before = np.asarray(t.next_obs, dtype=np.int64), None
         if state.evidence is not None:
-            self._add_evidence(state, pair, np.asarray(t.next_obs, dtype=np.int64))
             shown_before = self._shown(state, pair[0])
+            self._add_evidence(state, pair, next_obs, shown_before)
         _record(state.counts, state.n_sa, state.reward_sum, state.r_max, state.r_absmax, state.terminal, *pair,
-                np.asarray(t.next_obs, dtype=np.int64), np.asarray(t.rewards, dtype=np.float64),
-                np.asarray(t.terminated, dtype=bool))
+                next_obs, np.asarray(t.rewards, dtype=np.float64), np.asarray(t.terminated, dtype=bool))
         if state.known_counts is not None:  # one entry per environment, so no index repeats
             state.known_counts[pair] += state.true_transition[pair]
         if state.known_r_sum is not None:
             state.known_r_sum[pair] += state.true_reward[pair]
         if state.pseudo is not None:
-            self._update_prior(state, pair, np.asarray(t.next_obs, dtype=np.int64), np.asarray(t.rewards, dtype=np.float64),
-                               shown_before if state.evidence is not None else None)
+            self._update_prior(state, pair, next_obs, np.asarray(t.rewards, dtype=np.float64), shown_before)
 
     @staticmethod
-    def _shown(state: PlannerState, envs: np.ndarray) -> np.ndarray:
-        """``[R, nO]`` (bool): the ids the histories ``envs`` have shown (the agent's ``shown_ids``)."""
+    def _shown(state: PlannerState, envs: np.ndarray | slice) -> np.ndarray:
+        """``[R, nO]`` (bool): the ids the histories ``envs`` have shown, left or arrived at (the agent's ``shown``)."""
         return (state.visits[envs] + state.arrival_n[envs]) > 0
 
     def _evidence_units(self, state: PlannerState, envs: np.ndarray, shown: np.ndarray | None = None) -> np.ndarray:
@@ -382,9 +381,9 @@ class ModelBasedPlanner(InContextLearner):
         shown = self._shown(state, envs) if shown is None else shown
         return self.prior_weight * np.where(shown, state.prior_scale[envs][:, None], 1.0)
 
-    def _add_evidence(self, state: PlannerState, pair: tuple, next_obs: np.ndarray) -> None:
+    def _add_evidence(self, state: PlannerState, pair: tuple, next_obs: np.ndarray, shown: np.ndarray) -> None:
         """``evidence``: each weight's log-probability of the step of ``pair``'s environments, from pairs already
-        tried, before it is counted (the agent's ``add_evidence``)."""
+        tried, before it is counted (``shown``: the ids they have shown so far; the agent's ``add_evidence``)."""
         import torch
 
         from ..modeling_anymdp_agent import evidence_terms
@@ -393,7 +392,7 @@ class ModelBasedPlanner(InContextLearner):
         tried = n > 0
         if tried.any():
             e, s, a, s2 = pair[0][tried], pair[1][tried], pair[2][tried], next_obs[tried]
-            net = state.pseudo[e, s, a] / self._evidence_units(state, e)  # the network's own pseudo-counts
+            net = state.pseudo[e, s, a] / self._evidence_units(state, e, shown[tried])  # the network's own
             terms = evidence_terms(*(torch.from_numpy(np.asarray(x, dtype=np.float64)) for x in (
                 net[np.arange(len(e)), s2], net.sum(-1), state.counts[e, s, a, s2], n[tried])))
             state.evidence[e] += terms.numpy()
@@ -501,7 +500,7 @@ class ModelBasedPlanner(InContextLearner):
         sized = torch.full((b,), n <= self.seen_only)
         discovering = still_discovering(torch.from_numpy(state.visits.sum(-1)), torch.from_numpy(state.discovered_at),
                                         sized).numpy()
-        return ((state.visits + state.arrival_n) > 0) | discovering[:, None]
+        return self._shown(state, slice(None)) | discovering[:, None]
 
 
 def agent_rule(path: str = "agent") -> str:

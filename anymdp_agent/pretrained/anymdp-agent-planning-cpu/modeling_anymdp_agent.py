@@ -1243,8 +1243,8 @@ class ModelBasedPlanner(nn.Module):
             new = ((t["visits"][real, s] + t["arrival_n"][real, s] == 0) |
                    (t["visits"][real, s2] + t["arrival_n"][real, s2] == 0))  # either end shown for the first time
             if self.config.prior_evidence:
-                self.add_evidence(t, real, s, a, s2)
                 shown_before = self.shown(t, real)
+                self.add_evidence(t, real, s, a, s2, shown_before)
             t["n_ss"][real, s, a, s2] += 1.0
             t["n_sa"][real, s, a] += 1.0
             t["r_sum"][real, s, a] += r
@@ -1280,14 +1280,14 @@ class ModelBasedPlanner(nn.Module):
         shown = self.shown(t, envs) if shown is None else shown
         return self.config.prior_weight * torch.where(shown, t["prior_scale"][envs, None], 1.0)
 
-    def add_evidence(self, t: dict[str, torch.Tensor], envs, s, a, s2) -> None:
+    def add_evidence(self, t: dict[str, torch.Tensor], envs, s, a, s2, shown: torch.Tensor) -> None:
         """``prior_evidence``: each weight's log-probability of the transitions ``(s, a) -> s2`` of ``envs`` (one
-        each) from pairs already tried, before they are counted."""
+        each) from pairs already tried, before they are counted (``shown``: the ids ``envs`` have shown so far)."""
         n = t["n_sa"][envs, s, a]
         tried = torch.nonzero(n > 0)[:, 0]
         if len(tried):
             e, s, a, s2 = envs[tried], s[tried], a[tried], s2[tried]
-            net = t["pseudo"][e, s, a] / self.evidence_units(t, e)  # the network's own pseudo-counts [R, nO]
+            net = t["pseudo"][e, s, a] / self.evidence_units(t, e, shown[tried])  # the network's own [R, nO]
             t["evidence"][e] += evidence_terms(net[torch.arange(len(e), device=e.device), s2], net.sum(-1),
                                                t["n_ss"][e, s, a, s2], n[tried])
 
@@ -1327,7 +1327,7 @@ class ModelBasedPlanner(nn.Module):
             # ... and within the vocabulary: the prior trained on tasks of at most 48 states, so its mass summed over
             # hundreds of ids not yet shown would be an extrapolation
             open_ = still_discovering(t["r_count"], t["discovered_at"], t["sized"]) & (n <= cfg.num_observations)
-            keep = keep & (((t["visits"] + t["arrival_n"]) > 0) | open_[:, None])[envs][:, None, :]
+            keep = keep & (self.shown(t, envs) | open_[envs][:, None])[:, None, :]
         g = torch.zeros(keep.shape, dtype=t["pseudo"].dtype, device=envs.device)
         live = torch.nonzero(keep.flatten(1).any(-1))[:, 0]  # rows with something to compute
         if len(live):
