@@ -1328,6 +1328,8 @@ class ModelBasedPlanner(nn.Module):
             # hundreds of ids not yet shown would be an extrapolation
             open_ = still_discovering(t["r_count"], t["discovered_at"], t["sized"]) & (n <= cfg.num_observations)
             keep = keep & (self.shown(t, envs) | open_[envs][:, None])[:, None, :]
+        if cfg.prior_off_terminal:  # no mass on ids an episode has ended in (prior_off_terminal)
+            keep = keep & ~t["terminal"][envs][:, None, :]
         g = torch.zeros(keep.shape, dtype=t["pseudo"].dtype, device=envs.device)
         live = torch.nonzero(keep.flatten(1).any(-1))[:, 0]  # rows with something to compute
         if len(live):

@@ -473,7 +473,7 @@ def test_make_learner_parses_options():
     assert learner.gamma == 0.9
     assert learner.hyperparameters() == {"gamma": 0.9, "sweeps": 5, "lookahead": 0, "optimism": 1.0, "known": "none", "prior": "",
                                         "prior_weight": 1.0, "novelty": 0.0, "tail": 0, "seen_only": 0,
-                                        "refresh_fraction": 0.0, "evidence": 0}
+                                        "refresh_fraction": 0.0, "evidence": 0, "off_terminal": 0}
     assert make_learner("mbrl:optimism=4").optimism == 4.0
     assert make_learner("mbrl:novelty=0.001").novelty == 0.001
     assert make_learner("mbrl:tail=10").tail == 10

@@ -364,7 +364,8 @@ def test_evaluate_result_record(small_result):
     assert result["learners"]["mbrl:sweeps=2"]["hyperparameters"] == {"gamma": 0.99, "sweeps": 2, "lookahead": 0,
                                                                            "optimism": 1.0, "known": "none", "prior": "",
                                                                            "prior_weight": 1.0, "novelty": 0.0, "tail": 0,
-                                                                           "seen_only": 0, "refresh_fraction": 0.0, "evidence": 0}
+                                                                           "seen_only": 0, "refresh_fraction": 0.0, "evidence": 0,
+                                                                           "off_terminal": 0}
     assert result["learners"]["oracle"]["hyperparameters"] == {"gamma": 0.994}
     assert result["learners"]["random"]["hyperparameters"] == {}
 

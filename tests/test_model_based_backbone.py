@@ -617,3 +617,38 @@ def test_agent_rule_writes_a_saved_agents_config_as_the_harness_planners_options
                                        chunk_size=4)).save_pretrained(tmp_path / "d")
     with pytest.raises(ValueError, match="not a saved model_based agent .*backbone 'planning'"):
         agent_rule(str(tmp_path / "d"))
+
+
+def test_with_off_terminal_the_harness_planner_is_the_agent_with_prior_off_terminal():
+    """``mbrl:...:off_terminal=1`` is the agent with ``prior_off_terminal``, decision for decision: neither puts prior
+    mass on an id an episode has ended in, and elsewhere the pseudo-counts are the rule's without the option."""
+    import copy
+
+    from anymdp_agent.rollout import bundled_agent_path
+
+    tasks = [sample_anymdp_task(14, a, seed=s, min_states=8) for s, a in ((31, 4), (32, 5), (36, 4), (38, 5))]
+    suite = task_suite(tasks)
+    path = str(bundled_agent_path())
+    rule = agent_rule().replace(":off_terminal=1", "") + ":off_terminal=1"
+    planner = make_learner(rule)
+    rec = Recorder(planner)
+    run_learner(rec, suite, 900, seed=2)
+    model = model_based_agent(TransitionPrior.load(path), prior_weight=4.0, planner_novelty=1e-3,
+                              prior_chain_features=True, planner_tail_steps=10, prior_seen_only=True,
+                              prior_refresh_fraction=0.125, prior_evidence=True, prior_off_terminal=True)
+    best, state, q = replay(model, rec, suite.tasks.n_states, rec._mask, q=True)
+    assert_same_decisions(rec, best, state, q)
+    s = rec._state
+    np.testing.assert_array_equal(state.prior_scale.numpy(), s.prior_scale)
+    planner.refresh_prior(s)
+    at_terminal = np.broadcast_to(s.terminal[:, None, None, :], s.pseudo.shape)
+    assert s.terminal.any(-1).all()  # every environment has ended an episode in a terminal
+    assert not s.pseudo[at_terminal].any() and not state.pseudo.numpy()[at_terminal].any()
+    both = copy.deepcopy(s)  # the same history without the option: mass at the terminal ids, the rest equal
+    make_learner(rule.removesuffix(":off_terminal=1")).refresh_prior(both)
+    assert both.pseudo[at_terminal].any()
+    np.testing.assert_allclose(s.pseudo[~at_terminal], both.pseudo[~at_terminal], rtol=1e-6)
+    with pytest.raises(ValueError, match="off_terminal 0 or 1"):
+        make_learner("mbrl:prior=bundled:off_terminal=2")
+    with pytest.raises(ValueError, match="off_terminal"):
+        make_learner("mbrl:off_terminal=1")

@@ -193,6 +193,8 @@ class ModelBasedPlanner(InContextLearner):
     the prior by the sequential likelihood of its own transitions under the network's pseudo-counts times each of
     :data:`~anymdp_agent.modeling_anymdp_agent.EVIDENCE_WEIGHTS`, and plans with ``prior_weight`` times the best at
     the ids it has shown (``prior_weight`` alone at ids not shown yet).
+    ``off_terminal = 1`` is the agent's ``prior_off_terminal`` (off by default): no prior mass on ids where an episode
+    has ended (a terminal id is worth 0, and what arriving there pays sits in the mean reward of the pairs that did).
 
     ``tail = k > 0`` plans, in the last ``k`` steps of an episode, for the steps left (the agent's
     ``planner_tail_steps``; :meth:`tail_q`): the episode's length is the longest one that ended by truncation.
@@ -202,18 +204,22 @@ class ModelBasedPlanner(InContextLearner):
 
     def __init__(self, gamma: float = 0.99, sweeps: int = 3, lookahead: int = 0, optimism: float = 1.0,
                  known: str = "none", prior: str = "", prior_weight: float = 1.0, novelty: float = 0.0,
-                 tail: int = 0, seen_only: int = 0, refresh_fraction: float = 0.0, evidence: int = 0):
+                 tail: int = 0, seen_only: int = 0, refresh_fraction: float = 0.0, evidence: int = 0,
+                 off_terminal: int = 0):
         if not 0 <= gamma < 1 or sweeps < 1 or lookahead < 0 or not optimism >= 0 or tail < 0 or seen_only < 0 \
                 or not (prior_weight >= 0 and math.isfinite(prior_weight)) or not (novelty >= 0 and math.isfinite(novelty)) \
-                or not (refresh_fraction >= 0 and math.isfinite(refresh_fraction)) or evidence not in (0, 1):
+                or not (refresh_fraction >= 0 and math.isfinite(refresh_fraction)) or evidence not in (0, 1) \
+                or off_terminal not in (0, 1):
             raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1, lookahead >= 0, optimism >= 0, "
-                             f"finite prior_weight >= 0, novelty >= 0, tail >= 0, seen_only >= 0 and finite "
-                             f"refresh_fraction >= 0 and evidence 0 or 1, got gamma={gamma}, sweeps={sweeps}, lookahead={lookahead}, "
-                             f"optimism={optimism}, prior_weight={prior_weight}, novelty={novelty}, tail={tail}, "
-                             f"seen_only={seen_only}, refresh_fraction={refresh_fraction}, evidence={evidence}")
-        if (seen_only or refresh_fraction or evidence) and not prior:
-            raise ValueError("ModelBasedPlanner: seen_only, refresh_fraction and evidence shape a learned prior's "
-                             "pseudo-counts; give the prior too (prior=agent, prior=bundled or prior=PATH)")
+                             f"finite prior_weight >= 0, novelty >= 0, tail >= 0, seen_only >= 0, finite "
+                             f"refresh_fraction >= 0, evidence 0 or 1 and off_terminal 0 or 1, got gamma={gamma}, "
+                             f"sweeps={sweeps}, lookahead={lookahead}, optimism={optimism}, "
+                             f"prior_weight={prior_weight}, novelty={novelty}, tail={tail}, seen_only={seen_only}, "
+                             f"refresh_fraction={refresh_fraction}, evidence={evidence}, off_terminal={off_terminal}")
+        if (seen_only or refresh_fraction or evidence or off_terminal) and not prior:
+            raise ValueError("ModelBasedPlanner: seen_only, refresh_fraction, evidence and off_terminal shape a "
+                             "learned prior's pseudo-counts; give the prior too (prior=agent, prior=bundled or "
+                             "prior=PATH)")
         if evidence and not prior_weight:
             raise ValueError("ModelBasedPlanner: evidence weighs the prior by its evidence, but prior_weight is 0 (no "
                              "prior): set prior_weight > 0 or leave evidence out")
@@ -226,6 +232,7 @@ class ModelBasedPlanner(InContextLearner):
         self.prior, self.prior_weight = prior, float(prior_weight)
         self.seen_only, self.refresh_fraction = int(seen_only), float(refresh_fraction)
         self.evidence = int(evidence)
+        self.off_terminal = int(off_terminal)
         self._prior = None
         if prior:
             from .transition_prior import TransitionPrior
@@ -485,6 +492,8 @@ class ModelBasedPlanner(InContextLearner):
                 g *= (self._evidence_units(state, rows[0]) / self.prior_weight)[:, None, :].astype(np.float32)
             if open_ids is not None:
                 g *= open_ids[rows[0]][:, None, :]
+            if self.off_terminal:
+                g *= ~state.terminal[rows[0]][:, None, :]
             state.pseudo[rows] = g
             state.pseudo_total[rows] = g.sum(-1, dtype=np.float64)
 
@@ -522,7 +531,8 @@ def agent_rule(path: str = "agent") -> str:
                "optimism": c.get("planner_optimism", 1.0), "prior_weight": c.get("prior_weight", 1.0),
                "novelty": c.get("planner_novelty", 0.0), "tail": c.get("planner_tail_steps", 0),
                "seen_only": c.get("num_observations", 0) if c.get("prior_seen_only") else 0,
-               "refresh_fraction": c.get("prior_refresh_fraction", 0.0), "evidence": int(c.get("prior_evidence", False))}
+               "refresh_fraction": c.get("prior_refresh_fraction", 0.0), "evidence": int(c.get("prior_evidence", False)),
+               "off_terminal": int(c.get("prior_off_terminal", False))}
     defaults = inspect.signature(ModelBasedPlanner).parameters
     return f"mbrl:prior={path}" + "".join(f":{k}={str(v).removesuffix('.0')}" for k, v in options.items()
                                          if v != defaults[k].default)

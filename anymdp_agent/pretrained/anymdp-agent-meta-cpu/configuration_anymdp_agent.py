@@ -130,6 +130,11 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             best ``w`` (ties: the largest). At ids not shown yet (states it may still reach) they keep
             ``prior_weight``, so a prior that a history's transitions contradict stops pulling it back to what it
             knows while still pulling it on to what it has not seen. Off by default (always ``prior_weight``).
+        prior_off_terminal: no prior mass on ids where an episode has ended (terminated). A terminal id is worth 0
+            in the plan, and the reward its arrival pays sits in the mean reward of the pairs that reached it; prior
+            mass on it from any other pair would read as a way to end the episode for nothing, which makes moves that
+            stay alive look better than they are on tasks whose episodes end in costly pitfalls. The empirical counts
+            still carry every arrival seen. Off by default.
         prior_seen_only: in a state started with the whole vocabulary (``initial_state`` without
             ``num_observations``), no prior mass on ids the history has never shown (arrived at or left), so ids
             beyond the environment's change nothing. A state sized to its environment
@@ -205,6 +210,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         prior_weight: float = 1.0,
         prior_seen_only: bool = False,
         prior_evidence: bool = False,
+        prior_off_terminal: bool = False,
         prior_chain_features: bool = False,
         **kwargs,
     ):
@@ -248,6 +254,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.prior_weight = prior_weight
         self.prior_seen_only = prior_seen_only
         self.prior_evidence = prior_evidence
+        self.prior_off_terminal = prior_off_terminal
         self.prior_chain_features = prior_chain_features
         self.validate_settings()
         super().__init__(**kwargs)
@@ -278,7 +285,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             raise ValueError(f"AnyMDPAgentConfig.num_actions must be >= 2, got {self.num_actions}")
         for name in ("carry_values", "memory_decay", "context_adaptation", "use_flash_linear_attention",
                      "observation_statistics", "statistics_lookahead", "prior_seen_only", "prior_evidence",
-                     "prior_chain_features"):
+                     "prior_off_terminal", "prior_chain_features"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.backbone not in BACKBONES:
