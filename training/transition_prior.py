@@ -205,11 +205,12 @@ class PriorArgs:
     chain_features: bool = True  # the prior also reads each id's place along the transition graph (prior_chain_features)
     tail_steps: int = 10       # the agent's planner_tail_steps: each episode's last steps planned for the steps left
     evidence: bool = True      # the agent's prior_evidence: each history weighs the prior by its own transitions' likelihood
+    off_terminal: bool = True  # the agent's prior_off_terminal: no prior mass on ids where an episode has ended
 
 
 def write_agent(prior: TransitionPrior, path: str, record: dict, prior_weight: float = 1.0,
                 refresh_fraction: float = 0.0, seen_only: bool = False, novelty: float = 0.0,
-                tail_steps: int = 0, evidence: bool = False) -> Path:
+                tail_steps: int = 0, evidence: bool = False, off_terminal: bool = False) -> Path:
     """The ``model_based`` agent with ``prior`` as a ``transformers`` checkpoint at ``path`` (written into a
     temporary folder beside it with ``train_config.json`` and its card, then put in place)."""
     from anymdp_agent.configuration_anymdp_agent import AnyMDPAgentConfig
@@ -220,7 +221,7 @@ def write_agent(prior: TransitionPrior, path: str, record: dict, prior_weight: f
     config = AnyMDPAgentConfig(backbone="model_based", num_observations=64, num_actions=5, prior_hidden=prior.hidden,
                                prior_weight=prior_weight, prior_refresh_fraction=refresh_fraction,
                                prior_seen_only=seen_only, planner_novelty=novelty, prior_chain_features=prior.chain,
-                               planner_tail_steps=tail_steps, prior_evidence=evidence,
+                               planner_tail_steps=tail_steps, prior_evidence=evidence, prior_off_terminal=off_terminal,
                                temperature_start=1.0, temperature_end=1.0, temperature_decay_steps=0)
     model = AnyMDPAgentModel(config)
     model.model_based.prior.load_state_dict(prior.state_dict())
@@ -291,7 +292,7 @@ def train(args: PriorArgs) -> dict:
         if args.agent_out:
             record = {"recipe": "transition-prior", "step": best[1], "max_steps": args.iters, **summary}
             written = write_agent(prior, args.agent_out, record, args.prior_weight, args.refresh_fraction,
-                                  args.seen_only, args.novelty, args.tail_steps, args.evidence)
+                                  args.seen_only, args.novelty, args.tail_steps, args.evidence, args.off_terminal)
             say(f"agent -> {written}", flush=True)
     accelerator.wait_for_everyone()
     return summary

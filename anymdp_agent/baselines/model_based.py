@@ -186,15 +186,17 @@ class ModelBasedPlanner(InContextLearner):
     :func:`~anymdp_agent.modeling_anymdp_agent.still_discovering`) in an environment of at most ``V`` ids (the
     agent's ``num_observations``; 0, the default: mass on every id, always); ``refresh_fraction = f > 0``
     recomputes every pair's pseudo-counts after ``max(16, f * steps)`` steps instead of every 16. The bundled
-    agent's rule is ``mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125:evidence=1``
+    agent's rule is
+    ``mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125:evidence=1:off_terminal=1``
     (``prior=agent`` loads the bundled agent's prior; ``prior=PATH`` that of the ``model_based`` agent saved there;
     :func:`agent_rule` writes this spec for any saved ``model_based`` agent from its config).
     ``evidence = 1`` is the agent's ``prior_evidence`` (off by default, on in the bundled agent): each history weighs
     the prior by the sequential likelihood of its own transitions under the network's pseudo-counts times each of
     :data:`~anymdp_agent.modeling_anymdp_agent.EVIDENCE_WEIGHTS`, and plans with ``prior_weight`` times the best at
     the ids it has shown (``prior_weight`` alone at ids not shown yet).
-    ``off_terminal = 1`` is the agent's ``prior_off_terminal`` (off by default): no prior mass on ids where an episode
-    has ended (a terminal id is worth 0, and what arriving there pays sits in the mean reward of the pairs that did).
+    ``off_terminal = 1`` is the agent's ``prior_off_terminal`` (off by default, on in the bundled agent): no prior mass
+    on ids where an episode has ended (a terminal id is worth 0, and what arriving there pays sits in the mean reward of
+    the pairs that did).
 
     ``tail = k > 0`` plans, in the last ``k`` steps of an episode, for the steps left (the agent's
     ``planner_tail_steps``; :meth:`tail_q`): the episode's length is the longest one that ended by truncation.
