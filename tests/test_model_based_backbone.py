@@ -38,6 +38,13 @@ def model_based_agent(prior: TransitionPrior, **kwargs) -> AnyMDPAgentModel:
     return model
 
 
+def bundled_rule_agent(prior: TransitionPrior, **kwargs) -> AnyMDPAgentModel:
+    """:func:`model_based_agent` with the bundled agent's planner settings (those ``agent_rule()`` writes besides the
+    prior, without ``prior_evidence`` and ``prior_off_terminal``, which ``kwargs`` add)."""
+    return model_based_agent(prior, prior_weight=4.0, planner_novelty=1e-3, prior_chain_features=True,
+                             planner_tail_steps=10, prior_seen_only=True, prior_refresh_fraction=0.125, **kwargs)
+
+
 def replay(model: AnyMDPAgentModel, rec: Recorder, n_obs: int | None, mask: np.ndarray,
            num_actions: int | None = None, q: bool = False):
     """Feed the recorded history to the agent row by row (a state of ``n_obs`` ids, or ``None``: the config's
@@ -137,9 +144,7 @@ def test_with_seen_only_and_refresh_fraction_the_harness_planner_is_the_bundled_
                                                  TransitionPrior.load(path).state_dict().values()))
     rec = Recorder(planner)
     run_learner(rec, suite, 900, seed=2)
-    model = model_based_agent(TransitionPrior.load(path), prior_weight=4.0, planner_novelty=1e-3,
-                              prior_chain_features=True, planner_tail_steps=10, prior_seen_only=True,
-                              prior_refresh_fraction=0.125)
+    model = bundled_rule_agent(TransitionPrior.load(path))
     best, state, q = replay(model, rec, suite.tasks.n_states, rec._mask, q=True)
     assert_same_decisions(rec, best, state, q)
     s = rec._state
@@ -170,9 +175,7 @@ def test_with_evidence_the_harness_planner_is_the_agent_with_prior_evidence():
     planner = make_learner(agent_rule().removesuffix(":off_terminal=1"))  # the bundled rule, evidence=1 (off_terminal: below)
     rec = Recorder(planner)
     run_learner(rec, suite, 900, seed=2)
-    model = model_based_agent(TransitionPrior.load(path), prior_weight=4.0, planner_novelty=1e-3,
-                              prior_chain_features=True, planner_tail_steps=10, prior_seen_only=True,
-                              prior_refresh_fraction=0.125, prior_evidence=True)
+    model = bundled_rule_agent(TransitionPrior.load(path), prior_evidence=True)
     best, state, q = replay(model, rec, suite.tasks.n_states, rec._mask, q=True)
     assert_same_decisions(rec, best, state, q)
     s = rec._state
@@ -206,8 +209,6 @@ def test_the_evidence_is_the_sequential_log_likelihood_and_ties_go_to_the_larges
     assert evidence_weight(ev).tolist() == [w[2], w[0]]
     with pytest.raises(ValueError, match="prior_evidence"):
         AnyMDPAgentConfig(backbone="model_based", prior_weight=0.0, prior_evidence=True)
-    with pytest.raises(ValueError, match="evidence"):
-        make_learner("mbrl:evidence=1")
     with pytest.raises(ValueError, match="evidence 0 or 1"):
         make_learner("mbrl:prior=bundled:evidence=2")
 
@@ -634,9 +635,7 @@ def test_with_off_terminal_the_harness_planner_is_the_agent_with_prior_off_termi
     planner = make_learner(rule)
     rec = Recorder(planner)
     run_learner(rec, suite, 900, seed=2)
-    model = model_based_agent(TransitionPrior.load(path), prior_weight=4.0, planner_novelty=1e-3,
-                              prior_chain_features=True, planner_tail_steps=10, prior_seen_only=True,
-                              prior_refresh_fraction=0.125, prior_evidence=True, prior_off_terminal=True)
+    model = bundled_rule_agent(TransitionPrior.load(path), prior_evidence=True, prior_off_terminal=True)
     best, state, q = replay(model, rec, suite.tasks.n_states, rec._mask, q=True)
     assert_same_decisions(rec, best, state, q)
     s = rec._state
@@ -651,5 +650,3 @@ def test_with_off_terminal_the_harness_planner_is_the_agent_with_prior_off_termi
     np.testing.assert_allclose(s.pseudo[~at_terminal], both.pseudo[~at_terminal], rtol=1e-6)
     with pytest.raises(ValueError, match="off_terminal 0 or 1"):
         make_learner("mbrl:prior=bundled:off_terminal=2")
-    with pytest.raises(ValueError, match="off_terminal"):
-        make_learner("mbrl:off_terminal=1")
