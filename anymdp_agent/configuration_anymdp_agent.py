@@ -135,6 +135,12 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             mass on it from any other pair would read as a way to end the episode for nothing, which makes moves that
             stay alive look better than they are on tasks whose episodes end in costly pitfalls. The empirical counts
             still carry every arrival seen. Off by default.
+        prior_arrival_reward: a tried pair's pseudo-transitions carry the reward of arriving at their ids. Without
+            it the prior moves a pair's next observations but not its reward, which stays the mean of its own visits:
+            mass moved away from a costly id (a pitfall) keeps that id's cost, and mass moved onto one comes free.
+            With it each pseudo-transition to ``t`` adds the pair's mean reward, minus the mean arrival reward of
+            the pair's own transitions, plus ``t``'s mean arrival reward over all the history's arrivals (ids never
+            arrived at add the pair's mean reward). Off by default.
         prior_seen_only: in a state started with the whole vocabulary (``initial_state`` without
             ``num_observations``), no prior mass on ids the history has never shown (arrived at or left), so ids
             beyond the environment's change nothing. A state sized to its environment
@@ -211,6 +217,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         prior_seen_only: bool = False,
         prior_evidence: bool = False,
         prior_off_terminal: bool = False,
+        prior_arrival_reward: bool = False,
         prior_chain_features: bool = False,
         **kwargs,
     ):
@@ -255,6 +262,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
         self.prior_seen_only = prior_seen_only
         self.prior_evidence = prior_evidence
         self.prior_off_terminal = prior_off_terminal
+        self.prior_arrival_reward = prior_arrival_reward
         self.prior_chain_features = prior_chain_features
         self.validate_settings()
         super().__init__(**kwargs)
@@ -285,7 +293,7 @@ class AnyMDPAgentConfig(PreTrainedConfig):
             raise ValueError(f"AnyMDPAgentConfig.num_actions must be >= 2, got {self.num_actions}")
         for name in ("carry_values", "memory_decay", "context_adaptation", "use_flash_linear_attention",
                      "observation_statistics", "statistics_lookahead", "prior_seen_only", "prior_evidence",
-                     "prior_off_terminal", "prior_chain_features"):
+                     "prior_off_terminal", "prior_arrival_reward", "prior_chain_features"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"AnyMDPAgentConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.backbone not in BACKBONES:

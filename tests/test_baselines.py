@@ -473,13 +473,14 @@ def test_make_learner_parses_options():
     assert learner.gamma == 0.9
     assert learner.hyperparameters() == {"gamma": 0.9, "sweeps": 5, "lookahead": 0, "optimism": 1.0, "known": "none", "prior": "",
                                         "prior_weight": 1.0, "novelty": 0.0, "tail": 0, "seen_only": 0,
-                                        "refresh_fraction": 0.0, "evidence": 0, "off_terminal": 0}
+                                        "refresh_fraction": 0.0, "evidence": 0, "off_terminal": 0, "arrival": 0}
     assert make_learner("mbrl:optimism=4").optimism == 4.0
     assert make_learner("mbrl:novelty=0.001").novelty == 0.001
     assert make_learner("mbrl:tail=10").tail == 10
     with pytest.raises(ValueError, match="tail >= 0"):
         make_learner("mbrl:tail=-1")
-    for option in ("seen_only=64", "refresh_fraction=0.125", "evidence=1", "off_terminal=1"):  # they shape a prior's
+    for option in ("seen_only=64", "refresh_fraction=0.125", "evidence=1", "off_terminal=1",
+                   "arrival=1"):  # they shape a prior's
         # pseudo-counts: none here
         with pytest.raises(ValueError, match=r"give the prior too \(prior=agent, prior=bundled or prior=PATH\)"):
             make_learner(f"mbrl:{option}")

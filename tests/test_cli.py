@@ -58,7 +58,7 @@ def test_eval_options_reach_the_config(tmp_path, capsys):
                                                                            "optimism": 1.0, "known": "none", "prior": "",
                                                                            "prior_weight": 1.0, "novelty": 0.0, "tail": 0,
                                                                            "seen_only": 0, "refresh_fraction": 0.0, "evidence": 0,
-                                                                           "off_terminal": 0}
+                                                                           "off_terminal": 0, "arrival": 0}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -365,7 +365,7 @@ def test_evaluate_result_record(small_result):
                                                                            "optimism": 1.0, "known": "none", "prior": "",
                                                                            "prior_weight": 1.0, "novelty": 0.0, "tail": 0,
                                                                            "seen_only": 0, "refresh_fraction": 0.0, "evidence": 0,
-                                                                           "off_terminal": 0}
+                                                                           "off_terminal": 0, "arrival": 0}
     assert result["learners"]["oracle"]["hyperparameters"] == {"gamma": 0.994}
     assert result["learners"]["random"]["hyperparameters"] == {}
 

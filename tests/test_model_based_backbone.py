@@ -650,3 +650,40 @@ def test_with_off_terminal_the_harness_planner_is_the_agent_with_prior_off_termi
     np.testing.assert_allclose(s.pseudo[~at_terminal], both.pseudo[~at_terminal], rtol=1e-6)
     with pytest.raises(ValueError, match="off_terminal 0 or 1"):
         make_learner("mbrl:prior=bundled:off_terminal=2")
+
+
+def test_with_arrival_the_harness_planner_is_the_agent_with_prior_arrival_reward():
+    """``mbrl:...:arrival=1`` is the agent with ``prior_arrival_reward``, decision for decision: each pseudo-transition
+    to ``t`` carries the pair's mean reward moved by ``t``'s mean arrival reward minus that of the pair's own
+    transitions (by hand below), and the decisions are not those of the rule without it."""
+    from anymdp_agent.rollout import bundled_agent_path
+
+    tasks = [sample_anymdp_task(14, a, seed=s, min_states=8) for s, a in ((31, 4), (32, 5), (36, 4), (38, 5))]
+    suite = task_suite(tasks)
+    path = str(bundled_agent_path())
+    rule = agent_rule() + ":arrival=1"
+    planner = make_learner(rule)
+    assert planner.arrival == 1
+    rec = Recorder(planner)
+    run_learner(rec, suite, 900, seed=2)
+    prior = TransitionPrior.load(path)
+    settings = dict(prior_evidence=True, prior_off_terminal=True)
+    model = bundled_rule_agent(prior, prior_arrival_reward=True, **settings)
+    best, state, q = replay(model, rec, suite.tasks.n_states, rec._mask, q=True)
+    assert_same_decisions(rec, best, state, q)
+    s = rec._state
+    arrived = s.arrival_n > 0
+    mean = np.where(arrived, s.arrival_sum / np.maximum(s.arrival_n, 1.0), 0.0)[:, None, None, :]
+    own = (s.counts * mean).sum(-1) / np.maximum(s.n_sa, 1.0)
+    by_hand = (s.pseudo * arrived[:, None, None, :] * (mean - own[..., None])).sum(-1)
+    np.testing.assert_allclose(s.pseudo_reward, by_hand, rtol=1e-6, atol=1e-9)
+    tried = s.n_sa > 0  # the agent computes no pseudo-counts for untried pairs (they are worth the optimism)
+    np.testing.assert_allclose(state.pseudo_reward.numpy()[tried], s.pseudo_reward[tried], rtol=1e-4, atol=1e-6)
+    assert np.abs(s.pseudo_reward[tried]).max() > 0.1  # it moves the rewards the prior's mass carries
+    without, _ = replay(bundled_rule_agent(prior, **settings), rec, suite.tasks.n_states, rec._mask)
+    assert (without != best).any()  # and with them some decisions
+    assert not bundled_rule_agent(prior, **settings).config.prior_arrival_reward
+    with pytest.raises(ValueError, match="arrival 0 or 1"):
+        make_learner("mbrl:prior=bundled:arrival=2")
+    with pytest.raises(ValueError, match="prior_arrival_reward must be True or False"):
+        AnyMDPAgentConfig(backbone="model_based", prior_arrival_reward=1)

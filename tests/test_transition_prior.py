@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from anymdp_agent.baselines import make_learner
-from anymdp_agent.baselines.model_based import ModelBasedPlanner
+from anymdp_agent.baselines.model_based import ModelBasedPlanner, agent_rule
 from anymdp_agent.baselines.transition_prior import (BUNDLED, NUM_FEATURES, TransitionPrior, prior_cross_entropy,
                                                      prior_features)
 from anymdp_agent.modeling_anymdp_agent import CHAIN_FEATURES, chain_coordinate
@@ -316,6 +316,8 @@ def test_the_corpus_recipe_replays_the_corpus_and_writes_a_loadable_agent(tmp_pa
     assert agent.config.backbone == "model_based" and agent.config.prior_weight == 4.0
     assert agent.config.planner_novelty == recipe.PriorArgs.novelty == 0.001
     assert agent.config.planner_tail_steps == recipe.PriorArgs.tail_steps == 10
+    assert agent_rule(str(tmp_path / "agent")).endswith(
+        ":prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125:evidence=1:off_terminal=1:arrival=1")
     prior = TransitionPrior.load(tmp_path / "prior")
     for a, b in zip(agent.model_based.prior.parameters(), prior.parameters()):
         torch.testing.assert_close(a, b)

@@ -206,22 +206,24 @@ class PriorArgs:
     tail_steps: int = 10       # the agent's planner_tail_steps: each episode's last steps planned for the steps left
     evidence: bool = True      # the agent's prior_evidence: each history weighs the prior by its own transitions' likelihood
     off_terminal: bool = True  # the agent's prior_off_terminal: no prior mass on ids where an episode has ended
+    arrival_reward: bool = True  # the agent's prior_arrival_reward: pseudo-transitions carry their ids' arrival reward
 
 
-def write_agent(prior: TransitionPrior, path: str, record: dict, prior_weight: float = 1.0,
-                refresh_fraction: float = 0.0, seen_only: bool = False, novelty: float = 0.0,
-                tail_steps: int = 0, evidence: bool = False, off_terminal: bool = False) -> Path:
-    """The ``model_based`` agent with ``prior`` as a ``transformers`` checkpoint at ``path`` (written into a
-    temporary folder beside it with ``train_config.json`` and its card, then put in place)."""
+def write_agent(prior: TransitionPrior, path: str, record: dict, args: PriorArgs) -> Path:
+    """The ``model_based`` agent with ``prior`` and the planner settings of ``args`` as a ``transformers`` checkpoint
+    at ``path`` (written into a temporary folder beside it with ``train_config.json`` and its card, then put in
+    place)."""
     from anymdp_agent.configuration_anymdp_agent import AnyMDPAgentConfig
     from anymdp_agent.fileio import staged_dir, write_json
     from anymdp_agent.hub import write_model_card
     from anymdp_agent.modeling_anymdp_agent import AnyMDPAgentModel
 
     config = AnyMDPAgentConfig(backbone="model_based", num_observations=64, num_actions=5, prior_hidden=prior.hidden,
-                               prior_weight=prior_weight, prior_refresh_fraction=refresh_fraction,
-                               prior_seen_only=seen_only, planner_novelty=novelty, prior_chain_features=prior.chain,
-                               planner_tail_steps=tail_steps, prior_evidence=evidence, prior_off_terminal=off_terminal,
+                               prior_weight=args.prior_weight, prior_refresh_fraction=args.refresh_fraction,
+                               prior_seen_only=args.seen_only, planner_novelty=args.novelty,
+                               prior_chain_features=prior.chain, planner_tail_steps=args.tail_steps,
+                               prior_evidence=args.evidence, prior_off_terminal=args.off_terminal,
+                               prior_arrival_reward=args.arrival_reward,
                                temperature_start=1.0, temperature_end=1.0, temperature_decay_steps=0)
     model = AnyMDPAgentModel(config)
     model.model_based.prior.load_state_dict(prior.state_dict())
@@ -291,8 +293,7 @@ def train(args: PriorArgs) -> dict:
         say(f"kept iteration {best[1]} (validation CE {best[0]:.4f}, untrained {empirical:.4f}) -> {args.out}", flush=True)
         if args.agent_out:
             record = {"recipe": "transition-prior", "step": best[1], "max_steps": args.iters, **summary}
-            written = write_agent(prior, args.agent_out, record, args.prior_weight, args.refresh_fraction,
-                                  args.seen_only, args.novelty, args.tail_steps, args.evidence, args.off_terminal)
+            written = write_agent(prior, args.agent_out, record, args)
             say(f"agent -> {written}", flush=True)
     accelerator.wait_for_everyone()
     return summary

@@ -35,17 +35,18 @@ def q_value(counts, n_sa, r_sum, optimistic, values, gamma, b, s, a):
 
 
 @numba.njit(cache=True, fastmath=_FAST, inline="always")
-def backed_up(counts, n_sa, r_sum, optimistic, values, gamma, pseudo, pseudo_total, use_prior, b, s, a):
+def backed_up(counts, n_sa, r_sum, optimistic, values, gamma, pseudo, pseudo_total, pseudo_reward, use_prior, b, s, a):
     """:func:`q_value`, or with a learned transition prior (``use_prior``) the larger of it and the same backup
     on the posterior-mean model ``(counts + pseudo) / (n + pseudo_total)`` of a tried pair: a pair whose few
-    visits happened to land badly keeps the value its prior says it may have, until visits settle it."""
+    visits happened to land badly keeps the value its prior says it may have, until visits settle it. Each
+    pseudo-transition carries the pair's mean reward, plus what ``pseudo_reward`` adds (0 unless ``arrival``)."""
     q = q_value(counts, n_sa, r_sum, optimistic, values, gamma, b, s, a)
     c = n_sa[b, s, a]
     if use_prior and c > 0:
         acc = 0.0
         for s2 in range(counts.shape[3]):
             acc += (counts[b, s, a, s2] + pseudo[b, s, a, s2]) * values[b, s2]
-        q = max(q, r_sum[b, s, a] / c + gamma * acc / (c + pseudo_total[b, s, a]))
+        q = max(q, r_sum[b, s, a] / c + (pseudo_reward[b, s, a] + gamma * acc) / (c + pseudo_total[b, s, a]))
     return q
 
 
@@ -55,24 +56,27 @@ def optimism(r_max, gamma, k, b):
 
 
 @numba.njit(cache=True)
-def _q_at(counts, n_sa, r_sum, r_max, values, gamma, k, pseudo, pseudo_total, use_prior, obs, out):
+def _q_at(counts, n_sa, r_sum, r_max, values, gamma, k, pseudo, pseudo_total, pseudo_reward, use_prior, obs, out):
     for b in range(len(obs)):
         opt = optimism(r_max, gamma, k, b)
         for a in range(out.shape[1]):
-            out[b, a] = backed_up(counts, n_sa, r_sum, opt, values, gamma, pseudo, pseudo_total, use_prior, b, obs[b], a)
+            out[b, a] = backed_up(counts, n_sa, r_sum, opt, values, gamma, pseudo, pseudo_total, pseudo_reward, use_prior,
+                                  b, obs[b], a)
 
 
 @numba.njit(cache=True)
-def _q_all(counts, n_sa, r_sum, r_max, values, gamma, k, pseudo, pseudo_total, use_prior, out):
+def _q_all(counts, n_sa, r_sum, r_max, values, gamma, k, pseudo, pseudo_total, pseudo_reward, use_prior, out):
     for b in range(out.shape[0]):
         opt = optimism(r_max, gamma, k, b)
         for s in range(out.shape[1]):
             for a in range(out.shape[2]):
-                out[b, s, a] = backed_up(counts, n_sa, r_sum, opt, values, gamma, pseudo, pseudo_total, use_prior, b, s, a)
+                out[b, s, a] = backed_up(counts, n_sa, r_sum, opt, values, gamma, pseudo, pseudo_total, pseudo_reward,
+                                         use_prior, b, s, a)
 
 
 @numba.njit(cache=True, fastmath=_FAST)
-def _sweeps(counts, n_sa, r_sum, r_max, mask, terminal, values, gamma, k, pseudo, pseudo_total, use_prior, sweeps):
+def _sweeps(counts, n_sa, r_sum, r_max, mask, terminal, values, gamma, k, pseudo, pseudo_total, pseudo_reward, use_prior,
+            sweeps):
     """``sweeps`` synchronous value-iteration sweeps per environment, in place (terminal observations 0)."""
     n, na = counts.shape[1], counts.shape[2]
     new = np.empty(n)
@@ -82,7 +86,8 @@ def _sweeps(counts, n_sa, r_sum, r_max, mask, terminal, values, gamma, k, pseudo
             for s in range(n):
                 best = -np.inf
                 for a in range(na):
-                    q = backed_up(counts, n_sa, r_sum, opt, values, gamma, pseudo, pseudo_total, use_prior, b, s, a)
+                    q = backed_up(counts, n_sa, r_sum, opt, values, gamma, pseudo, pseudo_total, pseudo_reward, use_prior,
+                                  b, s, a)
                     best = max(best, q if mask[b, a] else -np.inf)
                 new[s] = 0.0 if terminal[b, s] else best
             values[b, :] = new
@@ -113,6 +118,7 @@ class PlannerState:
     # the counts.
     pseudo: np.ndarray | None = None
     pseudo_total: np.ndarray | None = None
+    pseudo_reward: np.ndarray | None = None  # [B, nO, na] with ``arrival``: what the pseudo-transitions add (float64)
     visits: np.ndarray | None = None        # [B, nO] steps taken from each observation
     arrival_sum: np.ndarray | None = None   # [B, nO] reward sum and count of the steps arriving at each observation
     arrival_n: np.ndarray | None = None
@@ -197,6 +203,9 @@ class ModelBasedPlanner(InContextLearner):
     ``off_terminal = 1`` is the agent's ``prior_off_terminal`` (off by default, on in the bundled agent): no prior mass
     on ids where an episode has ended (a terminal id is worth 0, and what arriving there pays sits in the mean reward of
     the pairs that did).
+    ``arrival = 1`` is the agent's ``prior_arrival_reward`` (off by default): a pair's pseudo-transitions carry the
+    reward of arriving at their ids, not only the pair's mean reward
+    (:func:`~anymdp_agent.modeling_anymdp_agent.pseudo_reward`).
 
     ``tail = k > 0`` plans, in the last ``k`` steps of an episode, for the steps left (the agent's
     ``planner_tail_steps``; :meth:`tail_q`): the episode's length is the longest one that ended by truncation.
@@ -207,20 +216,21 @@ class ModelBasedPlanner(InContextLearner):
     def __init__(self, gamma: float = 0.99, sweeps: int = 3, lookahead: int = 0, optimism: float = 1.0,
                  known: str = "none", prior: str = "", prior_weight: float = 1.0, novelty: float = 0.0,
                  tail: int = 0, seen_only: int = 0, refresh_fraction: float = 0.0, evidence: int = 0,
-                 off_terminal: int = 0):
+                 off_terminal: int = 0, arrival: int = 0):
         if not 0 <= gamma < 1 or sweeps < 1 or lookahead < 0 or not optimism >= 0 or tail < 0 or seen_only < 0 \
                 or not (prior_weight >= 0 and math.isfinite(prior_weight)) or not (novelty >= 0 and math.isfinite(novelty)) \
                 or not (refresh_fraction >= 0 and math.isfinite(refresh_fraction)) or evidence not in (0, 1) \
-                or off_terminal not in (0, 1):
+                or off_terminal not in (0, 1) or arrival not in (0, 1):
             raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1, lookahead >= 0, optimism >= 0, "
                              f"finite prior_weight >= 0, novelty >= 0, tail >= 0, seen_only >= 0, finite "
-                             f"refresh_fraction >= 0, evidence 0 or 1 and off_terminal 0 or 1, got gamma={gamma}, "
+                             f"refresh_fraction >= 0, evidence 0 or 1, off_terminal 0 or 1 and arrival 0 or 1, got gamma={gamma}, "
                              f"sweeps={sweeps}, lookahead={lookahead}, optimism={optimism}, "
                              f"prior_weight={prior_weight}, novelty={novelty}, tail={tail}, seen_only={seen_only}, "
-                             f"refresh_fraction={refresh_fraction}, evidence={evidence}, off_terminal={off_terminal}")
-        if (seen_only or refresh_fraction or evidence or off_terminal) and not prior:
-            raise ValueError("ModelBasedPlanner: seen_only, refresh_fraction, evidence and off_terminal shape a "
-                             "learned prior's pseudo-counts; give the prior too (prior=agent, prior=bundled or "
+                             f"refresh_fraction={refresh_fraction}, evidence={evidence}, off_terminal={off_terminal}, "
+                             f"arrival={arrival}")
+        if (seen_only or refresh_fraction or evidence or off_terminal or arrival) and not prior:
+            raise ValueError("ModelBasedPlanner: seen_only, refresh_fraction, evidence, off_terminal and arrival shape "
+                             "a learned prior's pseudo-counts; give the prior too (prior=agent, prior=bundled or "
                              "prior=PATH)")
         if evidence and not prior_weight:
             raise ValueError("ModelBasedPlanner: evidence weighs the prior by its evidence, but prior_weight is 0 (no "
@@ -235,6 +245,7 @@ class ModelBasedPlanner(InContextLearner):
         self.seen_only, self.refresh_fraction = int(seen_only), float(refresh_fraction)
         self.evidence = int(evidence)
         self.off_terminal = int(off_terminal)
+        self.arrival = int(arrival)
         self._prior = None
         if prior:
             from .transition_prior import TransitionPrior
@@ -253,6 +264,7 @@ class ModelBasedPlanner(InContextLearner):
                              r_max=np.zeros(b), r_absmax=np.zeros(b), values=np.zeros((b, n)))
         if self._prior is not None or self.tracks_prior_statistics:
             state.pseudo, state.pseudo_total = np.zeros_like(state.counts), np.zeros_like(state.n_sa)
+            state.pseudo_reward = np.zeros_like(state.n_sa)
             state.visits, state.arrival_sum, state.arrival_n = (np.zeros((b, n)) for _ in range(3))
             state.reward_sq = np.zeros(b)
         if self.seen_only:
@@ -294,6 +306,13 @@ class ModelBasedPlanner(InContextLearner):
 
     def plan(self, state: PlannerState, sweeps: int) -> None:
         """``sweeps`` value-iteration sweeps over the empirical model, in place."""
+        if self.arrival:  # the arrivals changed with the last transition (the agent's step)
+            import torch
+
+            from ..modeling_anymdp_agent import pseudo_reward
+
+            state.pseudo_reward = pseudo_reward(*(torch.from_numpy(x) for x in (
+                state.counts, state.n_sa, state.pseudo, state.arrival_sum, state.arrival_n))).numpy()
         if sweeps > 0:
             counts, r_sum = self.model(state)
             _sweeps(counts, state.n_sa, r_sum, self.level(state), state.mask, state.terminal,
@@ -310,10 +329,10 @@ class ModelBasedPlanner(InContextLearner):
 
     #: Keep the prior's statistics even without a prior (the prior's training collects them from plain ``mbrl``).
     tracks_prior_statistics = False
-    _NO_PRIOR = (np.zeros((1, 1, 1, 1), dtype=np.float32), np.zeros((1, 1, 1)), False)
+    _NO_PRIOR = (np.zeros((1, 1, 1, 1), dtype=np.float32), np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), False)
 
     def _prior_args(self, state: PlannerState) -> tuple:
-        return self._NO_PRIOR if self._prior is None else (state.pseudo, state.pseudo_total, True)
+        return self._NO_PRIOR if self._prior is None else (state.pseudo, state.pseudo_total, state.pseudo_reward, True)
 
     def act(self, state: PlannerState, obs: np.ndarray):
         q = self.q_values(state, obs)
@@ -330,11 +349,11 @@ class ModelBasedPlanner(InContextLearner):
         if not len(rows):
             return q
         counts, r_sum = self.model(state)
-        pseudo, pseudo_total, use_prior = self._prior_args(state)
+        pseudo, pseudo_total, pseudo_reward, use_prior = self._prior_args(state)
         if use_prior:
-            pseudo, pseudo_total = pseudo[rows], pseudo_total[rows]
+            pseudo, pseudo_total, pseudo_reward = pseudo[rows], pseudo_total[rows], pseudo_reward[rows]
         args = (counts[rows], state.n_sa[rows], r_sum[rows], self.level(state)[rows])
-        rest = (float(self.gamma), self.optimism, pseudo, pseudo_total, use_prior)
+        rest = (float(self.gamma), self.optimism, pseudo, pseudo_total, pseudo_reward, use_prior)
         mask, terminal, h = state.mask[rows], state.terminal[rows], left[rows]
         v = np.zeros((len(rows), state.values.shape[1]))
         for j in range(1, int(h.max())):  # v: the best return of j steps, for the environments with more than j left
@@ -534,7 +553,8 @@ def agent_rule(path: str = "agent") -> str:
                "novelty": c.get("planner_novelty", 0.0), "tail": c.get("planner_tail_steps", 0),
                "seen_only": c.get("num_observations", 0) if c.get("prior_seen_only") else 0,
                "refresh_fraction": c.get("prior_refresh_fraction", 0.0), "evidence": int(c.get("prior_evidence", False)),
-               "off_terminal": int(c.get("prior_off_terminal", False))}
+               "off_terminal": int(c.get("prior_off_terminal", False)),
+               "arrival": int(c.get("prior_arrival_reward", False))}
     defaults = inspect.signature(ModelBasedPlanner).parameters
     return f"mbrl:prior={path}" + "".join(f":{k}={str(v).removesuffix('.0')}" for k, v in options.items()
                                          if v != defaults[k].default)

@@ -1108,6 +1108,19 @@ def relative_arrival(arrival_sum, arrival_n, reward_sq, steps) -> torch.Tensor:
     return arrival_sum / arrival_n.clamp(min=1.0) / rms
 
 
+def pseudo_reward(n_ss, n_sa, pseudo, arrival_sum, arrival_n) -> torch.Tensor:
+    """``[B, nO, na]``: what a pair's pseudo-transitions ``pseudo [B, nO, na, nO]`` add to its reward sum, beyond
+    the pair's mean reward each, under ``prior_arrival_reward``: each one to ``t`` adds ``t``'s mean arrival reward
+    (``arrival_sum / arrival_n``, over the history's arrivals from every pair) minus the mean arrival reward of the
+    pair's own transitions (``n_ss`` over ``n_sa``); ids never arrived at add nothing. Float64."""
+    b, s, a, n = pseudo.shape
+    arrived = arrival_n > 0
+    mean = torch.where(arrived, arrival_sum / arrival_n.clamp(min=1.0), 0.0).to(torch.float64)[..., None]  # [B, nO, 1]
+    own = torch.bmm(n_ss.to(torch.float64).reshape(b, s * a, n), mean).view(b, s, a) / n_sa.clamp(min=1.0)
+    g = pseudo.to(torch.float64) * arrived[:, None, None, :]
+    return torch.bmm(g.reshape(b, s * a, n), mean).view(b, s, a) - g.sum(-1) * own
+
+
 def optimism_level(r_max, r_absmax, novelty: float):
     """The reward level ``[B]`` an untried pair is worth over the horizon (times the planner's optimism):
     ``max(r_max, 0)``, the largest reward seen, and with ``novelty = d > 0`` at least ``d * m``, ``m`` the largest
@@ -1206,6 +1219,8 @@ class ModelBasedPlanner(nn.Module):
             "terminal": torch.zeros(batch, n_obs, dtype=torch.bool, device=device), "r_max": z(batch),
             "r_absmax": z(batch), "r_count": z(batch), "r_sq": z(batch), "values": z(batch, n_obs),
             "pseudo": z(batch, n_obs, a, n_obs), "pseudo_total": z(batch, n_obs, a), "visits": z(batch, n_obs),
+            # with prior_arrival_reward: what each pair's pseudo-transitions add to its reward sum (pseudo_reward)
+            "pseudo_reward": z(batch, n_obs, a),
             "arrival_sum": z(batch, n_obs), "arrival_n": z(batch, n_obs),
             # the observation the last transition left (-1: none since the last plan), transitions since every
             # pair's pseudo-counts were recomputed
@@ -1355,11 +1370,11 @@ class ModelBasedPlanner(nn.Module):
         """Q ``[B, S, A]`` of one backup of ``values [B, S]`` on each history's model (with ``observations [B]``:
         Q ``[B, A]`` at those only)."""
         gamma = self.config.planning_gamma
-        stats = [t[k] for k in ("n_sa", "n_ss", "pseudo", "pseudo_total", "r_sum")]
+        stats = [t[k] for k in ("n_sa", "n_ss", "pseudo", "pseudo_total", "r_sum", "pseudo_reward")]
         if observations is not None:
             rows = torch.arange(len(observations), device=values.device)
             stats = [x[rows, observations][:, None] for x in stats]
-        n_sa, n_ss, pseudo, pseudo_total, r_sum = stats
+        n_sa, n_ss, pseudo, pseudo_total, r_sum, p_reward = stats
         b, s, a = n_sa.shape
         n_obs = values.shape[-1]
         tried = n_sa > 0
@@ -1367,7 +1382,7 @@ class ModelBasedPlanner(nn.Module):
         acc = torch.bmm(n_ss.reshape(b, s * a, n_obs), values[..., None]).view(b, s, a)
         q = r_mean + gamma * acc / n_sa.clamp(min=1.0)
         acc_prior = acc + torch.bmm(pseudo.reshape(b, s * a, n_obs), values[..., None]).view(b, s, a)
-        q = torch.maximum(q, r_mean + gamma * acc_prior / (n_sa + pseudo_total).clamp(min=1e-300))
+        q = torch.maximum(q, r_mean + (p_reward + gamma * acc_prior) / (n_sa + pseudo_total).clamp(min=1e-300))
         level = optimism_level(t["r_max"], t["r_absmax"], self.config.planner_novelty)
         optimistic = self.config.planner_optimism * level / (1.0 - gamma)
         q = torch.where(tried, q, optimistic[:, None, None])
@@ -1397,6 +1412,8 @@ class ModelBasedPlanner(nn.Module):
         pending = t["left"] >= 0
         if bool(pending.any()):
             self.refresh_prior(t, pending)
+            if self.config.prior_arrival_reward:  # the arrivals changed with the transition
+                t["pseudo_reward"] = pseudo_reward(t["n_ss"], t["n_sa"], t["pseudo"], t["arrival_sum"], t["arrival_n"])
             self.plan(t, pending, allowed)
             t["left"] = torch.full_like(t["left"], -1)
         q_now = self.q_values(t, t["values"], observations)
@@ -1405,7 +1422,7 @@ class ModelBasedPlanner(nn.Module):
         return q_now.masked_fill(~allowed, -torch.inf), t
 
     #: The statistics a sweep reads (:meth:`q_values`, and the terminal observations).
-    SWEEP_KEYS = ("n_sa", "n_ss", "pseudo", "pseudo_total", "r_sum", "r_max", "r_absmax", "terminal")
+    SWEEP_KEYS = ("n_sa", "n_ss", "pseudo", "pseudo_total", "pseudo_reward", "r_sum", "r_max", "r_absmax", "terminal")
 
     def tail_q(self, t: dict[str, torch.Tensor], observations: torch.Tensor, allowed: torch.Tensor,
                q_now: torch.Tensor) -> torch.Tensor:
