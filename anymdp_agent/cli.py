@@ -36,7 +36,7 @@ def _add_eval_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
                         "mbrl:known=transitions|rewards|both is the planner given the true model of the pairs it tried "
                         "(a measuring tool); mbrl:prior=bundled|agent|PATH is the planner with a learned transition prior "
                         "(agent: the bundled agent's; add :prior_weight=4:novelty=0.001:tail=10:seen_only=64:"
-                        "refresh_fraction=0.125:evidence=1:off_terminal=1 for the bundled agent's rule) "
+                        "refresh_fraction=0.125:evidence=1:off_terminal=1:arrival=1 for the bundled agent's rule) "
                         f"(default: {defaults['learners']})")
     p.add_argument("--tasks", type=int, default=defaults["tasks"],
                    help=f"number of tasks (independent runs for Gymnasium suites) (default: {defaults['tasks']})")

@@ -138,8 +138,8 @@ def test_with_seen_only_and_refresh_fraction_the_harness_planner_is_the_bundled_
     path = str(bundled_agent_path())
     rule = agent_rule()  # the bundled agent's config, written as the harness planner's options
     assert rule == ("mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125:"
-                    "evidence=1:off_terminal=1")
-    planner = make_learner(rule.removesuffix(":evidence=1:off_terminal=1"))  # those two have their own tests below
+                    "evidence=1:off_terminal=1:arrival=1")
+    planner = make_learner(rule.removesuffix(":evidence=1:off_terminal=1:arrival=1"))  # those three: their own tests below
     assert all(torch.equal(a, b) for a, b in zip(planner._prior.state_dict().values(),
                                                  TransitionPrior.load(path).state_dict().values()))
     rec = Recorder(planner)
@@ -172,7 +172,8 @@ def test_with_evidence_the_harness_planner_is_the_agent_with_prior_evidence():
     tasks = [sample_anymdp_task(14, a, seed=s, min_states=8) for s, a in ((31, 4), (32, 5), (36, 4), (38, 5))]
     suite = task_suite(tasks)
     path = str(bundled_agent_path())
-    planner = make_learner(agent_rule().removesuffix(":off_terminal=1"))  # the bundled rule, evidence=1 (off_terminal: below)
+    planner = make_learner(agent_rule().removesuffix(":off_terminal=1:arrival=1"))  # the bundled rule, evidence=1 (the
+    # other two: below)
     rec = Recorder(planner)
     run_learner(rec, suite, 900, seed=2)
     model = bundled_rule_agent(TransitionPrior.load(path), prior_evidence=True)
@@ -187,7 +188,7 @@ def test_with_evidence_the_harness_planner_is_the_agent_with_prior_evidence():
     # what the plan used: the network's pseudo-counts times prior_weight, and times the weight at the ids shown
     fresh = copy.deepcopy(s)
     fresh.prior_scale = fresh.evidence = None
-    make_learner(agent_rule().removesuffix(":evidence=1:off_terminal=1")).refresh_prior(fresh)
+    make_learner(agent_rule().removesuffix(":evidence=1:off_terminal=1:arrival=1")).refresh_prior(fresh)
     planner.refresh_prior(s)
     shown = (s.visits + s.arrival_n) > 0
     assert not shown.all()  # ids the environments never use keep the prior's full weight (here: none, seen_only)
@@ -630,7 +631,7 @@ def test_with_off_terminal_the_harness_planner_is_the_agent_with_prior_off_termi
     tasks = [sample_anymdp_task(14, a, seed=s, min_states=8) for s, a in ((31, 4), (32, 5), (36, 4), (38, 5))]
     suite = task_suite(tasks)
     path = str(bundled_agent_path())
-    rule = agent_rule()  # the bundled agent's rule: evidence=1:off_terminal=1
+    rule = agent_rule().removesuffix(":arrival=1")  # the bundled agent's rule, evidence=1:off_terminal=1 (arrival: below)
     assert rule.endswith(":evidence=1:off_terminal=1")
     planner = make_learner(rule)
     rec = Recorder(planner)
@@ -661,7 +662,8 @@ def test_with_arrival_the_harness_planner_is_the_agent_with_prior_arrival_reward
     tasks = [sample_anymdp_task(14, a, seed=s, min_states=8) for s, a in ((31, 4), (32, 5), (36, 4), (38, 5))]
     suite = task_suite(tasks)
     path = str(bundled_agent_path())
-    rule = agent_rule() + ":arrival=1"
+    rule = agent_rule()  # the bundled agent's rule
+    assert rule.endswith(":evidence=1:off_terminal=1:arrival=1")
     planner = make_learner(rule)
     assert planner.arrival == 1
     rec = Recorder(planner)

@@ -193,7 +193,7 @@ class ModelBasedPlanner(InContextLearner):
     agent's ``num_observations``; 0, the default: mass on every id, always); ``refresh_fraction = f > 0``
     recomputes every pair's pseudo-counts after ``max(16, f * steps)`` steps instead of every 16. The bundled
     agent's rule is
-    ``mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125:evidence=1:off_terminal=1``
+    ``mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125:evidence=1:off_terminal=1:arrival=1``
     (``prior=agent`` loads the bundled agent's prior; ``prior=PATH`` that of the ``model_based`` agent saved there;
     :func:`agent_rule` writes this spec for any saved ``model_based`` agent from its config).
     ``evidence = 1`` is the agent's ``prior_evidence`` (off by default, on in the bundled agent): each history weighs
@@ -203,7 +203,7 @@ class ModelBasedPlanner(InContextLearner):
     ``off_terminal = 1`` is the agent's ``prior_off_terminal`` (off by default, on in the bundled agent): no prior mass
     on ids where an episode has ended (a terminal id is worth 0, and what arriving there pays sits in the mean reward of
     the pairs that did).
-    ``arrival = 1`` is the agent's ``prior_arrival_reward`` (off by default): a pair's pseudo-transitions carry the
+    ``arrival = 1`` is the agent's ``prior_arrival_reward`` (off by default, on in the bundled agent): a pair's pseudo-transitions carry the
     reward of arriving at their ids, not only the pair's mean reward
     (:func:`~anymdp_agent.modeling_anymdp_agent.pseudo_reward`).
 
