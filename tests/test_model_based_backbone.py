@@ -139,7 +139,7 @@ def test_with_seen_only_and_refresh_fraction_the_harness_planner_is_the_bundled_
     rule = agent_rule()  # the bundled agent's config, written as the harness planner's options
     assert rule == ("mbrl:prior=agent:prior_weight=4:novelty=0.001:tail=10:seen_only=64:refresh_fraction=0.125:"
                     "evidence=1:off_terminal=1:arrival=1")
-    planner = make_learner(rule.removesuffix(":evidence=1:off_terminal=1:arrival=1"))  # those three: their own tests below
+    planner = make_learner(rule.removesuffix(":evidence=1:off_terminal=1:arrival=1"))  # those three: own tests below
     assert all(torch.equal(a, b) for a, b in zip(planner._prior.state_dict().values(),
                                                  TransitionPrior.load(path).state_dict().values()))
     rec = Recorder(planner)
@@ -631,7 +631,7 @@ def test_with_off_terminal_the_harness_planner_is_the_agent_with_prior_off_termi
     tasks = [sample_anymdp_task(14, a, seed=s, min_states=8) for s, a in ((31, 4), (32, 5), (36, 4), (38, 5))]
     suite = task_suite(tasks)
     path = str(bundled_agent_path())
-    rule = agent_rule().removesuffix(":arrival=1")  # the bundled agent's rule, evidence=1:off_terminal=1 (arrival: below)
+    rule = agent_rule().removesuffix(":arrival=1")  # the bundled rule, evidence=1:off_terminal=1 (arrival: below)
     assert rule.endswith(":evidence=1:off_terminal=1")
     planner = make_learner(rule)
     rec = Recorder(planner)

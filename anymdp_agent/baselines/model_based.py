@@ -60,8 +60,8 @@ def _q_at(counts, n_sa, r_sum, r_max, values, gamma, k, pseudo, pseudo_total, ps
     for b in range(len(obs)):
         opt = optimism(r_max, gamma, k, b)
         for a in range(out.shape[1]):
-            out[b, a] = backed_up(counts, n_sa, r_sum, opt, values, gamma, pseudo, pseudo_total, pseudo_reward, use_prior,
-                                  b, obs[b], a)
+            out[b, a] = backed_up(counts, n_sa, r_sum, opt, values, gamma, pseudo, pseudo_total, pseudo_reward,
+                                  use_prior, b, obs[b], a)
 
 
 @numba.njit(cache=True)
@@ -75,8 +75,8 @@ def _q_all(counts, n_sa, r_sum, r_max, values, gamma, k, pseudo, pseudo_total, p
 
 
 @numba.njit(cache=True, fastmath=_FAST)
-def _sweeps(counts, n_sa, r_sum, r_max, mask, terminal, values, gamma, k, pseudo, pseudo_total, pseudo_reward, use_prior,
-            sweeps):
+def _sweeps(counts, n_sa, r_sum, r_max, mask, terminal, values, gamma, k, pseudo, pseudo_total, pseudo_reward,
+            use_prior, sweeps):
     """``sweeps`` synchronous value-iteration sweeps per environment, in place (terminal observations 0)."""
     n, na = counts.shape[1], counts.shape[2]
     new = np.empty(n)
@@ -86,8 +86,8 @@ def _sweeps(counts, n_sa, r_sum, r_max, mask, terminal, values, gamma, k, pseudo
             for s in range(n):
                 best = -np.inf
                 for a in range(na):
-                    q = backed_up(counts, n_sa, r_sum, opt, values, gamma, pseudo, pseudo_total, pseudo_reward, use_prior,
-                                  b, s, a)
+                    q = backed_up(counts, n_sa, r_sum, opt, values, gamma, pseudo, pseudo_total, pseudo_reward,
+                                  use_prior, b, s, a)
                     best = max(best, q if mask[b, a] else -np.inf)
                 new[s] = 0.0 if terminal[b, s] else best
             values[b, :] = new
@@ -203,8 +203,8 @@ class ModelBasedPlanner(InContextLearner):
     ``off_terminal = 1`` is the agent's ``prior_off_terminal`` (off by default, on in the bundled agent): no prior mass
     on ids where an episode has ended (a terminal id is worth 0, and what arriving there pays sits in the mean reward of
     the pairs that did).
-    ``arrival = 1`` is the agent's ``prior_arrival_reward`` (off by default, on in the bundled agent): a pair's pseudo-transitions carry the
-    reward of arriving at their ids, not only the pair's mean reward
+    ``arrival = 1`` is the agent's ``prior_arrival_reward`` (off by default, on in the bundled agent): a pair's
+    pseudo-transitions carry the reward of arriving at their ids, not only the pair's mean reward
     (:func:`~anymdp_agent.modeling_anymdp_agent.pseudo_reward`).
 
     ``tail = k > 0`` plans, in the last ``k`` steps of an episode, for the steps left (the agent's
@@ -223,7 +223,8 @@ class ModelBasedPlanner(InContextLearner):
                 or off_terminal not in (0, 1) or arrival not in (0, 1):
             raise ValueError(f"ModelBasedPlanner needs 0 <= gamma < 1, sweeps >= 1, lookahead >= 0, optimism >= 0, "
                              f"finite prior_weight >= 0, novelty >= 0, tail >= 0, seen_only >= 0, finite "
-                             f"refresh_fraction >= 0, evidence 0 or 1, off_terminal 0 or 1 and arrival 0 or 1, got gamma={gamma}, "
+                             f"refresh_fraction >= 0, evidence 0 or 1, off_terminal 0 or 1 and arrival 0 or 1, got "
+                             f"gamma={gamma}, "
                              f"sweeps={sweeps}, lookahead={lookahead}, optimism={optimism}, "
                              f"prior_weight={prior_weight}, novelty={novelty}, tail={tail}, seen_only={seen_only}, "
                              f"refresh_fraction={refresh_fraction}, evidence={evidence}, off_terminal={off_terminal}, "
