@@ -479,9 +479,8 @@ def test_make_learner_parses_options():
     assert make_learner("mbrl:tail=10").tail == 10
     with pytest.raises(ValueError, match="tail >= 0"):
         make_learner("mbrl:tail=-1")
-    for option in ("seen_only=64", "refresh_fraction=0.125", "evidence=1", "off_terminal=1",
-                   "arrival=1"):  # they shape a prior's
-        # pseudo-counts: none here
+    # they shape a prior's pseudo-counts: none here
+    for option in ("seen_only=64", "refresh_fraction=0.125", "evidence=1", "off_terminal=1", "arrival=1"):
         with pytest.raises(ValueError, match=r"give the prior too \(prior=agent, prior=bundled or prior=PATH\)"):
             make_learner(f"mbrl:{option}")
     with pytest.raises(ValueError, match="seen_only >= 0"):

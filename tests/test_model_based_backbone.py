@@ -45,6 +45,19 @@ def bundled_rule_agent(prior: TransitionPrior, **kwargs) -> AnyMDPAgentModel:
                              planner_tail_steps=10, prior_seen_only=True, prior_refresh_fraction=0.125, **kwargs)
 
 
+def bundled_rule_run(rule: str) -> tuple:
+    """The harness planner ``rule`` recorded for 900 steps on four AnyMDP tasks whose episodes end in terminals (the
+    equivalence tests of the bundled rules); returns ``(suite, planner, recorder, the bundled agent's prior)``."""
+    from anymdp_agent.rollout import bundled_agent_path
+
+    tasks = [sample_anymdp_task(14, a, seed=s, min_states=8) for s, a in ((31, 4), (32, 5), (36, 4), (38, 5))]
+    suite = task_suite(tasks)
+    planner = make_learner(rule)
+    rec = Recorder(planner)
+    run_learner(rec, suite, 900, seed=2)
+    return suite, planner, rec, TransitionPrior.load(str(bundled_agent_path()))
+
+
 def replay(model: AnyMDPAgentModel, rec: Recorder, n_obs: int | None, mask: np.ndarray,
            num_actions: int | None = None, q: bool = False):
     """Feed the recorded history to the agent row by row (a state of ``n_obs`` ids, or ``None``: the config's
@@ -167,16 +180,10 @@ def test_with_evidence_the_harness_planner_is_the_agent_with_prior_evidence():
     import copy
 
     from anymdp_agent.modeling_anymdp_agent import EVIDENCE_WEIGHTS, evidence_weight
-    from anymdp_agent.rollout import bundled_agent_path
 
-    tasks = [sample_anymdp_task(14, a, seed=s, min_states=8) for s, a in ((31, 4), (32, 5), (36, 4), (38, 5))]
-    suite = task_suite(tasks)
-    path = str(bundled_agent_path())
-    planner = make_learner(agent_rule().removesuffix(":off_terminal=1:arrival=1"))  # the bundled rule, evidence=1 (the
-    # other two: below)
-    rec = Recorder(planner)
-    run_learner(rec, suite, 900, seed=2)
-    model = bundled_rule_agent(TransitionPrior.load(path), prior_evidence=True)
+    # the bundled rule with evidence=1 (off_terminal and arrival: their own tests below)
+    suite, planner, rec, prior = bundled_rule_run(agent_rule().removesuffix(":off_terminal=1:arrival=1"))
+    model = bundled_rule_agent(prior, prior_evidence=True)
     best, state, q = replay(model, rec, suite.tasks.n_states, rec._mask, q=True)
     assert_same_decisions(rec, best, state, q)
     s = rec._state
@@ -626,17 +633,10 @@ def test_with_off_terminal_the_harness_planner_is_the_agent_with_prior_off_termi
     mass on an id an episode has ended in, and elsewhere the pseudo-counts are the rule's without the option."""
     import copy
 
-    from anymdp_agent.rollout import bundled_agent_path
-
-    tasks = [sample_anymdp_task(14, a, seed=s, min_states=8) for s, a in ((31, 4), (32, 5), (36, 4), (38, 5))]
-    suite = task_suite(tasks)
-    path = str(bundled_agent_path())
     rule = agent_rule().removesuffix(":arrival=1")  # the bundled rule, evidence=1:off_terminal=1 (arrival: below)
     assert rule.endswith(":evidence=1:off_terminal=1")
-    planner = make_learner(rule)
-    rec = Recorder(planner)
-    run_learner(rec, suite, 900, seed=2)
-    model = bundled_rule_agent(TransitionPrior.load(path), prior_evidence=True, prior_off_terminal=True)
+    suite, planner, rec, prior = bundled_rule_run(rule)
+    model = bundled_rule_agent(prior, prior_evidence=True, prior_off_terminal=True)
     best, state, q = replay(model, rec, suite.tasks.n_states, rec._mask, q=True)
     assert_same_decisions(rec, best, state, q)
     s = rec._state
@@ -657,18 +657,10 @@ def test_with_arrival_the_harness_planner_is_the_agent_with_prior_arrival_reward
     """``mbrl:...:arrival=1`` is the agent with ``prior_arrival_reward``, decision for decision: each pseudo-transition
     to ``t`` carries the pair's mean reward moved by ``t``'s mean arrival reward minus that of the pair's own
     transitions (by hand below), and the decisions are not those of the rule without it."""
-    from anymdp_agent.rollout import bundled_agent_path
-
-    tasks = [sample_anymdp_task(14, a, seed=s, min_states=8) for s, a in ((31, 4), (32, 5), (36, 4), (38, 5))]
-    suite = task_suite(tasks)
-    path = str(bundled_agent_path())
     rule = agent_rule()  # the bundled agent's rule
     assert rule.endswith(":evidence=1:off_terminal=1:arrival=1")
-    planner = make_learner(rule)
+    suite, planner, rec, prior = bundled_rule_run(rule)
     assert planner.arrival == 1
-    rec = Recorder(planner)
-    run_learner(rec, suite, 900, seed=2)
-    prior = TransitionPrior.load(path)
     settings = dict(prior_evidence=True, prior_off_terminal=True)
     model = bundled_rule_agent(prior, prior_arrival_reward=True, **settings)
     best, state, q = replay(model, rec, suite.tasks.n_states, rec._mask, q=True)

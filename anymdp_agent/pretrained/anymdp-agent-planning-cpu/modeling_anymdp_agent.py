@@ -1100,22 +1100,27 @@ def history_features(counts, n_sa, visits) -> torch.Tensor:
     return torch.stack([det, torch.log1p(k), inv], -1)
 
 
+def mean_arrival(arrival_sum, arrival_n) -> torch.Tensor:
+    """``[B, nO]``: the mean reward of arriving at each id over the history's arrivals from every pair (0 where never
+    arrived at: both sums are still 0 there)."""
+    return arrival_sum / arrival_n.clamp(min=1.0)
+
+
 def relative_arrival(arrival_sum, arrival_n, reward_sq, steps) -> torch.Tensor:
-    """The ``arrival`` input of :func:`transition_prior_features`: the mean reward of arriving at each id
-    (``arrival_sum / arrival_n`` ``[B, nO]``, 0 where never arrived at) over the history's RMS reward
-    (``sqrt(reward_sq / steps)``, ``[B]``)."""
+    """The ``arrival`` input of :func:`transition_prior_features`: each id's :func:`mean_arrival` over the history's
+    RMS reward (``sqrt(reward_sq / steps)``, ``[B]``)."""
     rms = torch.sqrt(reward_sq / steps.clamp(min=1.0))[:, None] + 1e-8
-    return arrival_sum / arrival_n.clamp(min=1.0) / rms
+    return mean_arrival(arrival_sum, arrival_n) / rms
 
 
 def pseudo_reward(n_ss, n_sa, pseudo, arrival_sum, arrival_n) -> torch.Tensor:
     """``[B, nO, na]``: what a pair's pseudo-transitions ``pseudo [B, nO, na, nO]`` add to its reward sum, beyond
-    the pair's mean reward each, under ``prior_arrival_reward``: each one to ``t`` adds ``t``'s mean arrival reward
-    (``arrival_sum / arrival_n``, over the history's arrivals from every pair) minus the mean arrival reward of the
-    pair's own transitions (``n_ss`` over ``n_sa``); ids never arrived at add nothing. Float64."""
+    the pair's mean reward each, under ``prior_arrival_reward``: each one to ``t`` adds ``t``'s :func:`mean_arrival`
+    minus the mean arrival reward of the pair's own transitions (``n_ss`` over ``n_sa``); ids never arrived at add
+    nothing. Float64."""
     b, s, a, n = pseudo.shape
     arrived = arrival_n > 0
-    mean = torch.where(arrived, arrival_sum / arrival_n.clamp(min=1.0), 0.0).to(torch.float64)[..., None]  # [B, nO, 1]
+    mean = mean_arrival(arrival_sum, arrival_n).to(torch.float64)[..., None]  # [B, nO, 1]
     own = torch.bmm(n_ss.to(torch.float64).reshape(b, s * a, n), mean).view(b, s, a) / n_sa.clamp(min=1.0)
     g = pseudo.to(torch.float64) * arrived[:, None, None, :]
     return torch.bmm(g.reshape(b, s * a, n), mean).view(b, s, a) - g.sum(-1) * own
